@@ -1,0 +1,84 @@
+"""Entry point on the build host: ``python -m orchestrator.packager build|verify``.
+
+Whatever happens, a ``result.json`` is written to the output folder so the controller
+learns the outcome from data, not from scraping logs; the exit code says the class:
+0 built, 1 package failure (not worth retrying elsewhere), 2 bad job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+from typing import Any
+
+from ..runtime import PackageError
+from ..runtime import load as load_package
+from ..runtime.archive import ArchiveError, extract
+from .build import BadJob, PackageFailed, build
+from .job import EXIT_BAD_JOB, EXIT_OK, EXIT_PACKAGE_FAILED, RESULT_FILE, STAGE_MARKER, Job
+
+
+def _stage(name: str) -> None:
+    print(f"{STAGE_MARKER}{name}", flush=True)
+
+
+def _verify(archive: Path) -> dict[str, Any]:
+    """Checksums and the self-test of every runnable artifact, in a fresh place."""
+    with tempfile.TemporaryDirectory(prefix="modelpack-verify-") as tmp:
+        _stage("extract")
+        try:
+            extract(archive, Path(tmp))
+        except ArchiveError as exc:
+            raise BadJob(f"{archive.name}: {exc}") from None
+        _stage("selftest")
+        first = load_package(tmp)
+        results = {}
+        for artifact in first.manifest["artifacts"]:
+            if artifact["role"] == "auxiliary":
+                continue
+            results[artifact["path"]] = load_package(tmp, artifact=artifact["path"], verify=False).self_test()
+    failing = [f"{p}: {c.summary()}" for p, c in results.items() if not c.passed]
+    if failing:
+        raise PackageFailed("self-test failed: " + "; ".join(failing))
+    return {"selftest": {p: c.to_json() for p, c in results.items()}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m orchestrator.packager")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_build = sub.add_parser("build", help="package the model described by a job file")
+    p_build.add_argument("job", type=Path)
+    p_build.add_argument("--out", type=Path, required=True)
+    p_verify = sub.add_parser("verify", help="check a package's files and run its self-test")
+    p_verify.add_argument("package", type=Path)
+    p_verify.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    result: dict[str, Any]
+    try:
+        if args.command == "build":
+            job = Job.read(args.job)
+            result = {"status": "ok", **build(job, args.job.parent, args.out, _stage)}
+        else:
+            result = {"status": "ok", **_verify(args.package)}
+        code = EXIT_OK
+    except (BadJob, ValueError, FileNotFoundError) as exc:
+        result, code = {"status": "bad-job", "error": str(exc)}, EXIT_BAD_JOB
+    except (PackageFailed, PackageError) as exc:
+        result, code = {"status": "failed", "error": str(exc)}, EXIT_PACKAGE_FAILED
+    except Exception as exc:  # an unexpected bug is still a package failure with a trace
+        traceback.print_exc()
+        result, code = {"status": "failed", "error": f"packager crashed: {type(exc).__name__}: {exc}"}, EXIT_PACKAGE_FAILED
+    if code != EXIT_OK:
+        print(f"packager: {result['error']}", file=sys.stderr, flush=True)
+    (args.out / RESULT_FILE).write_text(json.dumps(result, indent=2, sort_keys=True))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

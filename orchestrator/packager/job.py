@@ -1,0 +1,79 @@
+"""The job file: the whole contract between the controller and the packager.
+
+The controller writes ``job.json`` next to the model in the host's workspace; the
+packager reads nothing else. Keeping it a plain dataclass (no pydantic) lets both sides
+share one definition while the build host needs only the standard library to read it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+JOB_SCHEMA_VERSION = 1
+RESULT_FILE = "result.json"
+
+#: packager exit codes; anything else (a signal, a crash) is an infrastructure failure
+EXIT_OK = 0
+EXIT_PACKAGE_FAILED = 1
+EXIT_BAD_JOB = 2
+
+
+@dataclass
+class CompilerCall:
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class JobTarget:
+    name: str
+    os: str
+    arch: str
+    build_os: str
+    build_arch: str
+
+
+@dataclass
+class Job:
+    name: str
+    version: str
+    target: JobTarget
+    model: str  # file name inside the job's input folder
+    model_sha256: str
+    compilers: list[CompilerCall]
+    atol: float
+    rtol: float
+    samples: str | None = None  # file name inside the job's input folder
+    shapes: dict[str, list[int]] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    schema_version: int = JOB_SCHEMA_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Job":
+        data = json.loads(text)
+        if data.get("schema_version") != JOB_SCHEMA_VERSION:
+            raise ValueError(
+                f"job schema_version {data.get('schema_version')!r} is not {JOB_SCHEMA_VERSION};"
+                " controller and packager versions differ"
+            )
+        data["target"] = JobTarget(**data["target"])
+        data["compilers"] = [CompilerCall(**c) for c in data["compilers"]]
+        return cls(**data)
+
+    @classmethod
+    def read(cls, path: Path) -> "Job":
+        return cls.from_json(Path(path).read_text(encoding="utf-8"))
+
+
+def package_filename(name: str, version: str, target: str) -> str:
+    return f"{name}-{version}-{target}.tar.gz"
+
+
+#: a stdout line starting with this tells the controller which packaging stage is running
+STAGE_MARKER = "::modelpack-stage::"

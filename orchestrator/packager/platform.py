@@ -1,0 +1,46 @@
+"""Platform library: what is this build host, and which compile environment fits it.
+
+A job names its target; the packager refuses to build it on a host of another OS or
+architecture, because a package's self-test is only worth something on the platform
+it claims.
+"""
+
+from __future__ import annotations
+
+import platform as _platform
+import sys
+from dataclasses import dataclass, field
+
+from ..runtime.engines import installed_version
+from ..runtime.platforms import this_machine
+from .job import JobTarget
+
+#: Python distributions whose versions are recorded as the toolchain of a build
+TOOLCHAIN = ("numpy", "onnx", "onnxruntime", "protobuf")
+
+
+class PlatformMismatch(RuntimeError):
+    pass
+
+
+@dataclass
+class CompileEnvironment:
+    os: str
+    arch: str
+    python: str
+    toolchain: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"os": self.os, "arch": self.arch, "python": self.python, "toolchain": self.toolchain}
+
+
+def detect(target: JobTarget) -> CompileEnvironment:
+    """Detect this host and check it can build ``target`` natively."""
+    os_name, arch = this_machine()
+    if (os_name, arch) != (target.build_os, target.build_arch):
+        raise PlatformMismatch(
+            f"target {target.name} must be built on {target.build_os}/{target.build_arch},"
+            f" but this host is {os_name}/{arch}"
+        )
+    toolchain = {name: v for name in TOOLCHAIN if (v := installed_version(name))}
+    return CompileEnvironment(os_name, arch, f"{_platform.python_implementation()} {sys.version.split()[0]}", toolchain)

@@ -1,0 +1,76 @@
+"""Reading and validating an ONNX model file, and its input/output signature.
+
+The controller calls this at the edge (before any host is touched) so that a missing,
+non-ONNX or truncated file fails in one line; the packager calls it again on the host
+because it must never trust what arrived.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class ModelError(ValueError):
+    """The file is not a usable ONNX model; the message says why."""
+
+
+def load_onnx(path: Path) -> Any:
+    """Load and structurally check an ONNX model, raising :class:`ModelError`."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError("file not found" if not path.exists() else "not a regular file")
+    try:
+        model = onnx.load(str(path))
+    except (DecodeError, RuntimeError, ValueError, OSError) as exc:
+        raise ModelError(f"not a valid ONNX model (cannot parse: {exc})") from None
+    if not model.HasField("graph") or not model.opset_import:
+        raise ModelError("not a valid ONNX model (no graph or opset; truncated or not ONNX?)")
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:  # onnx raises its own ValidationError and plain C++ errors
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"ONNX checker rejected the model: {first}") from None
+    if not tensor_inputs(model):
+        raise ModelError("the model has no inputs")
+    return model
+
+
+def _tensor_spec(value_info: Any) -> dict[str, Any]:
+    import onnx
+
+    kind = value_info.type.WhichOneof("value")
+    if kind != "tensor_type":
+        raise ModelError(f"{value_info.name!r} is a {kind}; only tensor inputs/outputs are supported")
+    tensor = value_info.type.tensor_type
+    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)).name
+    shape: list[int | str] = []
+    for i, dim in enumerate(tensor.shape.dim):
+        if dim.HasField("dim_value"):
+            shape.append(int(dim.dim_value))
+        else:
+            shape.append(dim.dim_param or f"dim{i}")
+    return {"name": value_info.name, "dtype": dtype, "shape": shape}
+
+
+def tensor_inputs(model: Any) -> list[Any]:
+    """Graph inputs that are real inputs (older exporters also list initializers)."""
+    initializers = {init.name for init in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in initializers]
+
+
+def signature(model: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(inputs, outputs) as lists of ``{"name", "dtype", "shape"}``; symbolic dims are strings."""
+    return (
+        [_tensor_spec(i) for i in tensor_inputs(model)],
+        [_tensor_spec(o) for o in model.graph.output],
+    )
+
+
+def opsets(model: Any) -> dict[str, int]:
+    return {(o.domain or "ai.onnx"): int(o.version) for o in model.opset_import}
