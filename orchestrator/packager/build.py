@@ -71,13 +71,12 @@ def build(job: Job, in_dir: Path, out_dir: Path, stage: Callable[[str], None]) -
     try:
         model = load_onnx(model_path)
         inputs, outputs = signature(model)
-        shapes = concrete_shapes(inputs, job.shapes)
         if job.samples:
             feeds = load_samples(in_dir / job.samples, inputs)
             origin = {"kind": "spec", "file": job.samples}
         else:
             seed = int(job.model_sha256[:8], 16)
-            feeds = random_inputs(inputs, shapes, seed)
+            feeds = random_inputs(inputs, concrete_shapes(inputs, job.shapes), seed)
             origin = {"kind": "random", "seed": seed}
         reference = OnnxRuntimeRunner(model_path, optimization="disabled").run(feeds)
     except ValueError as exc:

@@ -1,0 +1,327 @@
+"""The ``modelpack`` command: argument parsing and output only.
+
+Exit codes: 0 all good, 1 a job (or verification) failed, 2 a usage, configuration or
+input error, 130 interrupted. Input errors print one line naming the file, the key
+and the problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .errors import InputError
+
+EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _out(text: str = "") -> None:
+    print(text, flush=True)
+
+
+# -- inventory -------------------------------------------------------------------------
+def _inventory(path: Path | None):
+    from .inventory import default_inventory, find_inventory_file, load_inventory
+
+    found = find_inventory_file(path)
+    if found is not None:
+        return load_inventory(found)
+    return default_inventory(_local_docker_answers())
+
+
+def _local_docker_answers() -> bool:
+    try:
+        import docker
+
+        docker.from_env(timeout=3).ping()
+        return True
+    except Exception:  # any failure to reach the engine means "not there"
+        return False
+
+
+def _probe_all(hosts: list[Any], environments: dict[str, list[str]]) -> dict[tuple[str, str], Any]:
+    """Probe every (host, environment) pair in parallel; a dead host costs one timeout."""
+    from .transports import make_transport
+
+    transports = {h.name: make_transport(h) for h in hosts}
+    pairs = [(h.name, env) for h in hosts for env in environments[h.name]]
+    with ThreadPoolExecutor(max_workers=max(1, min(8, len(pairs)))) as pool:
+        statuses = list(pool.map(lambda p: transports[p[0]].probe(p[1]), pairs))
+    return dict(zip(pairs, statuses))
+
+
+# -- build -----------------------------------------------------------------------------
+def cmd_build(args: argparse.Namespace) -> int:
+    from .collect import staging_dir
+    from .inventory import eligible_hosts
+    from .plan import plan
+    from .report.console import ConsoleEvents
+    from .report.summary import summary, write_json
+    from .scheduler import Scheduler
+    from .spec import load_spec
+    from .transports import make_transport
+
+    specs = [load_spec(p) for p in args.spec]
+    inventory = _inventory(args.hosts)
+    jobs = plan(specs, args.target)
+    eligible = {job.id: eligible_hosts(inventory, job.target) for job in jobs}
+    used = {h.name: h for hosts in eligible.values() for h in hosts}
+    transports = {name: make_transport(host) for name, host in used.items()}
+
+    environments: dict[str, list[str]] = {name: [] for name in used}
+    for job in jobs:
+        for host in eligible[job.id]:
+            if job.target.environment not in environments[host.name]:
+                environments[host.name].append(job.target.environment)
+    health = _probe_all(list(used.values()), environments)
+    down = {name: status.detail for (name, _), status in health.items() if not status.reachable}
+    for name, detail in down.items():
+        print(f"modelpack: host {name} failed its preflight check and is disabled for this run: {detail}",
+              file=sys.stderr)
+
+    out_dir = Path(args.out)
+    staging = staging_dir(out_dir)
+    run_id = uuid.uuid4().hex[:12]
+    scheduler = Scheduler(
+        jobs, eligible, transports, out_dir, staging,
+        run_labels={"org.modelpack.run": run_id}, timeout=args.timeout, disabled=down,
+    )
+    console = ConsoleEvents(scheduler.records, sys.stdout)
+    scheduler.events = console
+    try:
+        with console:
+            records = scheduler.run()
+    except KeyboardInterrupt:
+        scheduler.cancel()
+        print("modelpack: interrupted; build containers removed", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+    for record in records:
+        if record.status == "built":
+            _out(f"built   {record.job.id}: {record.package} (sha256 {record.attempts[-1].sha256})")
+        else:
+            _out(f"{record.status:7} {record.job.id}: [{record.failure}] {record.reason}")
+    if args.json:
+        write_json(Path(args.json), summary(records, run_id, inventory.source))
+    return EXIT_OK if all(r.status == "built" for r in records) else EXIT_FAILED
+
+
+# -- hosts -----------------------------------------------------------------------------
+def cmd_hosts(args: argparse.Namespace) -> int:
+    from .targets import TARGETS
+
+    inventory = _inventory(args.hosts)
+    rows: list[dict[str, Any]] = []
+    if args.action == "list":
+        rows = [h.model_dump(exclude_defaults=True) for h in inventory.hosts]
+        if args.json:
+            _out(json.dumps({"inventory": inventory.source, "hosts": rows}, indent=2))
+        else:
+            _out(f"inventory: {inventory.source}")
+            for h in inventory.hosts:
+                state = "" if h.enabled else " (disabled)"
+                _out(f"{h.name:20} {h.transport:7} slots={h.slots} targets={','.join(h.targets)}"
+                     f" features={','.join(h.features) or '-'}{state}")
+        return EXIT_OK
+
+    from .inventory import rejection
+
+    hosts = [h for h in inventory.hosts if h.enabled]
+    environments = {h.name: sorted({TARGETS[t].environment for t in h.targets}) for h in hosts}
+    ready_hosts = [h for h in hosts if all(rejection(h, TARGETS[t]) is None for t in h.targets)]
+    health = _probe_all(ready_hosts, {h.name: environments[h.name] for h in ready_hosts})
+    for host in inventory.hosts:
+        for target in host.targets:
+            why_not = rejection(host, TARGETS[target])
+            status = health.get((host.name, TARGETS[target].environment)) if why_not is None else None
+            ok = status is not None and status.reachable
+            rows.append({
+                "host": host.name, "target": target, "ready": ok,
+                "detail": why_not or (status.detail if status else ""),
+                "emulated": status.emulated if status else None,
+            })
+    if args.json:
+        _out(json.dumps({"inventory": inventory.source, "checks": rows}, indent=2))
+    else:
+        for row in rows:
+            mark = "ok  " if row["ready"] else "FAIL"
+            emulated = " (emulated)" if row["emulated"] else ""
+            _out(f"{mark} {row['host']:20} {row['target']:16} {row['detail']}{emulated}")
+    return EXIT_OK if all(r["ready"] for r in rows) else EXIT_FAILED
+
+
+# -- package commands --------------------------------------------------------------------
+def _checked_package(path: Path) -> dict[str, Any]:
+    from .collect import VerificationError, verify_archive
+
+    if not path.is_file():
+        raise InputError(path, None, "file not found")
+    try:
+        return verify_archive(path)
+    except VerificationError as exc:
+        raise InputError(path, None, str(exc).removeprefix(f"{path.name}: ")) from None
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    manifest = _checked_package(args.package)
+    if args.json:
+        _out(json.dumps(manifest, indent=2, sort_keys=True))
+        return EXIT_OK
+    t = manifest["target"]
+    _out(f"{manifest['name']} {manifest['version']} for {t['name']} ({t['os']}/{t['arch']})")
+    _out(f"  source model  sha256 {manifest['source']['sha256']}")
+    for kind in ("inputs", "outputs"):
+        for tensor in manifest[kind]:
+            _out(f"  {kind[:-1]:6} {tensor['name']}: {tensor['dtype']}{tensor['shape']}")
+    c = manifest["compiler"]
+    _out(f"  compiler      {c['name']} {c['version']} {json.dumps(c['options'], sort_keys=True)}")
+    for artifact in manifest["artifacts"]:
+        _out(f"  artifact      {artifact['path']} ({artifact['format']}, {artifact['role']})")
+    selftest = manifest["selftest"]
+    _out(f"  self-test     {'passed' if selftest['passed'] else 'FAILED'} on {selftest['ran_on']}"
+         f" (atol={manifest['tolerance']['atol']:g}, rtol={manifest['tolerance']['rtol']:g})")
+    for path, result in selftest["artifacts"].items():
+        for name, o in result["outputs"].items():
+            _out(f"    {path} {name}: max abs {o['max_abs']}, max rel {o['max_rel']}")
+    prov = manifest["provenance"]
+    _out(f"  built on      {prov.get('host')} via {prov.get('transport')}"
+         f" image {prov.get('image', '-')} packager {prov.get('packager_version')}")
+    _out(f"  files         {len(manifest['files'])} checked against sha256")
+    return EXIT_OK
+
+
+def _parse_inputs(values: list[str]) -> dict[str, np.ndarray]:
+    feeds = {}
+    for value in values:
+        name, sep, file = value.partition("=")
+        if not sep or not name or not file:
+            raise InputError(None, "--input", f"{value!r}: expected NAME=FILE.npy")
+        try:
+            feeds[name] = np.load(file, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise InputError(file, f"--input {name}", f"cannot read: {exc}") from None
+    return feeds
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .runtime import PackageError, load
+    from .runtime.archive import extract
+
+    _checked_package(args.package)
+    feeds = _parse_inputs(args.input)
+    with tempfile.TemporaryDirectory(prefix="modelpack-run-") as tmp:
+        extract(args.package, Path(tmp))
+        try:
+            session = load(tmp)
+            outputs = session.run(feeds)
+        except PackageError as exc:
+            raise InputError(args.package, None, str(exc)) from None
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, partial = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".npz", dir=out.parent)
+    with open(fd, "wb") as stream:
+        np.savez(stream, **outputs)
+    Path(partial).replace(out)
+    for name, value in outputs.items():
+        _out(f"{name}: {value.dtype}{list(value.shape)}")
+    _out(f"wrote {out}")
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .execute import verify_remotely
+    from .inventory import eligible_hosts
+    from .targets import get_target
+    from .transports import make_transport
+    from .transports.base import TransportError
+
+    manifest = _checked_package(args.package)
+    _out(f"{args.package.name}: checksums of {len(manifest['files'])} files match the manifest")
+    target = get_target(manifest["target"]["name"])
+    inventory = _inventory(args.hosts)
+    failures = []
+    for host in eligible_hosts(inventory, target):
+        transport = make_transport(host)
+        with tempfile.TemporaryDirectory(prefix="modelpack-verify-") as tmp:
+            try:
+                passed, message, _ = verify_remotely(
+                    args.package.resolve(), target.environment, transport, Path(tmp), args.timeout,
+                    {"org.modelpack.verify": uuid.uuid4().hex[:12]}, lambda line: None,
+                )
+            except TransportError as exc:
+                failures.append(f"{host.name}: {exc}")
+                continue
+        if passed:
+            _out(f"{args.package.name}: {message} on {host.name} (fresh workspace)")
+            return EXIT_OK
+        _out(f"{args.package.name}: self-test FAILED on {host.name}: {message}")
+        return EXIT_FAILED
+    _out(f"{args.package.name}: no host could run the self-test ({'; '.join(failures)})")
+    return EXIT_FAILED
+
+
+# -- parser ---------------------------------------------------------------------------------
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="modelpack", description="Package one ONNX model for every target platform.")
+    p.add_argument("--version", action="version", version=f"modelpack {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("build", help="package models on matching build hosts")
+    b.add_argument("spec", nargs="+", type=Path, help="modelpack.yaml file(s)")
+    b.add_argument("--hosts", type=Path, help="inventory file (default: ./hosts.yaml, else built-in)")
+    b.add_argument("--target", action="append", help="only these targets (glob; repeatable)")
+    b.add_argument("--out", default="dist", help="output folder (default: dist)")
+    b.add_argument("--json", help="write the run summary to this file")
+    b.add_argument("--timeout", type=float, default=1800.0, help="packaging time limit per job, seconds")
+    b.set_defaults(func=cmd_build)
+
+    h = sub.add_parser("hosts", help="list or check the inventory")
+    h.add_argument("action", choices=["list", "check"])
+    h.add_argument("--hosts", type=Path)
+    h.add_argument("--json", action="store_true")
+    h.set_defaults(func=cmd_hosts)
+
+    i = sub.add_parser("inspect", help="verify a package's checksums and show its manifest")
+    i.add_argument("package", type=Path)
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=cmd_inspect)
+
+    r = sub.add_parser("run", help="run a package on this machine")
+    r.add_argument("package", type=Path)
+    r.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy")
+    r.add_argument("--output", required=True, metavar="OUT.npz")
+    r.set_defaults(func=cmd_run)
+
+    v = sub.add_parser("verify", help="checksums + self-test on a host matching the package's target")
+    v.add_argument("package", type=Path)
+    v.add_argument("--hosts", type=Path)
+    v.add_argument("--timeout", type=float, default=600.0)
+    v.set_defaults(func=cmd_verify)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except InputError as exc:
+        print(f"modelpack: error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

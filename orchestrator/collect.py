@@ -1,0 +1,59 @@
+"""Collection: check what a host sent back, then publish it atomically.
+
+A package is verified before anyone sees it: the archive's sha256 against the one the
+packager reported, every member against the extraction rules, and every file against
+the manifest's checksum table. Only then is it renamed into ``--out``, so the output
+folder never holds a partial or unverified file and a failed job overwrites nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .runtime import PackageError, read_manifest, verify_files
+from .runtime.archive import ArchiveError, extract
+from .runtime.checks import sha256_file
+
+_REQUIRED = ("name", "version", "target", "source", "inputs", "outputs", "artifacts", "files", "selftest")
+
+
+class VerificationError(RuntimeError):
+    """The package from a host is corrupt, hostile or inconsistent."""
+
+
+def verify_archive(archive: Path, expected_sha256: str | None = None) -> dict[str, Any]:
+    """Check a package archive completely; return its manifest."""
+    if expected_sha256 is not None:
+        actual = sha256_file(archive)
+        if actual != expected_sha256:
+            raise VerificationError(f"{archive.name}: sha256 {actual} differs from the packager's {expected_sha256}")
+    with tempfile.TemporaryDirectory(prefix="modelpack-verify-") as tmp:
+        try:
+            extract(archive, Path(tmp))
+            manifest = read_manifest(Path(tmp))
+            verify_files(Path(tmp), manifest)
+        except (ArchiveError, PackageError) as exc:
+            raise VerificationError(f"{archive.name}: {exc}") from None
+    missing = [k for k in _REQUIRED if k not in manifest]
+    if missing:
+        raise VerificationError(f"{archive.name}: manifest.json lacks {', '.join(missing)}")
+    return manifest
+
+
+def staging_dir(out_dir: Path) -> Path:
+    """A private folder beside ``out_dir`` (same filesystem, so publishing is a rename)."""
+    out_dir = out_dir.resolve()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.modelpack-", dir=out_dir.parent))
+
+
+def publish(staged: Path, out_dir: Path, name: str) -> Path:
+    """Atomically move a verified file from :func:`staging_dir` into ``out_dir``:
+    readers see the old file or the new one, never a partial one."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dest = out_dir / name
+    os.replace(staged, dest)
+    return dest

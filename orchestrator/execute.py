@@ -1,0 +1,155 @@
+"""One attempt at one job on one host: push, package, pull, verify.
+
+The outcome is classified here, because only here are both sides visible:
+
+* ``infrastructure``: the host or link failed, the host refused the job as not
+  matching it, the packager died without a verdict, or what came back failed
+  verification. Worth retrying on another host.
+* ``package``: the packager ran and said the model cannot be packaged as instructed
+  (exit code 1). Retrying elsewhere would say the same, so it is not retried.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from . import __version__
+from .collect import VerificationError, verify_archive
+from .packager.job import EXIT_OK, EXIT_PACKAGE_FAILED, RESULT_FILE, STAGE_MARKER
+from .plan import Job, packager_code
+from .transports.base import Transport, TransportError, Workspace
+
+LOG_TAIL = 200
+
+INFRASTRUCTURE = "infrastructure"
+PACKAGE = "package"
+
+
+@dataclass
+class Attempt:
+    host: str
+    status: str = "running"  # ok | infrastructure | package
+    reason: str | None = None
+    stages: dict[str, float] = field(default_factory=dict)
+    packager_timings: dict[str, float] = field(default_factory=dict)
+    log_tail: list[str] = field(default_factory=list)
+    staged: Path | None = None
+    sha256: str | None = None
+    manifest: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "host": self.host, "status": self.status, "reason": self.reason,
+            "stages": self.stages, "packager_timings": self.packager_timings,
+        }
+
+
+def run_attempt(
+    job: Job,
+    transport: Transport,
+    staging: Path,
+    timeout: float,
+    labels: dict[str, str],
+    on_stage: Callable[[str], None],
+    on_open: Callable[[Workspace], None] = lambda ws: None,
+) -> Attempt:
+    attempt = Attempt(host=transport.name)
+    log: collections.deque[str] = collections.deque(maxlen=LOG_TAIL)
+    current: list[Any] = []  # [stage name, start time] of the stage in progress
+
+    def stage(name: str | None) -> None:
+        now = time.monotonic()
+        if current:
+            attempt.stages[current[0]] = round(now - current[1], 4)
+        current[:] = [name, now] if name else []
+        if name:
+            on_stage(name)
+
+    def on_line(line: str) -> None:
+        if line.startswith(STAGE_MARKER):
+            on_stage(f"package: {line[len(STAGE_MARKER):]}")
+        else:
+            log.append(line)
+
+    workspace: Workspace | None = None
+    try:
+        stage("connect")
+        workspace = transport.open(job.target.environment, labels)
+        on_open(workspace)
+        stage("push")
+        provenance = {"host": transport.name, "transport": type(transport).__name__.removesuffix("Transport").lower(),
+                      "controller_version": __version__, **workspace.provenance()}
+        job_file = staging / f"{job.target.name}.job.json"
+        job_file.write_text(job.packager_job(provenance).to_json())
+        workspace.push({**packager_code(), **job.inputs(), "in/job.json": job_file})
+        stage("package")
+        code, result = run_packager(workspace, ["build", "in/job.json"], timeout, on_line,
+                                    staging / f"{job.target.name}.result.json")
+        stage("pull")
+        attempt.packager_timings = result.get("timings", {}) if result else {}
+        if code != EXIT_OK:
+            message = (result or {}).get("error") or _last_lines(log) or f"packager exited with code {code}"
+            attempt.status = PACKAGE if code == EXIT_PACKAGE_FAILED and result else INFRASTRUCTURE
+            attempt.reason = message if attempt.status == PACKAGE else f"{transport.name}: {message}"
+            return attempt
+        if not result or result.get("package") != job.package_filename:
+            raise TransportError(f"packager reported success but its result names {result and result.get('package')!r}")
+        staged = staging / job.package_filename
+        staged.unlink(missing_ok=True)
+        workspace.pull(f"out/{job.package_filename}", staged)
+        stage("verify")
+        attempt.manifest = verify_archive(staged, result["sha256"])
+        attempt.staged, attempt.sha256 = staged, result["sha256"]
+        attempt.status = "ok"
+    except (TransportError, VerificationError) as exc:
+        attempt.status, attempt.reason = INFRASTRUCTURE, str(exc)
+    finally:
+        stage(None)
+        attempt.log_tail = list(log)
+        if workspace is not None:
+            workspace.close()
+    return attempt
+
+
+def run_packager(
+    workspace: Workspace, command: list[str], timeout: float, on_line: Callable[[str], None], result_dest: Path
+) -> tuple[int, dict[str, Any] | None]:
+    """Run ``python -m orchestrator.packager COMMAND --out out`` in a workspace that
+    holds the packager code; return its exit code and its ``result.json`` (None when
+    it wrote none, e.g. because it was killed)."""
+    code = workspace.run(
+        [workspace.python, "-m", "orchestrator.packager", *command, "--out", "out"],
+        {"PYTHONPATH": str(workspace.root), "PYTHONDONTWRITEBYTECODE": "1"},
+        timeout, on_line,
+    )
+    result_dest.unlink(missing_ok=True)
+    try:
+        workspace.pull(f"out/{RESULT_FILE}", result_dest)
+        data = json.loads(result_dest.read_text(encoding="utf-8"))
+    except (TransportError, ValueError, OSError):
+        return code, None
+    return code, data if isinstance(data, dict) else None
+
+
+def verify_remotely(
+    archive: Path, environment: str, transport: Transport, staging: Path, timeout: float,
+    labels: dict[str, str], on_line: Callable[[str], None],
+) -> tuple[bool, str, dict[str, Any] | None]:
+    """Self-test a package in a fresh workspace on ``transport``'s host (never the one
+    that built it). Returns (passed, message, packager result)."""
+    with transport.open(environment, labels) as workspace:
+        workspace.push({**packager_code(), f"in/{archive.name}": archive})
+        code, result = run_packager(workspace, ["verify", f"in/{archive.name}"], timeout, on_line,
+                                    staging / "verify.result.json")
+    if code == EXIT_OK and result and result.get("status") == "ok":
+        return True, "self-test passed", result
+    return False, (result or {}).get("error") or f"packager exited with code {code}", result
+
+
+def _last_lines(log: collections.deque[str], n: int = 3) -> str:
+    return " | ".join(line.strip() for line in list(log)[-n:] if line.strip())

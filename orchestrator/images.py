@@ -1,0 +1,181 @@
+"""Build environments for Docker hosts: content-hashed images made without a registry.
+
+An image is named ``modelpack/<environment>:<hash>``, where the hash covers every file
+in ``images/<environment>/`` (Dockerfile, pinned requirements, base recipe). A changed
+input means a new tag; an unchanged one means the build is a no-op. The base root
+filesystem comes from Debian via mmdebstrap and ``docker import``; wheels come from a
+wheelhouse downloaded on this machine for the image's platform and Python version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+import docker.errors
+
+IMAGES_DIR = Path(__file__).resolve().parent.parent / "images"
+CACHE_DIR = Path(__file__).resolve().parent.parent / ".cache"
+LABEL_ENV = "org.modelpack.environment"
+LABEL_INPUTS = "org.modelpack.inputs-sha256"
+
+log = logging.getLogger(__name__)
+
+
+class ImageError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Environment:
+    name: str
+    folder: Path
+    suite: str
+    arch: str
+    platform: str
+    debian_packages: tuple[str, ...]
+    python_version: str
+    wheel_platforms: tuple[str, ...]
+
+    @classmethod
+    def load(cls, name: str) -> "Environment":
+        folder = IMAGES_DIR / name
+        recipe = folder / "image.json"
+        if not recipe.is_file():
+            raise ImageError(f"{recipe}: no such build environment (have: {', '.join(available())})")
+        data = json.loads(recipe.read_text())
+        return cls(name, folder, data["suite"], data["arch"], data["platform"],
+                   tuple(data["debian_packages"]), data["python_version"], tuple(data["wheel_platforms"]))
+
+    def inputs_sha256(self) -> str:
+        digest = hashlib.sha256()
+        for path in sorted(p for p in self.folder.rglob("*") if p.is_file()):
+            digest.update(path.relative_to(self.folder).as_posix().encode() + b"\0")
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+        return digest.hexdigest()
+
+    @property
+    def tag(self) -> str:
+        return f"modelpack/{self.name}:{self.inputs_sha256()[:16]}"
+
+    @property
+    def base_tag(self) -> str:
+        recipe = json.dumps([self.suite, self.arch, sorted(self.debian_packages)]).encode()
+        return f"modelpack/base-{self.suite}-{self.arch}:{hashlib.sha256(recipe).hexdigest()[:16]}"
+
+
+def available() -> list[str]:
+    return sorted(p.parent.name for p in IMAGES_DIR.glob("*/image.json"))
+
+
+def image_tag(environment: str) -> str:
+    return Environment.load(environment).tag
+
+
+def _exists(client: docker.DockerClient, tag: str) -> bool:
+    try:
+        client.images.get(tag)
+        return True
+    except docker.errors.ImageNotFound:
+        return False
+
+
+def _build_base(client: docker.DockerClient, env: Environment) -> None:
+    if _exists(client, env.base_tag):
+        return
+    if shutil.which("mmdebstrap") is None:
+        raise ImageError("mmdebstrap is not installed (apt-get install mmdebstrap); it makes the base root filesystem")
+    repository, tag = env.base_tag.split(":")
+    with tempfile.TemporaryDirectory(prefix="modelpack-rootfs-") as tmp:
+        rootfs = Path(tmp) / "rootfs.tar"
+        argv = ["mmdebstrap", "--variant=apt", f"--architectures={env.arch}",
+                f"--include={','.join(env.debian_packages)}", env.suite, str(rootfs)]
+        log.info("making base root filesystem: %s", " ".join(argv))
+        proc = subprocess.run(argv, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise ImageError(f"mmdebstrap failed: {proc.stderr.strip().splitlines()[-1:]}")
+        client.api.import_image_from_file(str(rootfs), repository=repository, tag=tag)
+    if not _exists(client, env.base_tag):
+        raise ImageError(f"docker import did not produce {env.base_tag}")
+
+
+def _wheelhouse(env: Environment) -> Path:
+    """Download (once) the wheels for the image's platform and Python into a cache."""
+    requirements = env.folder / "requirements.txt"
+    key = hashlib.sha256(requirements.read_bytes() + json.dumps(env.wheel_platforms).encode()).hexdigest()[:16]
+    house = CACHE_DIR / "wheelhouse" / f"{env.name}-{key}"
+    if (house / ".complete").exists():
+        return house
+    if house.exists():
+        shutil.rmtree(house)
+    house.mkdir(parents=True)
+    argv = [sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:",
+            "--python-version", env.python_version, "--implementation", "cp",
+            *[arg for p in env.wheel_platforms for arg in ("--platform", p)],
+            "-r", str(requirements), "-d", str(house)]
+    log.info("downloading wheels for %s", env.name)
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ImageError(f"pip download for {env.name} failed: {proc.stderr.strip()[-500:]}")
+    (house / ".complete").touch()
+    return house
+
+
+def _context(env: Environment, wheelhouse: Path) -> io.BytesIO:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for path in sorted(env.folder.iterdir()):
+            tar.add(path, arcname=path.name)
+        for wheel in sorted(wheelhouse.glob("*.whl")):
+            tar.add(wheel, arcname=f"wheelhouse/{wheel.name}")
+    buffer.seek(0)
+    return buffer
+
+
+def build(client: docker.DockerClient, name: str) -> tuple[str, bool]:
+    """Build environment ``name`` if its tag is missing. Returns (tag, built_now)."""
+    env = Environment.load(name)
+    tag = env.tag
+    if _exists(client, tag):
+        return tag, False
+    _build_base(client, env)
+    context = _context(env, _wheelhouse(env))
+    try:
+        client.images.build(
+            fileobj=context, custom_context=True, tag=tag, rm=True, forcerm=True,
+            buildargs={"BASE": env.base_tag}, network_mode="none", platform=env.platform,
+            labels={LABEL_ENV: name, LABEL_INPUTS: env.inputs_sha256()},
+        )
+    except docker.errors.BuildError as exc:
+        lines = [c.get("stream", c.get("error", "")).strip() for c in exc.build_log]
+        raise ImageError(f"building {tag} failed: {' | '.join(l for l in lines if l)[-800:]}") from None
+    return tag, True
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m orchestrator.images [ENV...]``: build the named (default: all) images."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    names = (argv if argv is not None else sys.argv[1:]) or available()
+    client = docker.from_env()
+    try:
+        for name in names:
+            tag, built = build(client, name)
+            print(f"{name}: {tag} ({'built' if built else 'up to date'})")
+    except ImageError as exc:
+        print(f"build-images: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""The inventory (``hosts.yaml``): which build hosts exist, what they can build, and why
+a host was or was not chosen for a target.
+
+Like Nix's machines file, capabilities are declared (targets, features, slots, speed)
+and matching explains itself: when no host fits, the error lists every host with the
+reason it was rejected.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .config import read_yaml, validate
+from .errors import InputError
+from .runtime.platforms import this_machine
+from .targets import TARGETS, Target
+
+_DOCKER_KEYS = ("docker_host", "platform", "image", "allow_emulation")
+_SSH_KEYS = ("address", "user", "port", "key", "host_key", "shell", "workdir")
+SUPPORTED_TRANSPORTS = ("docker", "local")
+
+
+class Host(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="unique host name")
+    transport: Literal["docker", "ssh", "local"] = Field(description="how the host is reached")
+    targets: list[str] = Field(min_length=1, description="targets this host builds")
+    slots: int = Field(1, ge=1, description="jobs the host runs at once")
+    speed: float = Field(1.0, gt=0, description="relative speed; faster hosts get more work")
+    features: list[str] = Field(default_factory=list, description="free labels a spec can require")
+    mandatory_features: list[str] = Field(
+        default_factory=list, description="the host only takes jobs that require all of these")
+    enabled: bool = Field(True, description="false keeps the host listed but never used")
+    # docker
+    docker_host: str | None = Field(None, description="Docker engine URL (unix://, tcp://, ssh://); default: the local engine")
+    platform: str | None = Field(None, description="container platform, e.g. linux/amd64")
+    image: str | None = Field(None, description="build image to use instead of the one built by scripts/build-images")
+    allow_emulation: bool = Field(True, description="allow builds under emulation on this engine")
+    # ssh
+    address: str | None = Field(None, description="ssh: host name or address")
+    user: str | None = Field(None, description="ssh: login user")
+    port: int = Field(22, ge=1, le=65535, description="ssh: port")
+    key: str | None = Field(None, description="ssh: private key file")
+    host_key: str | None = Field(None, description="ssh: pinned public host key ('ssh-ed25519 AAAA...')")
+    shell: Literal["sh", "powershell", "cmd"] | None = Field(None, description="ssh: remote shell dialect")
+    workdir: str | None = Field(None, description="ssh: remote work directory")
+
+    @field_validator("targets")
+    @classmethod
+    def _known_targets(cls, value: list[str]) -> list[str]:
+        for target in value:
+            if target not in TARGETS:
+                raise ValueError(f"unknown target {target!r}; known targets: {', '.join(TARGETS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _transport_keys(self) -> "Host":
+        given = self.model_fields_set
+        foreign = {
+            "docker": _SSH_KEYS, "ssh": _DOCKER_KEYS, "local": _DOCKER_KEYS + _SSH_KEYS,
+        }[self.transport]
+        wrong = [k for k in foreign if k in given]
+        if wrong:
+            raise ValueError(f"{', '.join(wrong)} do not apply to a {self.transport} host")
+        if self.transport == "ssh" and not self.address:
+            raise ValueError("an ssh host needs an address")
+        return self
+
+
+class Inventory(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    hosts: list[Host] = Field(min_length=1, description="the build hosts")
+
+    @field_validator("hosts")
+    @classmethod
+    def _unique_names(cls, hosts: list[Host]) -> list[Host]:
+        names = [h.name for h in hosts]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"host names must be unique; repeated: {', '.join(dupes)}")
+        return hosts
+
+
+@dataclass(frozen=True)
+class LoadedInventory:
+    source: str  # the file it came from, or "(built-in default)"
+    inventory: Inventory
+
+    @property
+    def hosts(self) -> list[Host]:
+        return self.inventory.hosts
+
+
+def local_target() -> Target | None:
+    """The target this controller machine can build for itself, if any."""
+    here = this_machine()
+    return next((t for t in TARGETS.values() if (t.os, t.arch) == here), None)
+
+
+def default_inventory(docker_answers: bool) -> LoadedInventory:
+    """No hosts.yaml: the local Docker engine (when it answers) and this machine.
+
+    Docker comes first because its images pin every tool version; the local machine
+    is the fallback that works with nothing but Python.
+    """
+    hosts = []
+    target = local_target()
+    if docker_answers:
+        hosts.append(Host(name="local-docker", transport="docker", targets=["linux-x86_64"], slots=2))
+    if target is not None:
+        hosts.append(Host(name="localhost", transport="local", targets=[target.name]))
+    if not hosts:
+        raise InputError(None, "hosts", "no hosts.yaml found and this machine can build no target; write a hosts.yaml")
+    return LoadedInventory("(built-in default)", Inventory(hosts=hosts))
+
+
+def find_inventory_file(explicit: Path | None) -> Path | None:
+    """--hosts, then $MODELPACK_HOSTS, then ./hosts.yaml, then ~/.config/modelpack/hosts.yaml."""
+    if explicit is not None:
+        return explicit
+    if os.environ.get("MODELPACK_HOSTS"):
+        return Path(os.environ["MODELPACK_HOSTS"])
+    for candidate in (Path("hosts.yaml"), Path.home() / ".config" / "modelpack" / "hosts.yaml"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_inventory(path: Path) -> LoadedInventory:
+    return LoadedInventory(str(path), validate(path, read_yaml(path), Inventory))
+
+
+def rejection(host: Host, target: Target, required_features: frozenset[str] = frozenset()) -> str | None:
+    """Why ``host`` cannot build ``target``, or None if it can."""
+    if not host.enabled:
+        return "disabled in the inventory"
+    if target.name not in host.targets:
+        return f"serves {', '.join(host.targets)}, not {target.name}"
+    if host.transport not in SUPPORTED_TRANSPORTS:
+        return f"the {host.transport} transport is not supported yet by this version of modelpack"
+    if host.transport == "local" and this_machine() != (target.build_os, target.build_arch):
+        here = "/".join(this_machine())
+        return f"a local host is {here}; {target.name} must be built on {target.build_os}/{target.build_arch}"
+    missing = sorted(required_features - set(host.features))
+    if missing:
+        return f"lacks required feature(s) {', '.join(missing)}"
+    unmet = sorted(set(host.mandatory_features) - required_features)
+    if unmet:
+        return f"only takes jobs that require {', '.join(unmet)}"
+    return None
+
+
+def eligible_hosts(inventory: LoadedInventory, target: Target,
+                   required_features: frozenset[str] = frozenset()) -> list[Host]:
+    """Hosts that can build ``target``; raises an :class:`InputError` explaining every
+    rejection when there are none."""
+    reasons = {h.name: rejection(h, target, required_features) for h in inventory.hosts}
+    eligible = [h for h in inventory.hosts if reasons[h.name] is None]
+    if not eligible:
+        detail = "; ".join(f"{name}: {why}" for name, why in reasons.items())
+        raise InputError(inventory.source, f"target {target.name}", f"no host can build it ({detail})")
+    return eligible

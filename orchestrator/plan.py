@@ -1,0 +1,89 @@
+"""Matrix expansion: specs × targets → jobs, and what each job sends to its host."""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+from .packager.job import Job as PackagerJob
+from .packager.job import JobTarget, package_filename
+from .spec import LoadedSpec
+from .targets import TARGETS, Target
+
+_CODE_ROOT = Path(__file__).resolve().parent.parent
+
+
+def packager_code() -> dict[str, Path]:
+    """The files that make up the packager on a build host (relative name → local file)."""
+    package = _CODE_ROOT / "orchestrator"
+    files = {"orchestrator/__init__.py": package / "__init__.py"}
+    for sub in ("packager", "runtime"):
+        for path in sorted((package / sub).rglob("*.py")):
+            files[path.relative_to(_CODE_ROOT).as_posix()] = path
+    return files
+
+
+def packager_digest() -> str:
+    """sha256 over the packager's code: changes whenever what runs on hosts changes."""
+    digest = hashlib.sha256()
+    for name, path in sorted(packager_code().items()):
+        digest.update(name.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Job:
+    spec: LoadedSpec
+    target: Target
+
+    @property
+    def id(self) -> str:
+        return f"{self.spec.spec.name}/{self.target.name}"
+
+    @property
+    def package_filename(self) -> str:
+        return package_filename(self.spec.spec.name, self.spec.spec.version, self.target.name)
+
+    def inputs(self) -> dict[str, Path]:
+        """Job input files by their name in the workspace's ``in/`` folder."""
+        files = {"in/model.onnx": self.spec.model.path}
+        if self.spec.samples is not None:
+            files[f"in/samples{self.spec.samples.suffix}"] = self.spec.samples
+        return files
+
+    def packager_job(self, provenance: dict[str, Any]) -> PackagerJob:
+        s = self.spec.spec
+        t = self.target
+        return PackagerJob(
+            name=s.name,
+            version=s.version,
+            target=JobTarget(t.name, t.os, t.arch, t.build_os, t.build_arch),
+            model="model.onnx",
+            model_sha256=self.spec.model.sha256,
+            samples=f"samples{self.spec.samples.suffix}" if self.spec.samples else None,
+            shapes={k: list(v) for k, v in s.shapes.items()},
+            compilers=s.compiler_calls(),
+            atol=s.tolerance.atol,
+            rtol=s.tolerance.rtol,
+            provenance=provenance,
+        )
+
+
+def plan(specs: list[LoadedSpec], target_patterns: list[str] | None = None) -> list[Job]:
+    """Expand specs into jobs, keeping only targets matching ``target_patterns`` (globs)."""
+    for pattern in target_patterns or []:
+        if not fnmatch.filter(TARGETS, pattern):
+            raise InputError(None, "--target", f"{pattern!r} matches no known target ({', '.join(TARGETS)})")
+    jobs = [
+        Job(spec, target)
+        for spec in specs
+        for target in spec.targets
+        if not target_patterns or any(fnmatch.fnmatchcase(target.name, p) for p in target_patterns)
+    ]
+    if not jobs:
+        raise InputError(None, "--target", f"{', '.join(target_patterns or [])} selects none of the spec's targets")
+    return jobs

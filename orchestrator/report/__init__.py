@@ -1,0 +1,1 @@
+"""Reporting: the live console view and the machine-readable run summary."""

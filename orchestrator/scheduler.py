@@ -1,0 +1,210 @@
+"""Dispatch: jobs onto eligible hosts within their slots, with failover and cancellation.
+
+The scheduler knows jobs and hosts and treats transports and the packager as black
+boxes. An infrastructure failure disables the host for the rest of the run (a circuit
+breaker: a dead host costs one attempt, not one per job) and the job moves to another
+eligible host, up to ``max_attempts``. A package failure is final. Cancelling closes
+every open workspace, which removes containers and unblocks running commands.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from .collect import publish
+from .execute import INFRASTRUCTURE, PACKAGE, Attempt, run_attempt
+from .inventory import Host
+from .plan import Job
+from .transports.base import Transport, Workspace
+
+
+@dataclass
+class JobRecord:
+    job: Job
+    status: str = "pending"  # pending | running | built | failed | cancelled
+    failure: str | None = None  # infrastructure | package
+    reason: str | None = None
+    attempts: list[Attempt] = field(default_factory=list)
+    package: Path | None = None
+    started: float | None = None
+    finished: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        manifest = self.attempts[-1].manifest if self.attempts else None
+        return {
+            "job": self.job.id,
+            "name": self.job.spec.spec.name,
+            "version": self.job.spec.spec.version,
+            "target": self.job.target.name,
+            "status": self.status,
+            "failure": self.failure,
+            "reason": self.reason,
+            "host": self.attempts[-1].host if self.attempts else None,
+            "attempts": [a.to_json() for a in self.attempts],
+            "package": str(self.package) if self.package else None,
+            "sha256": self.attempts[-1].sha256 if self.status == "built" else None,
+            "size": self.package.stat().st_size if self.package and self.package.exists() else None,
+            "engine": (manifest or {}).get("compiler", {}).get("name"),
+            "seconds": round(self.finished - self.started, 3) if self.started and self.finished else None,
+        }
+
+
+class Events(Protocol):
+    def job_update(self, record: JobRecord, host: str | None, stage: str) -> None: ...
+
+
+class _NoEvents:
+    def job_update(self, record: JobRecord, host: str | None, stage: str) -> None:
+        pass
+
+
+@dataclass
+class _HostState:
+    host: Host
+    transport: Transport
+    running: int = 0
+    disabled: str | None = None
+
+
+class Scheduler:
+    def __init__(
+        self,
+        jobs: list[Job],
+        eligible: dict[str, list[Host]],
+        transports: dict[str, Transport],
+        out_dir: Path,
+        staging: Path,
+        run_labels: dict[str, str],
+        events: Events | None = None,
+        timeout: float = 1800.0,
+        max_attempts: int = 3,
+        max_parallel: int | None = None,
+        disabled: dict[str, str] | None = None,
+    ) -> None:
+        self.records = [JobRecord(job) for job in jobs]
+        self._eligible = eligible
+        self._hosts = {name: _HostState(t.host, t, disabled=(disabled or {}).get(name))
+                       for name, t in transports.items()}
+        self._out_dir = out_dir
+        self._staging = staging
+        #: receives progress; may be set after construction (the console needs the records)
+        self.events: Events = events or _NoEvents()
+        self._labels = run_labels
+        self._timeout = timeout
+        self._max_attempts = max_attempts
+        total_slots = sum(h.host.slots for h in self._hosts.values())
+        self._parallel = max(1, min(len(jobs), total_slots, max_parallel or total_slots))
+        self._cond = threading.Condition()
+        self._open: set[Workspace] = set()
+        self.cancelled = threading.Event()
+
+    # -- host choice -------------------------------------------------------------
+    def _acquire(self, job: Job, tried: set[str]) -> _HostState | None:
+        """Block until an eligible, healthy, untried host has a free slot; None when
+        no such host is left or the run was cancelled."""
+        with self._cond:
+            while True:
+                if self.cancelled.is_set():
+                    return None
+                candidates = [
+                    self._hosts[h.name] for h in self._eligible[job.id]
+                    if h.name not in tried and not self._hosts[h.name].disabled
+                ]
+                if not candidates:
+                    return None
+                free = [c for c in candidates if c.running < c.host.slots]
+                if free:
+                    best = min(free, key=lambda c: (c.running / c.host.slots / c.host.speed, -c.host.speed))
+                    best.running += 1
+                    return best
+                self._cond.wait()
+
+    def _release(self, state: _HostState, failure: str | None) -> None:
+        with self._cond:
+            state.running -= 1
+            if failure and not state.disabled:
+                state.disabled = failure
+            self._cond.notify_all()
+
+    # -- workspaces ----------------------------------------------------------------
+    def _track(self, workspace: Workspace) -> None:
+        with self._cond:
+            self._open.add(workspace)
+        if self.cancelled.is_set():
+            workspace.close()
+
+    def cancel(self) -> None:
+        """Stop dispatching and destroy every open workspace (containers included)."""
+        self.cancelled.set()
+        with self._cond:
+            open_now = list(self._open)
+            self._cond.notify_all()
+        for workspace in open_now:
+            workspace.close()
+
+    # -- running ---------------------------------------------------------------------
+    def _run_job(self, record: JobRecord) -> None:
+        job = record.job
+        record.started = time.time()
+        tried: set[str] = set()
+        try:
+            while len(record.attempts) < self._max_attempts:
+                state = self._acquire(job, tried)
+                if state is None:
+                    break
+                record.status = "running"
+                name = state.host.name
+                tried.add(name)
+                labels = {**self._labels, "org.modelpack.job": job.id}
+                attempt: Attempt | None = None
+                try:
+                    attempt = run_attempt(
+                        job, state.transport, self._staging, self._timeout, labels,
+                        on_stage=lambda s, n=name: self.events.job_update(record, n, s),
+                        on_open=self._track,
+                    )
+                finally:
+                    failed_infra = attempt is None or attempt.status == INFRASTRUCTURE
+                    self._release(state, attempt.reason if attempt and failed_infra else None)
+                record.attempts.append(attempt)
+                if attempt.status == "ok" and not self.cancelled.is_set():
+                    assert attempt.staged is not None
+                    record.package = publish(attempt.staged, self._out_dir, job.package_filename)
+                    record.status = "built"
+                    return
+                if attempt.status == PACKAGE:
+                    record.status, record.failure, record.reason = "failed", PACKAGE, attempt.reason
+                    return
+                if self.cancelled.is_set():
+                    break
+            if self.cancelled.is_set():
+                record.status, record.reason = "cancelled", "the run was cancelled"
+                return
+            reasons = "; ".join(f"{a.host}: {a.reason}" for a in record.attempts) or "no attempt could start"
+            skipped = [h.name for h in self._eligible[job.id] if self._hosts[h.name].disabled and h.name not in tried]
+            if skipped:
+                reasons += f"; disabled earlier in this run: {', '.join(skipped)}"
+            record.status, record.failure = "failed", INFRASTRUCTURE
+            record.reason = f"no host could build it ({reasons})"
+        finally:
+            record.finished = time.time()
+            self.events.job_update(record, record.attempts[-1].host if record.attempts else None, record.status)
+
+    def run(self) -> list[JobRecord]:
+        with ThreadPoolExecutor(max_workers=self._parallel, thread_name_prefix="modelpack-job") as pool:
+            futures = [pool.submit(self._run_job, r) for r in self.records]
+            try:
+                for future in futures:
+                    while not future.done():
+                        time.sleep(0.05)
+                    future.result()
+            except BaseException:
+                self.cancel()
+                raise
+        return self.records
+

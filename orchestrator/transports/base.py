@@ -1,0 +1,88 @@
+"""The transport interface: a tiny contract every way of reaching a host honours.
+
+A :class:`Transport` probes one host and opens :class:`Workspace` objects on it; a
+workspace is a fresh, private working area for one job attempt that can receive
+files, run an argv, hand files back, and is always destroyed on close. Every failure
+of the host or the link is raised as :class:`TransportError`: the scheduler treats it
+as an *infrastructure* failure and may retry elsewhere, whereas a non-zero exit code
+from the command is the command's own business.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+if TYPE_CHECKING:
+    from ..inventory import Host
+
+#: called with each line the remote command prints (stdout and stderr, in order)
+LineSink = Callable[[str], None]
+
+
+class TransportError(RuntimeError):
+    """The host or the link failed (not the command): an infrastructure failure."""
+
+
+class CommandTimeout(TransportError):
+    """The command outlived its time limit and was killed."""
+
+
+@dataclass
+class HostStatus:
+    reachable: bool
+    detail: str
+    arch: str | None = None
+    emulated: bool | None = None
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+class Workspace(ABC):
+    """One job attempt's working area on a host. Use as a context manager."""
+
+    #: absolute path of the workspace on the host
+    root: PurePosixPath
+    #: the interpreter that runs the packager on the host
+    python: str
+
+    @abstractmethod
+    def push(self, files: Mapping[str, Path]) -> None:
+        """Copy local files to ``root/<relative name>``, creating folders."""
+
+    @abstractmethod
+    def run(self, argv: list[str], env: Mapping[str, str], timeout: float, on_line: LineSink) -> int:
+        """Run ``argv`` (never through a shell) in ``root``; return its exit code.
+        Raises :class:`CommandTimeout` after ``timeout`` seconds."""
+
+    @abstractmethod
+    def pull(self, relative: str, dest: Path) -> None:
+        """Copy the regular file ``root/<relative>`` to the local path ``dest``."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Destroy the workspace and everything in it. Idempotent; never raises."""
+
+    def provenance(self) -> dict[str, Any]:
+        """Facts about where the work ran, for the package manifest."""
+        return {}
+
+    def __enter__(self) -> "Workspace":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Transport(ABC):
+    name: str
+    host: "Host"
+
+    @abstractmethod
+    def probe(self, environment: str) -> HostStatus:
+        """Is the host reachable and ready to build in ``environment``? Never raises."""
+
+    @abstractmethod
+    def open(self, environment: str, labels: Mapping[str, str]) -> Workspace:
+        """Create a fresh workspace for the build environment ``environment``."""

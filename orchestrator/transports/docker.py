@@ -1,0 +1,206 @@
+"""Docker transport: a build host is a Docker engine; a workspace is a fresh container.
+
+Everything goes through the Docker SDK (no ``docker`` CLI): files travel as tar streams
+(``put_archive``/``get_archive``), commands run through the low-level exec API whose
+raw socket is read here so output streams live and a watchdog can cut a hung command
+off. Containers are labelled, run with no network, no capabilities and a seccomp
+profile, and are removed on success, failure and Ctrl-C alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import threading
+from pathlib import Path, PurePosixPath
+from typing import Any, Iterator, Mapping
+
+import docker
+import docker.errors
+import requests.exceptions
+from docker.utils.socket import frames_iter
+
+from .. import images
+from ..inventory import Host
+from ..runtime.archive import ArchiveError
+from ..runtime.platforms import normalise_arch
+from .base import CommandTimeout, HostStatus, LineSink, Transport, TransportError, Workspace
+from .seccomp import SECURITY_OPT
+from .tarstream import pack, unpack_single_file
+
+log = logging.getLogger(__name__)
+
+LABEL = "org.modelpack"
+MAX_PULL_BYTES = 16 << 30
+_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException, OSError)
+
+
+@contextlib.contextmanager
+def _infrastructure(what: str) -> Iterator[None]:
+    """Turn any engine or link error into a :class:`TransportError` naming the step."""
+    try:
+        yield
+    except TransportError:
+        raise
+    except _ERRORS as exc:
+        raise TransportError(f"{what}: {exc}") from exc
+
+
+class DockerTransport(Transport):
+    def __init__(self, host: Host, api_timeout: float = 60.0) -> None:
+        self.host = host
+        self.name = host.name
+        self._api_timeout = api_timeout
+        self._client: docker.DockerClient | None = None
+        self._lock = threading.Lock()
+
+    def client(self) -> docker.DockerClient:
+        with self._lock:
+            if self._client is None:
+                with _infrastructure(f"connecting to the Docker engine of {self.name}"):
+                    if self.host.docker_host:
+                        self._client = docker.DockerClient(base_url=self.host.docker_host, timeout=self._api_timeout)
+                    else:
+                        self._client = docker.from_env(timeout=self._api_timeout)
+            return self._client
+
+    def image_for(self, environment: str) -> str:
+        return self.host.image or images.image_tag(environment)
+
+    def probe(self, environment: str) -> HostStatus:
+        try:
+            with _infrastructure("probe"):
+                client = self.client()
+                client.ping()
+                info = client.info()
+                arch = normalise_arch(info.get("Architecture", ""))
+                image = self.image_for(environment)
+                try:
+                    found = client.images.get(image)
+                except docker.errors.ImageNotFound:
+                    return HostStatus(False, f"engine answers but image {image} is missing; run scripts/build-images",
+                                      arch=arch)
+                image_arch = normalise_arch(found.attrs.get("Architecture", arch))
+                return HostStatus(True, f"Docker {info.get('ServerVersion', '?')}, image {image}", arch=arch,
+                                  emulated=image_arch != arch,
+                                  facts={"image": image, "image_id": found.id, "image_arch": image_arch})
+        except (TransportError, images.ImageError) as exc:
+            return HostStatus(False, str(exc))
+
+    def open(self, environment: str, labels: Mapping[str, str]) -> "DockerWorkspace":
+        return DockerWorkspace(self, self.image_for(environment), labels)
+
+
+class DockerWorkspace(Workspace):
+    root = PurePosixPath("/work")
+    python = "python"
+
+    def __init__(self, transport: DockerTransport, image: str, labels: Mapping[str, str]) -> None:
+        self._transport = transport
+        self._image = image
+        self._container: Any = None
+        self._closed = False
+        client = transport.client()
+        try:
+            with _infrastructure(f"creating a container from {image} on {transport.name}"):
+                self._container = client.containers.create(
+                    image,
+                    command=["sleep", "infinity"],
+                    labels={LABEL: "1", **labels},
+                    network_mode="none",
+                    cap_drop=["ALL"],
+                    security_opt=SECURITY_OPT,
+                    platform=transport.host.platform,
+                    working_dir=str(self.root),
+                    pids_limit=4096,
+                )
+                self._container.start()
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def container_id(self) -> str | None:
+        return self._container.id if self._container is not None else None
+
+    def push(self, files: Mapping[str, Path]) -> None:
+        with _infrastructure(f"copying files into the container on {self._transport.name}"):
+            with pack(files) as stream:
+                if not self._container.put_archive(str(self.root), stream):
+                    raise TransportError("the engine refused the upload")
+
+    def run(self, argv: list[str], env: Mapping[str, str], timeout: float, on_line: LineSink) -> int:
+        api = self._transport.client().api
+        with _infrastructure(f"running {argv[0]} in the container on {self._transport.name}"):
+            exec_id = api.exec_create(self._container.id, argv, environment=dict(env),
+                                      workdir=str(self.root))["Id"]
+            sock = api.exec_start(exec_id, socket=True)
+            raw = getattr(sock, "_sock", sock)
+            raw.settimeout(None)  # the watchdog below bounds the wait, not the socket
+            timed_out = threading.Event()
+
+            def cut_off() -> None:
+                timed_out.set()
+                with contextlib.suppress(*_ERRORS):
+                    self._container.kill()
+                with contextlib.suppress(OSError):
+                    raw.shutdown(socket.SHUT_RDWR)
+
+            watchdog = threading.Timer(timeout, cut_off)
+            watchdog.daemon = True
+            watchdog.start()
+            pending = b""
+            try:
+                for _, payload in frames_iter(sock, tty=False):
+                    pending += payload
+                    *lines, pending = pending.split(b"\n")
+                    for line in lines:
+                        on_line(line.decode("utf-8", "replace"))
+            except OSError:
+                if not timed_out.is_set():
+                    raise
+            finally:
+                watchdog.cancel()
+                with contextlib.suppress(OSError):
+                    sock.close()
+            if pending:
+                on_line(pending.decode("utf-8", "replace"))
+            if timed_out.is_set():
+                raise CommandTimeout(f"{argv[0]} exceeded its {timeout:g} s limit on {self._transport.name} and was killed")
+            code = api.exec_inspect(exec_id).get("ExitCode")
+            self._container.reload()
+            if self._container.status != "running":
+                raise TransportError(f"the build container on {self._transport.name} died"
+                                     f" ({self._container.status}) while the command ran")
+            if code is None:
+                raise TransportError(f"{argv[0]} ended without an exit code on {self._transport.name}")
+            return int(code)
+
+    def pull(self, relative: str, dest: Path) -> None:
+        path = self.root / relative
+        with _infrastructure(f"copying {relative} out of the container on {self._transport.name}"):
+            try:
+                chunks, _stat = self._container.get_archive(str(path))
+            except docker.errors.NotFound:
+                raise TransportError(f"{path} does not exist in the container") from None
+            try:
+                unpack_single_file(chunks, PurePosixPath(relative).name, dest, MAX_PULL_BYTES)
+            except ArchiveError as exc:
+                raise TransportError(f"refusing what {self._transport.name} sent: {exc}") from None
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._container is None:
+            return
+        try:
+            self._container.remove(force=True)
+        except docker.errors.NotFound:
+            pass
+        except _ERRORS as exc:  # the engine went away; the reaper finds it by label later
+            log.warning("could not remove container %s on %s: %s", self._container.id[:12], self._transport.name, exc)
+
+    def provenance(self) -> dict[str, Any]:
+        return {"image": self._image, "image_id": self._container.image.id if self._container else None}

@@ -1,0 +1,99 @@
+"""Local transport: the controller machine builds for its own platform.
+
+A workspace is a private temporary folder; commands run as child processes in their
+own process group so a timeout or Ctrl-C kills the whole tree.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path, PurePosixPath
+from typing import Any, Mapping
+
+from ..inventory import Host
+from ..runtime.platforms import this_machine
+from .base import CommandTimeout, HostStatus, LineSink, Transport, TransportError, Workspace
+
+
+class LocalTransport(Transport):
+    def __init__(self, host: Host) -> None:
+        self.host = host
+        self.name = host.name
+
+    def probe(self, environment: str) -> HostStatus:
+        os_name, arch = this_machine()
+        return HostStatus(True, f"this machine ({os_name}/{arch}, Python {sys.version.split()[0]})",
+                          arch=arch, emulated=False)
+
+    def open(self, environment: str, labels: Mapping[str, str]) -> "LocalWorkspace":
+        return LocalWorkspace()
+
+
+class LocalWorkspace(Workspace):
+    python = sys.executable
+
+    def __init__(self) -> None:
+        self._dir = Path(tempfile.mkdtemp(prefix="modelpack-ws-"))
+        self.root = PurePosixPath(self._dir.as_posix())
+
+    def push(self, files: Mapping[str, Path]) -> None:
+        try:
+            for name, source in files.items():
+                dest = self._dir / name
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source, dest)
+        except OSError as exc:
+            raise TransportError(f"copying into the local workspace: {exc}") from exc
+
+    def run(self, argv: list[str], env: Mapping[str, str], timeout: float, on_line: LineSink) -> int:
+        try:
+            proc = subprocess.Popen(
+                argv, cwd=self._dir, env={**os.environ, **env}, stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        except OSError as exc:
+            raise TransportError(f"starting {argv[0]}: {exc}") from exc
+        timed_out = threading.Event()
+
+        def cut_off() -> None:
+            timed_out.set()
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+        watchdog = threading.Timer(timeout, cut_off)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            assert proc.stdout is not None
+            for raw in proc.stdout:
+                on_line(raw.decode("utf-8", "replace").rstrip("\n"))
+            code = proc.wait()
+        except BaseException:
+            cut_off()
+            proc.wait()
+            raise
+        finally:
+            watchdog.cancel()
+        if timed_out.is_set():
+            raise CommandTimeout(f"{argv[0]} exceeded its {timeout:g} s limit and was killed")
+        return code
+
+    def pull(self, relative: str, dest: Path) -> None:
+        source = self._dir / relative
+        if source.is_symlink() or not source.is_file():
+            raise TransportError(f"{source} is not a regular file")
+        shutil.copyfile(source, dest)
+
+    def close(self) -> None:
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def provenance(self) -> dict[str, Any]:
+        return {"python": sys.executable}
