@@ -154,8 +154,10 @@ def build(job: Job, in_dir: Path, out_dir: Path, stage: Callable[[str], None]) -
     for artifact in result.artifacts:
         if artifact.role == "auxiliary":
             continue
-        session = load_package(root, artifact=artifact.path)
-        selftests[artifact.path] = session.self_test()
+        try:
+            selftests[artifact.path] = load_package(root, artifact=artifact.path).self_test()
+        except Exception as exc:  # an engine failing on the samples is a package failure
+            raise PackageFailed(f"self-test of {artifact.path}: the engine failed: {exc}") from None
     manifest["selftest"] = {
         "passed": all(c.passed for c in selftests.values()),
         "ran_on": f"{env.os}/{env.arch}",

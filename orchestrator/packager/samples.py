@@ -17,31 +17,43 @@ from .signature import ModelError
 def concrete_shapes(
     inputs: list[dict[str, Any]], overrides: Mapping[str, list[int]]
 ) -> dict[str, list[int]]:
-    """Fix every input's shape: the spec's ``shapes`` win, a dynamic leading (batch)
-    dimension becomes 1, and any other dynamic dimension must be given explicitly,
-    because guessing an image size or sequence length silently tests the wrong thing."""
+    """Fix every input's shape. The spec's ``shapes`` win; a named dynamic dimension
+    takes the same size everywhere it appears (two inputs sharing "batch" must agree);
+    a still-unknown leading (batch) dimension becomes 1; any other dynamic dimension
+    must be given, because guessing an image size or a sequence length silently tests
+    the wrong thing."""
     names = {i["name"] for i in inputs}
     unknown = sorted(set(overrides) - names)
     if unknown:
         raise ModelError(f"shapes names {unknown}, which are not model inputs (inputs: {sorted(names)})")
+    symbols: dict[str, int] = {}
+    for spec in inputs:
+        name, declared = spec["name"], spec["shape"]
+        if name not in overrides:
+            continue
+        given = list(overrides[name])
+        if len(given) != len(declared):
+            raise ModelError(f"shapes.{name} has rank {len(given)}, the model input has rank {len(declared)}")
+        for axis, (want, got) in enumerate(zip(declared, given)):
+            if isinstance(want, int) and want != got:
+                raise ModelError(f"shapes.{name}[{axis}] is {got}, the model fixes it to {want}")
+            if isinstance(want, str):
+                if symbols.setdefault(want, got) != got:
+                    raise ModelError(f"shapes.{name}[{axis}] is {got}, but dimension {want!r} is {symbols[want]} elsewhere")
     shapes = {}
     for spec in inputs:
         name, declared = spec["name"], spec["shape"]
         if name in overrides:
-            given = list(overrides[name])
-            if len(given) != len(declared):
-                raise ModelError(f"shapes.{name} has rank {len(given)}, the model input has rank {len(declared)}")
-            for axis, (want, got) in enumerate(zip(declared, given)):
-                if isinstance(want, int) and want != got:
-                    raise ModelError(f"shapes.{name}[{axis}] is {got}, the model fixes it to {want}")
-            shapes[name] = given
+            shapes[name] = list(overrides[name])
             continue
         fixed = []
         for axis, dim in enumerate(declared):
             if isinstance(dim, int):
                 fixed.append(dim)
+            elif dim in symbols:
+                fixed.append(symbols[dim])
             elif axis == 0:
-                fixed.append(1)
+                fixed.append(symbols.setdefault(dim, 1))
             else:
                 raise ModelError(
                     f"input {name!r} dimension {axis} ({dim!r}) is dynamic; give its size in the spec,"

@@ -50,6 +50,8 @@ def unpack_single_file(chunks: Iterable[bytes], name: str, dest: Path, max_bytes
                 checked_member_path(member)
                 if not member.isfile() or Path(member.name).name != name:
                     raise ArchiveError(f"{name}: expected a regular file named {name!r}, got {member.name!r}")
+                if member.size > max_bytes:
+                    raise ArchiveError(f"{name}: transfer exceeds {max_bytes} bytes")
                 source = tar.extractfile(member)
                 assert source is not None
                 with source, open(dest, "xb") as out:

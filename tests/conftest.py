@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.models import TINYCNN
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if "integration" in item.path.parts:
+            item.add_marker(pytest.mark.docker)
+
+
+@pytest.fixture
+def write_spec(tmp_path: Path):
+    """Write a spec (and copy the example model) into a fresh folder; returns its path."""
+
+    def write(model: Path | None = TINYCNN, spec_file: str = "modelpack.yaml", raw: str | None = None, **fields) -> Path:
+        folder = tmp_path / "spec"
+        folder.mkdir(exist_ok=True)
+        if model is not None and model.exists():
+            shutil.copyfile(model, folder / model.name)
+        data = {"name": "tinycnn", "version": "1.0.0", "model": model.name if model else "missing.onnx",
+                "targets": ["linux-x86_64"], "compilers": ["onnxruntime"]}
+        data.update(fields)
+        path = folder / spec_file
+        path.write_text(raw if raw is not None else yaml.safe_dump(data, sort_keys=False))
+        return path
+
+    return write
+
+
+@pytest.fixture
+def local_hosts(tmp_path: Path) -> Path:
+    """An inventory with only this machine (the local transport)."""
+    path = tmp_path / "hosts-local.yaml"
+    path.write_text("hosts:\n  - name: here\n    transport: local\n    targets: [linux-x86_64]\n")
+    return path
+
+
+@pytest.fixture
+def docker_client():
+    """The real Docker engine with the build image present. Skipped when absent, unless
+    MODELPACK_REQUIRE_DOCKER=1 (as in CI), where absence is a failure."""
+    import docker
+
+    from orchestrator.images import image_tag
+
+    problem = None
+    try:
+        client = docker.from_env(timeout=10)
+        client.ping()
+        client.images.get(image_tag("linux-x86_64"))
+    except Exception as exc:  # any reason the engine or image is not usable
+        problem = f"Docker engine or build image unavailable ({exc}); run scripts/build-images"
+    if problem:
+        if os.environ.get("MODELPACK_REQUIRE_DOCKER") == "1":
+            pytest.fail(problem)
+        pytest.skip(problem)
+    return client

@@ -1,0 +1,131 @@
+"""Archives from hosts are untrusted: hostile members are refused, tampering is caught."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from orchestrator.collect import VerificationError, verify_archive
+from orchestrator.runtime.archive import ArchiveError, extract
+from orchestrator.transports.tarstream import pack, unpack_single_file
+
+
+def make_tgz(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]]) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        for info, data in members:
+            if data is not None:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+            else:
+                tar.addfile(info)
+    return path
+
+
+def member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = link
+    return info
+
+
+@pytest.mark.parametrize(
+    "members, problem",
+    [
+        ([(member("/etc/passwd"), b"x")], "absolute path"),
+        ([(member("model/../../escape"), b"x")], "'..'"),
+        ([(member("model/link", tarfile.SYMTYPE, "/etc/passwd"), None)], "links are not allowed"),
+        ([(member("a"), b"x"), (member("b", tarfile.LNKTYPE, "a"), None)], "links are not allowed"),
+        ([(member("dev", tarfile.CHRTYPE), None)], "only regular files"),
+        ([(member("fifo", tarfile.FIFOTYPE), None)], "only regular files"),
+        ([(member("a"), b"x"), (member("a"), b"y")], "appears twice"),
+        ([(member("back\\slash"), b"x")], "invalid name"),
+    ],
+)
+def test_hostile_members_are_refused_and_nothing_escapes(tmp_path, members, problem):
+    archive = make_tgz(tmp_path / "bad.tar.gz", members)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(ArchiveError, match=problem.replace("(", r"\(").replace(".", r"\.")):
+        extract(archive, dest)
+    assert not (tmp_path / "escape").exists()
+
+
+def test_corrupt_gzip_is_refused(tmp_path):
+    good = make_tgz(tmp_path / "g.tar.gz", [(member("a"), b"hello" * 1000)])
+    data = bytearray(good.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    bad = tmp_path / "corrupt.tar.gz"
+    bad.write_bytes(bytes(data[: len(data) - 10]))
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(ArchiveError, match="corrupt archive"):
+        extract(bad, dest)
+
+
+def test_expansion_limit_stops_a_bomb(tmp_path):
+    archive = make_tgz(tmp_path / "bomb.tar.gz", [(member("zeros"), bytes(1 << 20))])
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(ArchiveError, match="expands beyond"):
+        extract(archive, dest, max_bytes=1000)
+
+
+def _package(tmp_path: Path, files: dict[str, bytes], table: dict[str, str] | None = None) -> Path:
+    import hashlib
+
+    manifest = {
+        "schema_version": 1, "name": "m", "version": "1", "target": {}, "source": {}, "inputs": [],
+        "outputs": [], "artifacts": [], "selftest": {},
+        "files": table if table is not None else {k: hashlib.sha256(v).hexdigest() for k, v in files.items()},
+    }
+    members = [(member("manifest.json"), json.dumps(manifest).encode())]
+    members += [(member(name), data) for name, data in files.items()]
+    return make_tgz(tmp_path / "pkg.tar.gz", members)
+
+
+def test_verify_accepts_a_consistent_package(tmp_path):
+    archive = _package(tmp_path, {"model/model.onnx": b"weights", "samples/input-0.npy": b"x"})
+    assert verify_archive(archive)["name"] == "m"
+
+
+def test_verify_catches_a_modified_file(tmp_path):
+    import hashlib
+
+    files = {"model/model.onnx": b"tampered"}
+    archive = _package(tmp_path, files, {"model/model.onnx": hashlib.sha256(b"original").hexdigest()})
+    with pytest.raises(VerificationError, match="model/model.onnx: sha256"):
+        verify_archive(archive)
+
+
+def test_verify_catches_an_unlisted_file(tmp_path):
+    archive = _package(tmp_path, {"a": b"1"}, table={})
+    with pytest.raises(VerificationError, match="not listed in manifest"):
+        verify_archive(archive)
+
+
+def test_verify_checks_the_archive_checksum(tmp_path):
+    archive = _package(tmp_path, {"a": b"1"})
+    with pytest.raises(VerificationError, match="differs from the packager's"):
+        verify_archive(archive, expected_sha256="0" * 64)
+
+
+def test_single_file_transfer_round_trip_and_refusals(tmp_path):
+    source = tmp_path / "pkg.tar.gz"
+    source.write_bytes(b"payload" * 100)
+    with pack({"pkg.tar.gz": source}) as stream:
+        data = stream.read()
+    unpack_single_file([data[:100], data[100:]], "pkg.tar.gz", tmp_path / "copy", max_bytes=1 << 20)
+    assert (tmp_path / "copy").read_bytes() == source.read_bytes()
+
+    link = io.BytesIO()
+    with tarfile.open(fileobj=link, mode="w") as tar:
+        tar.addfile(member("pkg.tar.gz", tarfile.SYMTYPE, "/etc/shadow"))
+    with pytest.raises(ArchiveError, match="links are not allowed"):
+        unpack_single_file([link.getvalue()], "pkg.tar.gz", tmp_path / "x", max_bytes=1 << 20)
+    with pytest.raises(ArchiveError, match="exceeds"):
+        unpack_single_file([data], "pkg.tar.gz", tmp_path / "y", max_bytes=10)

@@ -1,0 +1,183 @@
+"""Every kind of bad input: one line naming the file and key, exit code 2, and the
+output folder left exactly as it was."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.cli import main
+from tests.models import TINYCNN
+
+
+@pytest.fixture
+def out_dir(tmp_path: Path) -> Path:
+    out = tmp_path / "dist"
+    out.mkdir()
+    (out / "keep-me.tar.gz").write_bytes(b"an earlier release")
+    return out
+
+
+def run_build(capsys, spec: Path, out: Path, hosts: Path, *extra: str) -> tuple[int, list[str]]:
+    code = main(["build", str(spec), "--out", str(out), "--hosts", str(hosts), *extra])
+    err = capsys.readouterr().err
+    return code, [line for line in err.splitlines() if line.strip()]
+
+
+def assert_rejected(code: int, lines: list[str], out: Path, *needles: str) -> None:
+    assert code == 2
+    assert len(lines) == 1, lines
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    assert sorted(p.name for p in out.iterdir()) == ["keep-me.tar.gz"]
+    assert (out / "keep-me.tar.gz").read_bytes() == b"an earlier release"
+    assert not list(out.parent.glob(".dist.modelpack-*")), "staging left behind"
+
+
+def test_missing_model(capsys, write_spec, out_dir, local_hosts):
+    spec = write_spec(model=None)
+    code, lines = run_build(capsys, spec, out_dir, local_hosts)
+    assert_rejected(code, lines, out_dir, str(spec), "model", "missing.onnx", "not found")
+
+
+def test_non_onnx_file(capsys, write_spec, out_dir, local_hosts, tmp_path):
+    fake = tmp_path / "notes.onnx"
+    fake.write_text("this is a text file, not a protobuf\n" * 20)
+    spec = write_spec(model=fake)
+    code, lines = run_build(capsys, spec, out_dir, local_hosts)
+    assert_rejected(code, lines, out_dir, str(spec), "model", "notes.onnx", "not a valid ONNX model")
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.5, 0.9, 0.99])
+def test_truncated_onnx(capsys, write_spec, out_dir, local_hosts, tmp_path, fraction):
+    data = TINYCNN.read_bytes()
+    cut = tmp_path / "cut.onnx"
+    cut.write_bytes(data[: int(len(data) * fraction)])
+    spec = write_spec(model=cut)
+    code, lines = run_build(capsys, spec, out_dir, local_hosts)
+    assert_rejected(code, lines, out_dir, str(spec), "model", "cut.onnx")
+
+
+def test_unknown_target(capsys, write_spec, out_dir, local_hosts):
+    spec = write_spec(targets=["linux-x86_64", "linux-riscv64"])
+    code, lines = run_build(capsys, spec, out_dir, local_hosts)
+    assert_rejected(code, lines, out_dir, str(spec), "targets", "linux-riscv64", "unknown target")
+
+
+def test_target_no_host_serves_lists_every_host(capsys, write_spec, out_dir, tmp_path):
+    hosts = tmp_path / "hosts.yaml"
+    hosts.write_text(
+        "hosts:\n"
+        "  - {name: box-a, transport: local, targets: [linux-x86_64]}\n"
+        "  - {name: box-b, transport: docker, targets: [linux-aarch64], enabled: false}\n"
+        "  - {name: win-1, transport: ssh, address: 192.0.2.1, targets: [windows-x86_64]}\n"
+    )
+    spec = write_spec(targets=["windows-x86_64"])
+    code, lines = run_build(capsys, spec, out_dir, hosts)
+    assert_rejected(code, lines, out_dir, str(hosts), "windows-x86_64", "box-a: serves linux-x86_64",
+                    "box-b: disabled", "win-1: the ssh transport is not supported yet")
+
+
+def test_malformed_spec_yaml(capsys, write_spec, out_dir, local_hosts):
+    spec = write_spec(raw="name: tinycnn\ntargets: [linux-x86_64\nversion: 1\n")
+    code, lines = run_build(capsys, spec, out_dir, local_hosts)
+    assert_rejected(code, lines, out_dir, str(spec), "line", "malformed YAML")
+
+
+def test_unknown_key_in_spec_suggests_the_right_one(capsys, write_spec, out_dir, local_hosts):
+    spec = write_spec(tolerence={"atol": 1e-3})
+    code, lines = run_build(capsys, spec, out_dir, local_hosts)
+    assert_rejected(code, lines, out_dir, str(spec), "unknown key 'tolerence'", "did you mean 'tolerance'")
+
+
+def test_nested_unknown_key_in_spec(capsys, write_spec, out_dir, local_hosts):
+    spec = write_spec(tolerance={"atol": 1e-3, "rtoll": 1e-3})
+    code, lines = run_build(capsys, spec, out_dir, local_hosts)
+    assert_rejected(code, lines, out_dir, str(spec), "tolerance", "unknown key 'rtoll'")
+
+
+def test_duplicate_key_in_spec(capsys, write_spec, out_dir, local_hosts):
+    spec = write_spec(raw="name: a\nname: b\nversion: '1'\nmodel: tinycnn.onnx\ntargets: [linux-x86_64]\n")
+    code, lines = run_build(capsys, spec, out_dir, local_hosts)
+    assert_rejected(code, lines, out_dir, str(spec), "duplicate key 'name'")
+
+
+def test_malformed_hosts_yaml(capsys, write_spec, out_dir, tmp_path):
+    hosts = tmp_path / "hosts.yaml"
+    hosts.write_text("hosts:\n  - name: a\n    transport: local\n  targets: [x\n")
+    code, lines = run_build(capsys, write_spec(), out_dir, hosts)
+    assert_rejected(code, lines, out_dir, str(hosts), "malformed YAML")
+
+
+def test_unknown_key_in_hosts_yaml(capsys, write_spec, out_dir, tmp_path):
+    hosts = tmp_path / "hosts.yaml"
+    hosts.write_text("hosts:\n  - name: a\n    transport: local\n    targets: [linux-x86_64]\n    slot: 4\n")
+    code, lines = run_build(capsys, write_spec(), out_dir, hosts)
+    assert_rejected(code, lines, out_dir, str(hosts), "hosts[0]", "unknown key 'slot'", "did you mean 'slots'")
+
+
+@pytest.mark.parametrize(
+    "host, needles",
+    [
+        ("{name: a, transport: local, targets: [linux-x86_64], slots: 0}", ("hosts[0].slots", "greater than or equal to 1")),
+        ("{name: a, transport: ftp, targets: [linux-x86_64]}", ("hosts[0].transport",)),
+        ("{name: a, transport: docker, targets: [linux-x86_64], address: x}", ("address do not apply to a docker host",)),
+        ("{name: a, transport: ssh, targets: [windows-x86_64]}", ("needs an address",)),
+        ("{name: a, transport: local, targets: [plan9]}", ("hosts[0].targets", "unknown target 'plan9'")),
+    ],
+)
+def test_invalid_host_fields(capsys, write_spec, out_dir, tmp_path, host, needles):
+    hosts = tmp_path / "hosts.yaml"
+    hosts.write_text(f"hosts:\n  - {host}\n")
+    code, lines = run_build(capsys, write_spec(), out_dir, hosts)
+    assert_rejected(code, lines, out_dir, str(hosts), *needles)
+
+
+@pytest.mark.parametrize(
+    "fields, needles",
+    [
+        ({"version": 1.0}, ("version", "quote it")),
+        ({"name": "../evil"}, ("name", "may contain only")),
+        ({"targets": []}, ("targets",)),
+        ({"compilers": ["tensorrt"]}, ("unknown compiler 'tensorrt'",)),
+        ({"compilers": [{"onnxruntime": {"optimisation": "max"}}]}, ("compilers[0].onnxruntime", "unknown option")),
+        ({"compilers": [{"onnxruntime": {"optimization": "max"}}]}, ("optimization must be one of",)),
+        ({"tolerance": {"atol": -1}}, ("tolerance.atol",)),
+        ({"accelerate": ["fp16"]}, ("accelerate", "not supported yet")),
+        ({"select": {"metric": "latency"}}, ("select", "not supported yet")),
+        ({"functions": {"pre": ["resize"]}}, ("functions", "not supported yet")),
+        ({"accelerate": ["fp64"]}, ("accelerate[0]",)),
+        ({"shapes": {"nope": [1, 3, 32, 32]}}, ("shapes", "not model inputs")),
+        ({"shapes": {"image": [1, 3, 64, 64]}}, ("shapes.image[2] is 64", "fixes it to 32")),
+        ({"samples": "absent.npz"}, ("samples", "absent.npz", "not found")),
+    ],
+)
+def test_invalid_spec_fields(capsys, write_spec, out_dir, local_hosts, fields, needles):
+    spec = write_spec(**fields)
+    code, lines = run_build(capsys, spec, out_dir, local_hosts)
+    assert_rejected(code, lines, out_dir, str(spec), *needles)
+
+
+def test_samples_with_wrong_input_name(capsys, write_spec, out_dir, local_hosts):
+    spec = write_spec(samples="s.npz")
+    np.savez(spec.parent / "s.npz", pixels=np.zeros((1, 3, 32, 32), np.float32))
+    code, lines = run_build(capsys, spec, out_dir, local_hosts)
+    assert_rejected(code, lines, out_dir, "samples", "['pixels']", "['image']")
+
+
+def test_dynamic_dimension_needs_a_shape(capsys, write_spec, out_dir, local_hosts, tmp_path):
+    from tests.models import make_two_tower, save
+
+    model = save(make_two_tower(), tmp_path / "two_tower.onnx")
+    spec = write_spec(model=model)
+    code, lines = run_build(capsys, spec, out_dir, local_hosts)
+    assert_rejected(code, lines, out_dir, "shapes", "'token_ids:0' dimension 1 ('seq') is dynamic")
+
+
+def test_target_filter_matching_nothing(capsys, write_spec, out_dir, local_hosts):
+    code, lines = run_build(capsys, write_spec(), out_dir, local_hosts, "--target", "ios-*")
+    assert_rejected(code, lines, out_dir, "--target", "ios-*")
+
+
+import numpy as np  # noqa: E402  (used by the samples test above)
