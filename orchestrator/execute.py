@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import collections
 import json
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,6 +78,8 @@ def run_attempt(
         else:
             log.append(line)
 
+    # Each attempt gets its own folder: jobs run concurrently and share the staging area.
+    own = Path(tempfile.mkdtemp(prefix="attempt-", dir=staging))
     workspace: Workspace | None = None
     try:
         stage("connect")
@@ -84,12 +88,12 @@ def run_attempt(
         stage("push")
         provenance = {"host": transport.name, "transport": type(transport).__name__.removesuffix("Transport").lower(),
                       "controller_version": __version__, **workspace.provenance()}
-        job_file = staging / f"{job.target.name}.job.json"
+        job_file = own / "job.json"
         job_file.write_text(job.packager_job(provenance).to_json())
         workspace.push({**packager_code(), **job.inputs(), "in/job.json": job_file})
         stage("package")
         code, result = run_packager(workspace, ["build", "in/job.json"], timeout, on_line,
-                                    staging / f"{job.target.name}.result.json")
+                                    own / "result.json")
         stage("pull")
         attempt.packager_timings = result.get("timings", {}) if result else {}
         if code != EXIT_OK:
@@ -99,8 +103,7 @@ def run_attempt(
             return attempt
         if not result or result.get("package") != job.package_filename:
             raise TransportError(f"packager reported success but its result names {result and result.get('package')!r}")
-        staged = staging / job.package_filename
-        staged.unlink(missing_ok=True)
+        staged = own / job.package_filename
         workspace.pull(f"out/{job.package_filename}", staged)
         stage("verify")
         attempt.manifest = verify_archive(staged, result["sha256"])
@@ -113,6 +116,8 @@ def run_attempt(
         attempt.log_tail = list(log)
         if workspace is not None:
             workspace.close()
+        if attempt.status != "ok":
+            shutil.rmtree(own, ignore_errors=True)
     return attempt
 
 

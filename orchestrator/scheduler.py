@@ -9,6 +9,7 @@ every open workspace, which removes containers and unblocks running commands.
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -175,6 +176,7 @@ class Scheduler:
                 if attempt.status == "ok" and not self.cancelled.is_set():
                     assert attempt.staged is not None
                     record.package = publish(attempt.staged, self._out_dir, job.package_filename)
+                    shutil.rmtree(attempt.staged.parent, ignore_errors=True)
                     record.status = "built"
                     return
                 if attempt.status == PACKAGE:

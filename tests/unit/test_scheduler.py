@@ -1,0 +1,136 @@
+"""Scheduling with failover, circuit breaking and slot limits. Hosts are local
+transports wrapped at the transport boundary to inject failures and record timing;
+the packager and the engine are real."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import yaml
+
+from orchestrator.collect import staging_dir
+from orchestrator.inventory import Host
+from orchestrator.plan import Job, plan
+from orchestrator.scheduler import Scheduler
+from orchestrator.spec import load_spec
+from orchestrator.transports.base import TransportError
+from orchestrator.transports.local import LocalTransport, LocalWorkspace
+
+
+class InstrumentedTransport(LocalTransport):
+    """A local host that can be dead, and that records how many workspaces run at once."""
+
+    def __init__(self, host: Host, dead: bool = False, delay: float = 0.0) -> None:
+        super().__init__(host)
+        self.dead, self.delay = dead, delay
+        self.opened = 0
+        self.active = 0
+        self.peak = 0
+        self._lock = threading.Lock()
+
+    def open(self, environment, labels):
+        with self._lock:
+            self.opened += 1
+        if self.dead:
+            raise TransportError(f"{self.name}: connection refused")
+        transport = self
+
+        class Counted(LocalWorkspace):
+            def run(self, argv, env, timeout, on_line):
+                with transport._lock:
+                    transport.active += 1
+                    transport.peak = max(transport.peak, transport.active)
+                try:
+                    time.sleep(transport.delay)
+                    return super().run(argv, env, timeout, on_line)
+                finally:
+                    with transport._lock:
+                        transport.active -= 1
+
+        return Counted()
+
+
+def specs(tmp_path: Path, tinycnn: Path, count: int) -> list:
+    loaded = []
+    for i in range(count):
+        folder = tmp_path / f"m{i}"
+        folder.mkdir()
+        (folder / "m.onnx").write_bytes(tinycnn.read_bytes())
+        path = folder / "modelpack.yaml"
+        path.write_text(yaml.safe_dump({"name": f"m{i}", "version": "1", "model": "m.onnx",
+                                        "targets": ["linux-x86_64"]}))
+        loaded.append(load_spec(path))
+    return loaded
+
+
+def scheduler(jobs: list[Job], transports: list[InstrumentedTransport], out: Path) -> Scheduler:
+    return Scheduler(jobs, {j.id: [t.host for t in transports] for j in jobs},
+                     {t.name: t for t in transports}, out, staging_dir(out), run_labels={})
+
+
+def host(name: str, slots: int = 1, speed: float = 1.0) -> Host:
+    return Host(name=name, transport="local", targets=["linux-x86_64"], slots=slots, speed=speed)
+
+
+def test_dead_host_costs_one_attempt_then_is_disabled(tmp_path):
+    from tests.models import TINYCNN
+
+    jobs = plan(specs(tmp_path, TINYCNN, 5))
+    dead = InstrumentedTransport(host("dead", slots=2, speed=10.0), dead=True)
+    alive = InstrumentedTransport(host("alive", slots=1))
+    records = scheduler(jobs, [dead, alive], tmp_path / "out").run()
+    assert [r.status for r in records] == ["built"] * 5
+    # at most the attempts already in flight when it first failed, never one per job
+    assert 1 <= dead.opened <= 2
+    first = next(r for r in records if len(r.attempts) == 2)
+    assert [a.host for a in first.attempts] == ["dead", "alive"]
+    assert first.attempts[0].status == "infrastructure" and "connection refused" in first.attempts[0].reason
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"m{i}-1-linux-x86_64.tar.gz" for i in range(5)]
+
+
+def test_no_healthy_host_left_reports_every_attempt(tmp_path):
+    from tests.models import TINYCNN
+
+    jobs = plan(specs(tmp_path, TINYCNN, 2))
+    a = InstrumentedTransport(host("a"), dead=True)
+    b = InstrumentedTransport(host("b"), dead=True)
+    records = scheduler(jobs, [a, b], tmp_path / "out").run()
+    assert all(r.status == "failed" and r.failure == "infrastructure" for r in records)
+    assert a.opened + b.opened == 2
+    assert all("a: connection refused" in r.reason or "disabled earlier" in r.reason for r in records)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_package_failure_is_not_retried(tmp_path):
+    from tests.models import TINYCNN
+
+    loaded = specs(tmp_path, TINYCNN, 1)
+    bad = tmp_path / "m0" / "m.onnx"
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Nope", ["x"], ["y"], domain="com.example")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)]), str(bad))
+    jobs = plan([load_spec(loaded[0].path)])
+    a, b = InstrumentedTransport(host("a")), InstrumentedTransport(host("b"))
+    [record] = scheduler(jobs, [a, b], tmp_path / "out").run()
+    assert record.status == "failed" and record.failure == "package"
+    assert len(record.attempts) == 1 and a.opened + b.opened == 1
+    assert "Nope" in record.reason
+
+
+def test_slots_are_never_oversubscribed(tmp_path):
+    from tests.models import TINYCNN
+
+    jobs = plan(specs(tmp_path, TINYCNN, 6))
+    a = InstrumentedTransport(host("a", slots=2), delay=0.2)
+    b = InstrumentedTransport(host("b", slots=1), delay=0.2)
+    records = scheduler(jobs, [a, b], tmp_path / "out").run()
+    assert all(r.status == "built" for r in records)
+    assert a.peak <= 2 and b.peak <= 1
+    assert a.peak == 2, "free slots should be used"
+    assert a.opened + b.opened == 6
