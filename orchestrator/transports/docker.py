@@ -133,8 +133,14 @@ class DockerWorkspace(Workspace):
     def run(self, argv: list[str], env: Mapping[str, str], timeout: float, on_line: LineSink) -> int:
         api = self._transport.client().api
         with _infrastructure(f"running {argv[0]} in the container on {self._transport.name}"):
-            exec_id = api.exec_create(self._container.id, argv, environment=dict(env),
-                                      workdir=str(self.root))["Id"]
+            try:
+                exec_id = api.exec_create(self._container.id, argv, environment=dict(env),
+                                          workdir=str(self.root))["Id"]
+            except docker.errors.APIError as exc:
+                if exc.status_code == 409:  # "container is not running"
+                    raise TransportError(f"the build container on {self._transport.name} died"
+                                         f" before {argv[0]} could start") from exc
+                raise
             sock = api.exec_start(exec_id, socket=True)
             raw = getattr(sock, "_sock", sock)
             raw.settimeout(None)  # the watchdog below bounds the wait, not the socket

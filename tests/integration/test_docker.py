@@ -1,0 +1,193 @@
+"""Integration tests against the real Docker engine and the real build image."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from orchestrator.cli import main
+from orchestrator.collect import staging_dir
+from orchestrator.images import image_tag
+from orchestrator.inventory import Host, load_inventory
+from orchestrator.plan import plan
+from orchestrator.scheduler import Scheduler
+from orchestrator.spec import load_spec
+from orchestrator.transports.base import TransportError
+from orchestrator.transports.docker import DockerTransport
+from tests.models import REPO, make_two_tower, save
+
+LABEL = "org.modelpack"
+
+
+def labelled(client, run: str | None = None) -> list:
+    flt = f"{LABEL}.run={run}" if run else LABEL
+    return client.containers.list(all=True, filters={"label": flt})
+
+
+@pytest.fixture
+def docker_hosts(tmp_path: Path, docker_client) -> Path:
+    path = tmp_path / "hosts-docker.yaml"
+    path.write_text(
+        "hosts:\n"
+        "  - {name: dock-a, transport: docker, targets: [linux-x86_64], platform: linux/amd64, slots: 1}\n"
+        "  - {name: dock-b, transport: docker, targets: [linux-x86_64], platform: linux/amd64, slots: 1}\n"
+    )
+    return path
+
+
+def test_example_builds_in_docker_reproducibly_and_verifies_in_a_fresh_container(
+        capsys, docker_client, docker_hosts, tmp_path):
+    spec = REPO / "examples" / "tinycnn" / "modelpack.yaml"
+    before = {c.id for c in labelled(docker_client)}
+    assert main(["build", str(spec), "--out", str(tmp_path / "a"), "--hosts", str(docker_hosts),
+                 "--json", str(tmp_path / "summary.json")]) == 0
+    assert main(["build", str(spec), "--out", str(tmp_path / "b"), "--hosts", str(docker_hosts)]) == 0
+    capsys.readouterr()
+    name = "tinycnn-1.0.0-linux-x86_64.tar.gz"
+    assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    with tarfile.open(tmp_path / "a" / name) as tar:
+        manifest = json.load(tar.extractfile("manifest.json"))
+    prov = manifest["provenance"]
+    assert prov["transport"] == "docker" and prov["image"] == image_tag("linux-x86_64")
+    assert prov["host"] in ("dock-a", "dock-b")
+    assert prov["build_platform"]["os"] == "linux" and prov["build_platform"]["arch"] == "x86_64"
+    assert manifest["compiler"]["reproducible"] is True
+    assert manifest["engines"]["onnxruntime"]["version"] == "1.32.0"
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["jobs"][0]["status"] == "built" and summary["jobs"][0]["attempts"][0]["stages"]["package"] > 0
+
+    assert main(["verify", str(tmp_path / "a" / name), "--hosts", str(docker_hosts)]) == 0
+    assert "self-test passed on dock-" in capsys.readouterr().out
+    assert {c.id for c in labelled(docker_client)} == before, "containers must always be removed"
+
+
+def test_second_network_with_user_samples_in_docker(capsys, docker_client, docker_hosts, write_spec, tmp_path):
+    model = save(make_two_tower(), tmp_path / "two_tower.onnx")
+    spec = write_spec(model=model, name="two-tower", samples="s.npz", tolerance={"atol": 1e-6, "rtol": 1e-5})
+    rng = np.random.default_rng(5)
+    np.savez(spec.parent / "s.npz", **{"token_ids:0": rng.integers(0, 50, (4, 9)).astype(np.int64),
+                                      "features/dense": rng.standard_normal((4, 8)).astype(np.float32)})
+    assert main(["build", str(spec), "--out", str(tmp_path / "d"), "--hosts", str(docker_hosts)]) == 0
+    out = capsys.readouterr().out
+    assert "built   two-tower/linux-x86_64" in out
+
+
+def _scheduler(spec_path: Path, hosts: Path, out: Path, timeout: float = 600.0) -> Scheduler:
+    inventory = load_inventory(hosts)
+    jobs = plan([load_spec(spec_path)])
+    transports = {h.name: DockerTransport(h) for h in inventory.hosts}
+    return Scheduler(jobs, {j.id: inventory.hosts for j in jobs}, transports, out, staging_dir(out),
+                     run_labels={f"{LABEL}.run": f"test-{os.getpid()}-{time.monotonic_ns()}"}, timeout=timeout)
+
+
+def test_container_killed_mid_job_is_retried_on_another_host(docker_client, docker_hosts, tmp_path):
+    scheduler = _scheduler(REPO / "examples" / "tinycnn" / "modelpack.yaml", docker_hosts, tmp_path / "out")
+    run = scheduler._labels[f"{LABEL}.run"]
+    killed: list[str] = []
+
+    class KillFirstPackager:
+        def job_update(self, record, host, stage):
+            if stage.startswith("package: ") and not killed:
+                for container in labelled(docker_client, run):
+                    container.kill()
+                    killed.append(host)
+
+    scheduler.events = KillFirstPackager()
+    [record] = scheduler.run()
+    assert killed, "the test must have killed a build container"
+    assert record.status == "built"
+    assert [a.status for a in record.attempts] == ["infrastructure", "ok"]
+    assert record.attempts[0].host == killed[0] != record.attempts[1].host
+    assert "died" in record.attempts[0].reason
+    assert labelled(docker_client, run) == []
+
+
+def test_hung_packager_is_killed_at_the_timeout_and_cleaned_up(docker_client, tmp_path):
+    hosts = tmp_path / "one.yaml"
+    hosts.write_text("hosts:\n  - {name: only, transport: docker, targets: [linux-x86_64]}\n")
+    scheduler = _scheduler(REPO / "examples" / "tinycnn" / "modelpack.yaml", hosts, tmp_path / "out", timeout=0.3)
+    run = scheduler._labels[f"{LABEL}.run"]
+    started = time.monotonic()
+    [record] = scheduler.run()
+    assert time.monotonic() - started < 20
+    assert record.status == "failed" and record.failure == "infrastructure"
+    assert "exceeded its 0.3 s limit" in record.reason
+    assert labelled(docker_client, run) == []
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_sigint_removes_containers_and_exits_130(docker_client, docker_hosts, tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "build", str(REPO / "examples/tinycnn/modelpack.yaml"),
+         "--out", str(tmp_path / "out"), "--hosts", str(docker_hosts)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO,
+    )
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "stage=package" in line:
+            break
+    assert labelled(docker_client), "a build container should be running now"
+    proc.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + 10
+    code = proc.wait(timeout=15)
+    assert code == 130, "".join(seen) + proc.stdout.read()
+    while labelled(docker_client) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert labelled(docker_client) == []
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    assert not list(tmp_path.glob(".out.modelpack-*")), "staging must be removed"
+
+
+@pytest.fixture
+def workspace(docker_client):
+    transport = DockerTransport(Host(name="raw", transport="docker", targets=["linux-x86_64"]))
+    with transport.open("linux-x86_64", {f"{LABEL}.run": f"raw-{os.getpid()}"}) as ws:
+        yield ws
+
+
+def test_argv_reaches_the_container_byte_exact_without_a_shell(workspace):
+    nasty = "a b;$(touch /tmp/pwned) `id` 'q' \"dq\" %PATH% & | > \n é ✓"
+    lines: list[str] = []
+    code = workspace.run(["python", "-c", "import sys; sys.stdout.write(repr(sys.argv[1]))", nasty],
+                         {"X": "$(id)"}, 30, lines.append)
+    assert code == 0 and lines == [repr(nasty)]
+    assert workspace.run(["test", "-e", "/tmp/pwned"], {}, 30, lines.append) == 1
+    assert workspace.run(["sh", "-c", "exit 7"], {}, 30, lines.append) == 7
+
+
+def test_large_output_streams_without_deadlock(workspace):
+    count = [0]
+
+    def sink(line: str) -> None:
+        count[0] += 1
+
+    code = workspace.run(["python", "-c", "import sys\nfor i in range(200000): print('x' * 60, i)\n"
+                          "sys.stderr.write('done\\n')"], {}, 120, sink)
+    assert code == 0 and count[0] == 200001
+
+
+def test_hostile_file_from_the_host_is_refused(workspace, tmp_path):
+    workspace.run(["sh", "-c", "mkdir -p out && ln -s /etc/passwd out/pkg.tar.gz"], {}, 30, lambda _: None)
+    with pytest.raises(TransportError, match="links are not allowed"):
+        workspace.pull("out/pkg.tar.gz", tmp_path / "pkg.tar.gz")
+    assert not (tmp_path / "pkg.tar.gz").exists()
+
+
+def test_missing_image_is_explained_by_hosts_check(capsys, docker_client, tmp_path):
+    hosts = tmp_path / "h.yaml"
+    hosts.write_text("hosts:\n  - {name: stale, transport: docker, targets: [linux-x86_64], image: 'modelpack/none:0'}\n")
+    assert main(["hosts", "check", "--hosts", str(hosts)]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL stale" in out and "modelpack/none:0 is missing" in out
