@@ -11,14 +11,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .config import read_yaml, validate
 from .errors import InputError
 from .runtime.platforms import this_machine
-from .targets import TARGETS, Target
+from .targets import TARGETS, Target, known_target
 
 _DOCKER_KEYS = ("docker_host", "platform", "image", "allow_emulation")
 _SSH_KEYS = ("address", "user", "port", "key", "host_key", "shell", "workdir")
@@ -30,7 +30,8 @@ class Host(BaseModel):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="unique host name")
     transport: Literal["docker", "ssh", "local"] = Field(description="how the host is reached")
-    targets: list[str] = Field(min_length=1, description="targets this host builds")
+    targets: list[Annotated[str, AfterValidator(known_target)]] = Field(
+        min_length=1, description="targets this host builds")
     slots: int = Field(1, ge=1, description="jobs the host runs at once")
     speed: float = Field(1.0, gt=0, description="relative speed; faster hosts get more work")
     features: list[str] = Field(default_factory=list, description="free labels a spec can require")
@@ -50,14 +51,6 @@ class Host(BaseModel):
     host_key: str | None = Field(None, description="ssh: pinned public host key ('ssh-ed25519 AAAA...')")
     shell: Literal["sh", "powershell", "cmd"] | None = Field(None, description="ssh: remote shell dialect")
     workdir: str | None = Field(None, description="ssh: remote work directory")
-
-    @field_validator("targets")
-    @classmethod
-    def _known_targets(cls, value: list[str]) -> list[str]:
-        for target in value:
-            if target not in TARGETS:
-                raise ValueError(f"unknown target {target!r}; known targets: {', '.join(TARGETS)}")
-        return value
 
     @model_validator(mode="after")
     def _transport_keys(self) -> "Host":

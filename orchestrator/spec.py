@@ -11,9 +11,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .config import read_yaml, validate
 from .errors import InputError
@@ -22,7 +22,7 @@ from .packager.job import CompilerCall
 from .packager.samples import concrete_shapes, load_samples
 from .packager.signature import ModelError, load_onnx, signature
 from .runtime.checks import sha256_file
-from .targets import TARGETS, Target
+from .targets import TARGETS, Target, known_target
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
@@ -62,7 +62,8 @@ class Spec(_Strict):
     name: str = Field(description="package name; letters, digits, '.', '_', '+', '-'")
     version: str = Field(description="package version, as a string (quote it in YAML)")
     model: str = Field(description="path to the .onnx model, relative to the spec file")
-    targets: list[str] = Field(min_length=1, description=f"targets to build: {', '.join(TARGETS)}")
+    targets: list[Annotated[str, AfterValidator(known_target)]] = Field(
+        min_length=1, description=f"targets to build: {', '.join(TARGETS)}")
     compilers: list[str | dict[str, dict[str, Any] | None]] = Field(
         default=["onnxruntime"], min_length=1,
         description="compiler calls; one entry means exactly that compiler. An entry may carry options: {onnxruntime: {optimization: extended}}",
@@ -85,10 +86,7 @@ class Spec(_Strict):
 
     @field_validator("targets")
     @classmethod
-    def _known_targets(cls, value: list[str]) -> list[str]:
-        for target in value:
-            if target not in TARGETS:
-                raise ValueError(f"unknown target {target!r}; known targets: {', '.join(TARGETS)}")
+    def _unique_targets(cls, value: list[str]) -> list[str]:
         if len(set(value)) != len(value):
             raise ValueError("lists a target twice")
         return value

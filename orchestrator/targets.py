@@ -64,3 +64,10 @@ def get_target(name: str) -> Target:
     except KeyError:
         raise UnknownTargetError(name) from None
 
+
+
+def known_target(name: str) -> str:
+    """Validator for target names in specs and inventories."""
+    if name not in TARGETS:
+        raise ValueError(str(UnknownTargetError(name)))
+    return name

@@ -1,0 +1,73 @@
+"""The packager on its own, as a build host runs it: refusals and failure classes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from orchestrator.packager.job import CompilerCall, Job, JobTarget
+from orchestrator.runtime.checks import sha256_file
+from tests.models import REPO, TINYCNN, make_tinycnn
+
+
+def run_packager(tmp_path: Path, **overrides) -> tuple[int, dict]:
+    inp = tmp_path / "in"
+    inp.mkdir(exist_ok=True)
+    (inp / "model.onnx").write_bytes(TINYCNN.read_bytes())
+    fields = dict(name="t", version="1", target=JobTarget("linux-x86_64", "linux", "x86_64", "linux", "x86_64"),
+                  model="model.onnx", model_sha256=sha256_file(TINYCNN), compilers=[CompilerCall("onnxruntime")],
+                  atol=1e-4, rtol=1e-3)
+    fields.update(overrides)
+    (inp / "job.json").write_text(Job(**fields).to_json())
+    proc = subprocess.run([sys.executable, "-m", "orchestrator.packager", "build", str(inp / "job.json"),
+                           "--out", str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True)
+    return proc.returncode, json.loads((tmp_path / "out" / "result.json").read_text())
+
+
+def test_refuses_a_target_of_another_platform(tmp_path):
+    code, result = run_packager(
+        tmp_path, target=JobTarget("windows-x86_64", "windows", "x86_64", "windows", "x86_64"))
+    assert code == 2 and result["status"] == "bad-job"
+    assert "must be built on windows/x86_64, but this host is linux/x86_64" in result["error"]
+
+
+def test_refuses_a_model_corrupted_in_transfer(tmp_path):
+    code, result = run_packager(tmp_path, model_sha256="0" * 64)
+    assert code == 2 and "transfer was corrupted" in result["error"]
+
+
+def test_compiler_option_error_is_a_bad_job(tmp_path):
+    code, result = run_packager(tmp_path, compilers=[CompilerCall("onnxruntime", {"optimization": "ludicrous"})])
+    assert code == 2 and "optimization must be one of" in result["error"]
+
+
+def test_success_reports_package_checksum_and_stage_timings(tmp_path):
+    code, result = run_packager(tmp_path)
+    assert code == 0 and result["status"] == "ok"
+    archive = tmp_path / "out" / result["package"]
+    assert sha256_file(archive) == result["sha256"] and archive.stat().st_size == result["size"]
+    assert set(result["timings"]) == {"platform", "reference", "compile", "selftest", "archive"}
+
+
+def test_bundled_example_is_what_its_generator_makes():
+    import onnx
+
+    assert make_tinycnn().SerializeToString() == onnx.load(str(TINYCNN)).SerializeToString()
+
+
+def test_image_tag_follows_its_inputs(tmp_path, monkeypatch):
+    import shutil
+
+    from orchestrator import images
+
+    copy = tmp_path / "images"
+    shutil.copytree(images.IMAGES_DIR, copy)
+    monkeypatch.setattr(images, "IMAGES_DIR", copy)
+    name = "linux-x86_64"
+    before = images.image_tag(name)
+    assert images.image_tag(name) == before, "same inputs, same tag"
+    requirements = copy / name / "requirements.txt"
+    requirements.write_text(requirements.read_text() + "# touched\n")
+    assert images.image_tag(name) != before
