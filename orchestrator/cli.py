@@ -189,6 +189,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     _out(f"  compiler      {c['name']} {c['version']} {json.dumps(c['options'], sort_keys=True)}")
     for artifact in manifest["artifacts"]:
         _out(f"  artifact      {artifact['path']} ({artifact['format']}, {artifact['role']})")
+    selection = manifest.get("selection", {})
+    measured = " under EMULATION" if selection.get("emulated") else ""
+    _out(f"  candidates    ({'benchmarked' + measured if selection.get('measured') else 'accuracy only'})")
+    for c in manifest.get("candidates", []):
+        latency = c.get("latency_ms") or {}
+        timing = f" median {latency['median']:.4g} ms p90 {latency['p90']:.4g} ms" if latency else ""
+        _out(f"    {c['id']:14} {c['status']:11}{timing} {c.get('reason') or ''}")
     selftest = manifest["selftest"]
     _out(f"  self-test     {'passed' if selftest['passed'] else 'FAILED'} on {selftest['ran_on']}"
          f" (atol={manifest['tolerance']['atol']:g}, rtol={manifest['tolerance']['rtol']:g})")

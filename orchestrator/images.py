@@ -110,23 +110,26 @@ def _build_base(client: docker.DockerClient, env: Environment) -> None:
 
 
 def _wheelhouse(env: Environment) -> Path:
-    """Download (once) the wheels for the image's platform and Python into a cache."""
-    requirements = env.folder / "requirements.txt"
-    key = hashlib.sha256(requirements.read_bytes() + json.dumps(env.wheel_platforms).encode()).hexdigest()[:16]
-    house = CACHE_DIR / "wheelhouse" / f"{env.name}-{key}"
+    """Download (once) the wheels for the image's platform and Python into a cache.
+    ``requirements-nodeps.txt`` lists packages taken without their declared dependencies."""
+    lists = [(env.folder / name, nodeps) for name, nodeps in
+             (("requirements.txt", False), ("requirements-nodeps.txt", True)) if (env.folder / name).is_file()]
+    key = hashlib.sha256(b"".join(p.read_bytes() for p, _ in lists) + json.dumps(env.wheel_platforms).encode())
+    house = CACHE_DIR / "wheelhouse" / f"{env.name}-{key.hexdigest()[:16]}"
     if (house / ".complete").exists():
         return house
     if house.exists():
         shutil.rmtree(house)
     house.mkdir(parents=True)
-    argv = [sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:",
-            "--python-version", env.python_version, "--implementation", "cp",
-            *[arg for p in env.wheel_platforms for arg in ("--platform", p)],
-            "-r", str(requirements), "-d", str(house)]
     log.info("downloading wheels for %s", env.name)
-    proc = subprocess.run(argv, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise ImageError(f"pip download for {env.name} failed: {proc.stderr.strip()[-500:]}")
+    for requirements, nodeps in lists:
+        argv = [sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:",
+                "--python-version", env.python_version, "--implementation", "cp",
+                *[arg for p in env.wheel_platforms for arg in ("--platform", p)],
+                *(["--no-deps"] if nodeps else []), "-r", str(requirements), "-d", str(house)]
+        proc = subprocess.run(argv, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise ImageError(f"pip download for {env.name} failed: {proc.stderr.strip()[-500:]}")
     (house / ".complete").touch()
     return house
 

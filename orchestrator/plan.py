@@ -70,6 +70,7 @@ class Job:
             atol=s.tolerance.atol,
             rtol=s.tolerance.rtol,
             provenance=provenance,
+            select=s.select.model_dump(exclude_unset=True) if s.select else {},
         )
 
 

@@ -50,7 +50,9 @@ class JobRecord:
             "package": str(self.package) if self.package else None,
             "sha256": self.attempts[-1].sha256 if self.status == "built" else None,
             "size": self.package.stat().st_size if self.package and self.package.exists() else None,
-            "engine": (manifest or {}).get("compiler", {}).get("name"),
+            "engine": next(iter((manifest or {}).get("engines", {})), None),
+            "latency_ms": next((c.get("latency_ms", {}).get("median") for c in (manifest or {}).get("candidates", [])
+                                if c["status"] == "selected" and c.get("latency_ms")), None),
             "seconds": round(self.finished - self.started, 3) if self.started and self.finished else None,
         }
 

@@ -37,12 +37,14 @@ class Tolerance(_Strict):
 
 
 class SelectPolicy(_Strict):
-    """How to pick among candidate engines (not supported yet)."""
+    """How the test script picks among candidates that pass the accuracy gate."""
 
-    metric: Literal["latency", "throughput", "size"] = "latency"
-    latency_budget_ms: float | None = Field(None, gt=0)
-    prefer: list[str] = []
-    engine: str | None = None
+    metric: Literal["latency", "throughput", "size"] = Field(
+        "latency", description="lowest median latency, best throughput (mean latency), or smallest artifact")
+    latency_budget_ms: float | None = Field(None, gt=0, description="reject candidates whose median is above this")
+    prefer: list[str] = Field(default_factory=list, description="tie-break order of engines (within 2%)")
+    engine: str | None = Field(None, description="force this engine (it must still pass the gate)")
+    benchmark_s: float = Field(1.0, gt=0, le=60, description="timed-run budget per candidate and round, seconds")
 
 
 AccelerateVariant = Literal[
@@ -66,7 +68,8 @@ class Spec(_Strict):
         min_length=1, description=f"targets to build: {', '.join(TARGETS)}")
     compilers: list[str | dict[str, dict[str, Any] | None]] = Field(
         default=["onnxruntime"], min_length=1,
-        description="compiler calls; one entry means exactly that compiler. An entry may carry options: {onnxruntime: {optimization: extended}}",
+        description="compiler calls: several are candidates the test script chooses among; one means exactly"
+                    " that compiler. An entry may carry options: {openvino: {precision: f32}}",
     )
     samples: str | None = Field(None, description=".npy (single input) or .npz (keyed by input name) for the self-test; random inputs when absent")
     shapes: dict[str, list[int]] = Field(default_factory=dict, description="concrete shapes for inputs with dynamic dimensions")
@@ -102,9 +105,16 @@ class Spec(_Strict):
                 parse_options(compiler.options_type, call.options)
             except (OptionsError, TypeError) as exc:
                 raise ValueError(f"compilers[{index}].{call.name}: {exc}") from None
-            unsupported = [t for t in self.targets if t not in compiler.targets]
-            if unsupported:
-                raise ValueError(f"compilers[{index}]: {call.name} cannot build for {', '.join(unsupported)}")
+        calls = self.compiler_calls()
+        for target in self.targets:
+            able = [c.name for c in calls if target in known[c.name].targets]
+            if not able:
+                names = ", ".join(c.name for c in calls)
+                raise ValueError(f"no compiler in the list ({names}) can build for {target}")
+        if self.select and self.select.engine:
+            engines = {known[c.name].engine for c in calls} | {c.name for c in calls}
+            if self.select.engine not in engines:
+                raise ValueError(f"select.engine {self.select.engine!r} is not among the compilers ({', '.join(sorted(engines))})")
         return self
 
     def compiler_calls(self) -> list[CompilerCall]:
@@ -121,7 +131,7 @@ class Spec(_Strict):
 
 
 #: keys whose schemas are validated but whose capabilities are not implemented yet
-NOT_SUPPORTED_YET = ("select", "accelerate", "functions")
+NOT_SUPPORTED_YET = ("accelerate", "functions")
 
 
 @dataclass(frozen=True)
@@ -151,8 +161,6 @@ def load_spec(path: Path) -> LoadedSpec:
     for key in NOT_SUPPORTED_YET:
         if getattr(spec, key) is not None:
             raise InputError(path, key, "valid, but not supported yet by this version of modelpack; remove it")
-    if len(spec.compilers) > 1:
-        raise InputError(path, "compilers", "several candidate compilers (engine selection) is not supported yet; name one")
 
     model_path = (path.parent / spec.model).resolve()
     try:

@@ -1,7 +1,8 @@
 """One packaging job, start to finish, on the build host.
 
-platform check → model check → samples and reference outputs → compiler → package
-layout → self-test of every runnable artifact through the shipped runtime → archive.
+platform check → model check → samples and reference outputs → normalisation →
+candidates (algorithm library) → test script (accuracy gate, benchmark, choice) →
+package layout → self-test of the winner through the shipped runtime → archive.
 """
 
 from __future__ import annotations
@@ -18,13 +19,16 @@ from ..runtime import load as load_package
 from ..runtime.checks import sha256_file
 from ..runtime.engines import OnnxRuntimeRunner
 from . import platform
-from .compilers import CompilerError, OptionsError, parse_options, registry
+from .compilers import OptionsError, parse_options, registry
 from .job import Job, package_filename
+from .normalise import normalise
 from .package import add_runtime, write_archive, write_manifest
 from .samples import concrete_shapes, load_samples, random_inputs
+from .select import choose, compile_all, measure_all
 from .signature import load_onnx, opsets, signature
 
 MANIFEST_SCHEMA_VERSION = 1
+BENCHMARK = {"warmup_s": 0.2, "budget_s": 1.0, "min_runs": 5, "max_runs": 500}
 
 
 class BadJob(ValueError):
@@ -38,13 +42,17 @@ class PackageFailed(RuntimeError):
 def _write_samples(root: Path, kind: str, arrays: dict[str, np.ndarray], names: list[str]) -> dict[str, str]:
     """Save arrays as ``samples/<kind>-<index>.npy``: tensor names may contain any
     character, so files are named by position and the manifest maps names to files."""
-    (root / "samples").mkdir(exist_ok=True)
+    (root / "samples").mkdir(parents=True, exist_ok=True)
     table = {}
     for index, name in enumerate(names):
         rel = f"samples/{kind}-{index}.npy"
         np.save(root / rel, np.ascontiguousarray(arrays[name]), allow_pickle=False)
         table[name] = rel
     return table
+
+
+def _tensor(name: str, array: np.ndarray) -> dict[str, Any]:
+    return {"name": name, "dtype": array.dtype.name, "shape": list(array.shape)}
 
 
 def build(job: Job, in_dir: Path, out_dir: Path, stage: Callable[[str], None]) -> dict[str, Any]:
@@ -65,56 +73,83 @@ def build(job: Job, in_dir: Path, out_dir: Path, stage: Callable[[str], None]) -
     model_path = in_dir / job.model
     if sha256_file(model_path) != job.model_sha256:
         raise BadJob(f"{job.model}: sha256 differs from the controller's; the transfer was corrupted")
+    compilers = registry()
+    for call in job.compilers:
+        if call.name not in compilers:
+            raise BadJob(f"unknown compiler {call.name!r}")
+        try:
+            parse_options(compilers[call.name].options_type, call.options)
+        except (OptionsError, TypeError) as exc:
+            raise BadJob(f"compilers.{call.name}: {exc}") from None
     lap("platform")
 
     stage("reference")
     try:
         model = load_onnx(model_path)
-        inputs, outputs = signature(model)
+        source_inputs, source_outputs = signature(model)
         if job.samples:
-            feeds = load_samples(in_dir / job.samples, inputs)
-            origin = {"kind": "spec", "file": job.samples}
+            feeds = load_samples(in_dir / job.samples, source_inputs)
+            origin: dict[str, Any] = {"kind": "spec", "file": job.samples}
         else:
             seed = int(job.model_sha256[:8], 16)
-            feeds = random_inputs(inputs, concrete_shapes(inputs, job.shapes), seed)
+            feeds = random_inputs(source_inputs, concrete_shapes(source_inputs, job.shapes), seed)
             origin = {"kind": "random", "seed": seed}
-        reference = OnnxRuntimeRunner(model_path, optimization="disabled").run(feeds)
+        reference = OnnxRuntimeRunner(model_path, {"optimization": "disabled"}).run(feeds)
     except ValueError as exc:
         raise PackageFailed(f"model: {exc}") from None
     except Exception as exc:  # the reference engine rejecting the model is a package failure
         raise PackageFailed(f"reference run under onnxruntime failed: {exc}") from None
+    input_names = [i["name"] for i in source_inputs]
+    output_names = [o["name"] for o in source_outputs]
+    inputs = [_tensor(n, feeds[n]) for n in input_names]
+    outputs = [_tensor(n, reference[n]) for n in output_names]
+    work = out_dir / "work"
+    if work.exists():
+        shutil.rmtree(work)
+    samples_root = work / "golden"
+    samples = {
+        "inputs": {n: str(samples_root / p) for n, p in _write_samples(samples_root, "input", feeds, input_names).items()},
+        "reference": {n: str(samples_root / p)
+                      for n, p in _write_samples(samples_root, "reference", reference, output_names).items()},
+    }
     lap("reference")
 
+    stage("normalise")
+    normalised = work / "normalised.onnx"
+    normalisation = normalise(model_path, {i["name"]: i["shape"] for i in inputs}, normalised)
+    lap("normalise")
+
     stage("compile")
-    if len(job.compilers) != 1:
-        raise BadJob("this packager builds with exactly one compiler per job")
-    call = job.compilers[0]
-    compiler = registry().get(call.name)
-    if compiler is None:
-        raise BadJob(f"unknown compiler {call.name!r}")
-    if job.target.name not in compiler.targets:
-        raise PackageFailed(f"compiler {call.name} does not support target {job.target.name}")
-    compiler_version = compiler.version()
-    if compiler_version is None:
-        raise PackageFailed(f"compiler {call.name} is not installed on this host")
-    try:
-        options = parse_options(compiler.options_type, call.options)
-    except (OptionsError, TypeError) as exc:
-        raise BadJob(f"compilers.{call.name}: {exc}") from None
+    candidates = compile_all(job.compilers, compilers, job.target, normalised, inputs, outputs,
+                             work / "candidates", job.worker_timeout)
+    lap("compile")
+
+    stage("select")
+    benchmark = None
+    if len(job.compilers) > 1 or {"latency_budget_ms", "metric"} & set(job.select):
+        benchmark = {**BENCHMARK, "budget_s": float(job.select.get("benchmark_s", BENCHMARK["budget_s"]))}
+    measure_all(candidates, samples, job.atol, job.rtol, work / "measure", job.worker_timeout, benchmark)
+    winner = choose(candidates, job.select)
+    emulated = bool(job.provenance.get("emulated", False))
+    table = [c.row(emulated) for c in candidates]
+    if winner is None:
+        why = "; ".join(f"{c.id}: {c.status}: {c.reason}" for c in candidates)
+        forced = job.select.get("engine")
+        prefix = f"the forced engine {forced} did not pass" if forced else "no candidate passed"
+        raise PackageFailed(f"{prefix} ({why})")
+    lap("select")
+
+    stage("package")
     root = out_dir / "package"
     if root.exists():
         shutil.rmtree(root)
     root.mkdir(parents=True)
-    try:
-        result = compiler.compile(model_path, root, job.target, options)
-    except CompilerError as exc:
-        raise PackageFailed(f"{call.name}: {exc}") from None
-    lap("compile")
-
-    stage("selftest")
-    input_names = [i["name"] for i in inputs]
-    output_names = [o["name"] for o in outputs]
-    add_runtime(root, [compiler.engine])
+    assert winner.root is not None
+    for artifact in winner.artifacts:
+        dest = root / artifact["path"]
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(winner.root / artifact["path"], dest)
+    add_runtime(root, [compilers[winner.compiler].distribution])
     manifest: dict[str, Any] = {
         "schema_version": MANIFEST_SCHEMA_VERSION,
         "name": job.name,
@@ -125,39 +160,45 @@ def build(job: Job, in_dir: Path, out_dir: Path, stage: Callable[[str], None]) -
             "sha256": job.model_sha256,
             "opsets": opsets(model),
             "producer": f"{model.producer_name} {model.producer_version}".strip(),
+            "inputs": source_inputs,
+            "outputs": source_outputs,
         },
         "inputs": inputs,
         "outputs": outputs,
-        "compiler": {
-            "name": call.name,
-            "version": compiler_version,
-            "options": vars(options),
-            "reproducible": result.reproducible,
+        "normalisation": normalisation,
+        "compiler": {"name": winner.compiler, "version": winner.version, "options": winner.options,
+                     "reproducible": winner.reproducible},
+        "engines": {winner.engine: {"version": winner.version}},
+        "artifacts": winner.artifacts,
+        "candidates": table,
+        "selection": {
+            "policy": job.select,
+            "selected": winner.id,
+            "measured": benchmark is not None,
+            "emulated": emulated,
+            "note": ("latencies were measured under emulation and do not represent native speed"
+                     if emulated and benchmark else None),
         },
-        "engines": {compiler.engine: {"version": compiler_version}},
-        "artifacts": [vars(a) for a in result.artifacts],
         "tolerance": {"atol": job.atol, "rtol": job.rtol},
         "samples": {
             "origin": origin,
             "inputs": _write_samples(root, "input", feeds, input_names),
             "reference": _write_samples(root, "reference", reference, output_names),
-            "reference_engine": "onnxruntime (optimisations disabled, fp32)",
+            "reference_engine": "onnxruntime (optimisations disabled, fp32) on the source model",
         },
-        "provenance": {
-            **job.provenance,
-            "packager_version": __version__,
-            "build_platform": env.to_json(),
-        },
+        "provenance": {**job.provenance, "packager_version": __version__, "build_platform": env.to_json()},
     }
     write_manifest(root, manifest)
+
+    stage("selftest")
     selftests = {}
-    for artifact in result.artifacts:
-        if artifact.role == "auxiliary":
+    for artifact in winner.artifacts:
+        if artifact["role"] == "auxiliary":
             continue
         try:
-            selftests[artifact.path] = load_package(root, artifact=artifact.path).self_test()
+            selftests[artifact["path"]] = load_package(root, artifact=artifact["path"]).self_test()
         except Exception as exc:  # an engine failing on the samples is a package failure
-            raise PackageFailed(f"self-test of {artifact.path}: the engine failed: {exc}") from None
+            raise PackageFailed(f"self-test of {artifact['path']}: the engine failed: {exc}") from None
     manifest["selftest"] = {
         "passed": all(c.passed for c in selftests.values()),
         "ran_on": f"{env.os}/{env.arch}",
@@ -173,6 +214,7 @@ def build(job: Job, in_dir: Path, out_dir: Path, stage: Callable[[str], None]) -
     archive = out_dir / package_filename(job.name, job.version, job.target.name)
     write_archive(root, archive)
     shutil.rmtree(root)
+    shutil.rmtree(work)
     lap("archive")
     return {
         "package": archive.name,
@@ -180,4 +222,5 @@ def build(job: Job, in_dir: Path, out_dir: Path, stage: Callable[[str], None]) -
         "size": archive.stat().st_size,
         "timings": timings,
         "selftest": manifest["selftest"],
+        "selected": {"candidate": winner.id, "engine": winner.engine, "latency_ms": (winner.latency or {}).get("median")},
     }

@@ -49,6 +49,10 @@ class Job:
     samples: str | None = None  # file name inside the job's input folder
     shapes: dict[str, list[int]] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
+    #: selection policy (metric, latency_budget_ms, prefer, engine, benchmark_s, max_runs)
+    select: dict[str, Any] = field(default_factory=dict)
+    #: time limit for each compile or measure worker process, seconds
+    worker_timeout: float = 600.0
     schema_version: int = JOB_SCHEMA_VERSION
 
     def to_json(self) -> str:

@@ -16,7 +16,7 @@ from ..runtime.platforms import this_machine
 from .job import JobTarget
 
 #: Python distributions whose versions are recorded as the toolchain of a build
-TOOLCHAIN = ("numpy", "onnx", "onnxruntime", "protobuf")
+TOOLCHAIN = ("numpy", "onnx", "onnxruntime", "protobuf", "onnxslim", "openvino", "MNN", "ncnn", "pnnx")
 
 
 class PlatformMismatch(RuntimeError):

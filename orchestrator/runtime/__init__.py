@@ -89,7 +89,8 @@ class Session:
         self.artifact = dict(artifact)
         self.inputs = [TensorSpec.from_json(t) for t in manifest["inputs"]]
         self.outputs = [TensorSpec.from_json(t) for t in manifest["outputs"]]
-        self._runner = open_artifact(artifact["engine"], self.package_dir / artifact["path"])
+        self._runner = open_artifact(artifact["engine"], self.package_dir / artifact["path"],
+                                     artifact.get("runtime", {}))
 
     def _check_feeds(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         expected = {t.name: t for t in self.inputs}

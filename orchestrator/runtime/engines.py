@@ -1,15 +1,17 @@
 """Engine adapters: one small class per inference engine behind the same two calls.
 
-Each adapter opens one artifact file and runs feeds through it. Engines are imported
-lazily so that a package whose engine is missing on the device fails with a message
-naming the engine and the pinned requirement, not an ImportError from deep inside.
+Each adapter opens one artifact with the runtime options recorded in the manifest and
+runs feeds keyed by the *model's* tensor names, translating to the engine's own names
+and layouts where it has them (ncnn renames blobs and drops the batch axis). Engines
+are imported lazily so that a package whose engine is missing fails with a message
+naming the engine, not an ImportError from deep inside.
 """
 
 from __future__ import annotations
 
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 import numpy as np
 
@@ -22,34 +24,117 @@ class Runner(Protocol):
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
 
+def _import(module: str) -> Any:
+    try:
+        return __import__(module)
+    except ImportError as exc:
+        raise EngineUnavailable(f"{module} is not installed: {exc}") from exc
+
+
 class OnnxRuntimeRunner:
-    """Runs ``.onnx`` and ``.ort`` artifacts on onnxruntime's CPU provider.
+    """``.onnx``/``.ort`` on onnxruntime's CPU provider. ``optimization`` is
+    "disabled" for the reference run (the source model exactly as written) and "all"
+    for shipped artifacts, which is what a device would use."""
 
-    ``optimization`` is "disabled" for the reference run (the source model exactly as
-    written) and "all" for shipped artifacts, which is what a device would use.
-    """
-
-    def __init__(self, path: Path, optimization: str = "all", threads: int = 0) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError as exc:  # pragma: no cover - depends on the device
-            raise EngineUnavailable(f"onnxruntime is not installed: {exc}") from exc
+    def __init__(self, path: Path, options: Mapping[str, Any]) -> None:
+        ort = _import("onnxruntime")
         levels = {
             "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
             "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
             "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
         }
-        options = ort.SessionOptions()
-        options.graph_optimization_level = levels[optimization]
-        options.intra_op_num_threads = threads
-        options.log_severity_level = 3
-        self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session_options = ort.SessionOptions()
+        session_options.graph_optimization_level = levels[options.get("optimization", "all")]
+        session_options.intra_op_num_threads = int(options.get("threads", 0))
+        session_options.log_severity_level = 3
+        self._session = ort.InferenceSession(str(path), session_options, providers=["CPUExecutionProvider"])
         self._output_names = [o.name for o in self._session.get_outputs()]
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         values = self._session.run(self._output_names, dict(feeds))
         return dict(zip(self._output_names, values))
+
+
+class OpenVinoRunner:
+    """OpenVINO IR on the CPU plugin. The precision hint is explicit because OpenVINO
+    silently computes in bf16 on CPUs that have it unless told otherwise."""
+
+    def __init__(self, path: Path, options: Mapping[str, Any]) -> None:
+        ov = _import("openvino")
+        config = {"INFERENCE_PRECISION_HINT": options.get("precision", "f32")}
+        self._compiled = ov.Core().compile_model(str(path), "CPU", config)
+        self._request = self._compiled.create_infer_request()
+        self._outputs = [(port, port.get_any_name()) for port in self._compiled.outputs]
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        result = self._request.infer(dict(feeds))
+        return {name: np.array(result[port], copy=True) for port, name in self._outputs}
+
+
+class MnnRunner:
+    """MNN through its Express module API."""
+
+    def __init__(self, path: Path, options: Mapping[str, Any]) -> None:
+        self._mnn = _import("MNN")
+        self._inputs = list(options["inputs"])
+        self._outputs = list(options["outputs"])
+        self._module = self._mnn.nn.load_module_from_file(str(path), self._inputs, self._outputs)
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        expr = self._mnn.expr
+        types = {np.dtype(np.float32): expr.float, np.dtype(np.int32): expr.int,
+                 np.dtype(np.int64): expr.int, np.dtype(np.uint8): expr.uint8}
+        values = []
+        for name in self._inputs:
+            array = np.ascontiguousarray(feeds[name])
+            if array.dtype == np.int64:  # MNN computes indices in int32
+                array = array.astype(np.int32)
+            values.append(expr.const(array, list(array.shape), expr.NCHW, types[array.dtype]))
+        outputs = self._module.forward(values)
+        result = {}
+        for name, value in zip(self._outputs, outputs):
+            if value.data_format == expr.NC4HW4:
+                value = expr.convert(value, expr.NCHW)
+            result[name] = np.array(value.read(), copy=True)
+        return result
+
+
+class NcnnRunner:
+    """ncnn from a pnnx conversion: blobs are named in0.., out0.. in graph order, and
+    ncnn Mats carry no batch axis, so a leading 1 is dropped on the way in and the
+    recorded output shapes are restored on the way out."""
+
+    def __init__(self, path: Path, options: Mapping[str, Any]) -> None:
+        self._ncnn = _import("ncnn")
+        self._net = self._ncnn.Net()
+        exact = not options.get("fp16", False)
+        self._net.opt.use_fp16_packed = not exact
+        self._net.opt.use_fp16_storage = not exact
+        self._net.opt.use_fp16_arithmetic = not exact
+        self._net.opt.use_bf16_storage = not exact
+        self._net.opt.num_threads = int(options.get("threads", 0)) or self._net.opt.num_threads
+        if self._net.load_param(str(path)) != 0 or self._net.load_model(str(path.with_suffix(".bin"))) != 0:
+            raise RuntimeError(f"ncnn could not load {path.name}")
+        self._inputs: dict[str, str] = dict(options["inputs"])  # model name -> blob
+        self._outputs: dict[str, str] = dict(options["outputs"])
+        self._shapes: dict[str, list[int]] = dict(options["output_shapes"])
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ncnn = self._ncnn
+        with self._net.create_extractor() as extractor:
+            for name, blob in self._inputs.items():
+                array = np.ascontiguousarray(feeds[name], dtype=np.float32)
+                if array.ndim > 1 and array.shape[0] == 1:
+                    array = array[0]
+                extractor.input(blob, ncnn.Mat(array).clone())
+            result = {}
+            for name, blob in self._outputs.items():
+                code, mat = extractor.extract(blob)
+                if code != 0:
+                    raise RuntimeError(f"ncnn failed to compute {name!r} (blob {blob}, code {code})")
+                result[name] = np.array(mat, copy=True).reshape(self._shapes[name])
+        return result
 
 
 def installed_version(distribution: str) -> str | None:
@@ -61,16 +146,19 @@ def installed_version(distribution: str) -> str | None:
 
 
 #: engine name -> (Python distribution that provides it, runner factory)
-ENGINES: dict[str, tuple[str, Any]] = {
+ENGINES: dict[str, tuple[str, Callable[[Path, Mapping[str, Any]], Runner]]] = {
     "onnxruntime": ("onnxruntime", OnnxRuntimeRunner),
+    "openvino": ("openvino", OpenVinoRunner),
+    "mnn": ("MNN", MnnRunner),
+    "ncnn": ("ncnn", NcnnRunner),
 }
 
 
-def open_artifact(engine: str, path: Path) -> Runner:
+def open_artifact(engine: str, path: Path, options: Mapping[str, Any] | None = None) -> Runner:
     try:
         _, factory = ENGINES[engine]
     except KeyError:
         raise EngineUnavailable(
             f"engine {engine!r} is not supported by this runtime (known: {', '.join(ENGINES)})"
         ) from None
-    return factory(path)
+    return factory(Path(path), options or {})

@@ -51,14 +51,17 @@ def test_build_is_reproducible_and_runs_correctly(capsys, write_spec, local_host
     assert manifest["selftest"]["passed"] is True
     assert manifest["source"]["sha256"] == hashlib.sha256(
         (spec.parent / "tinycnn.onnx").read_bytes()).hexdigest()
-    assert manifest["inputs"] == [{"name": "image", "dtype": "float32", "shape": ["batch", 3, 32, 32]}]
+    assert manifest["source"]["inputs"] == [{"name": "image", "dtype": "float32", "shape": ["batch", 3, 32, 32]}]
+    assert manifest["inputs"] == [{"name": "image", "dtype": "float32", "shape": [1, 3, 32, 32]}]
+    assert [c["status"] for c in manifest["candidates"]] == ["selected"]
+    assert "latency_ms" not in manifest["candidates"][0], "one compiler: nothing to measure, stays reproducible"
     assert set(manifest["files"]) == {n for n in names if n != "manifest.json" and "." in n.split("/")[-1]}
 
     summary = json.loads((tmp_path / "s.json").read_text())
     assert summary["jobs"][0]["status"] == "built"
     assert summary["jobs"][0]["sha256"] == hashlib.sha256(first.read_bytes()).hexdigest()
 
-    image = np.random.default_rng(1).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    image = np.random.default_rng(1).standard_normal((1, 3, 32, 32)).astype(np.float32)
     np.save(tmp_path / "image.npy", image)
     assert main(["run", str(first), "--input", f"image={tmp_path / 'image.npy'}", "--output", str(tmp_path / "o.npz")]) == 0
     got = np.load(tmp_path / "o.npz")["probs"]

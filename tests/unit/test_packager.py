@@ -48,7 +48,7 @@ def test_success_reports_package_checksum_and_stage_timings(tmp_path):
     assert code == 0 and result["status"] == "ok"
     archive = tmp_path / "out" / result["package"]
     assert sha256_file(archive) == result["sha256"] and archive.stat().st_size == result["size"]
-    assert set(result["timings"]) == {"platform", "reference", "compile", "selftest", "archive"}
+    assert set(result["timings"]) == {"platform", "reference", "normalise", "compile", "select", "selftest", "archive"}
 
 
 def test_bundled_example_is_what_its_generator_makes():

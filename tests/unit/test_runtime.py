@@ -73,7 +73,9 @@ def test_load_runs_self_test_and_validates_feeds(unpacked):
         session.run({"image": np.zeros((1, 3, 32, 32))})
     with pytest.raises(PackageError, match="shape \\[1, 3, 31, 32\\]"):
         session.run({"image": np.zeros((1, 3, 31, 32), np.float32)})
-    assert session.run({"image": np.zeros((4, 3, 32, 32), np.float32)})["probs"].shape == (4, 10)
+    assert session.run({"image": np.zeros((1, 3, 32, 32), np.float32)})["probs"].shape == (1, 10)
+    with pytest.raises(PackageError, match="shape \\[4, 3, 32, 32\\]"):
+        session.run({"image": np.zeros((4, 3, 32, 32), np.float32)})
 
 
 def test_load_refuses_another_platform(unpacked):

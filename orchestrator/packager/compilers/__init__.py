@@ -1,14 +1,15 @@
 """Algorithm library: the registry of compilers a packaging instruction can name.
 
 Each compiler lives in its own module and declares a typed options class, a version
-probe, and the targets it can build for. The controller validates a spec's compiler
-calls against this registry before any host is touched; the packager looks compilers
-up here on the build host.
+probe, and the targets it can honestly build for. The controller validates a spec's
+compiler calls against this registry before any host is touched; on the build host the
+packager runs each call in a worker process (converters can crash) and the test
+script measures what they produced.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, Protocol
 
@@ -25,12 +26,22 @@ class OptionsError(ValueError):
 
 @dataclass
 class Artifact:
-    """One file a compiler produced, relative to the package root."""
+    """One file a compiler produced, relative to the candidate's (later the package's) root."""
 
     path: str
     format: str
     engine: str
     role: str  # primary | alternate | auxiliary
+    #: options the runtime needs to run it exactly as tested (precision hints, blob names)
+    runtime: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CompileContext:
+    """What a compiler may need to know about the (normalised, fixed-shape) model."""
+
+    inputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
 
 
 @dataclass
@@ -43,12 +54,15 @@ class CompileResult:
 class Compiler(Protocol):
     name: str
     engine: str
+    #: Python distribution whose version is the compiler's (and the engine's) version
+    distribution: str
     targets: frozenset[str]
     options_type: type
 
     def version(self) -> str | None: ...
 
-    def compile(self, model: Path, package_root: Path, target: JobTarget, options: Any) -> CompileResult: ...
+    def compile(self, model: Path, root: Path, target: JobTarget, options: Any,
+                context: CompileContext) -> CompileResult: ...
 
 
 def parse_options(options_type: type, raw: Mapping[str, Any]) -> Any:
@@ -64,8 +78,16 @@ def parse_options(options_type: type, raw: Mapping[str, Any]) -> Any:
     return options
 
 
-def registry() -> dict[str, Compiler]:
-    from .onnxruntime import OnnxRuntimeCompiler
+def choice(name: str, value: Any, allowed: tuple[Any, ...]) -> None:
+    if value not in allowed:
+        raise OptionsError(f"{name} must be one of {list(allowed)}, not {value!r}")
 
-    compilers: list[Compiler] = [OnnxRuntimeCompiler()]
+
+def registry() -> dict[str, Compiler]:
+    from .mnn import MnnCompiler
+    from .ncnn import NcnnCompiler
+    from .onnxruntime import OnnxRuntimeCompiler
+    from .openvino import OpenVinoCompiler
+
+    compilers: list[Compiler] = [OnnxRuntimeCompiler(), OpenVinoCompiler(), MnnCompiler(), NcnnCompiler()]
     return {c.name: c for c in compilers}

@@ -17,7 +17,7 @@ from pathlib import Path
 from ...runtime.engines import installed_version
 from .. import reproducible
 from ..job import JobTarget
-from . import Artifact, CompileResult, CompilerError, OptionsError
+from . import Artifact, CompileContext, CompileResult, CompilerError, choice
 
 _LEVELS = ("basic", "extended")
 _ORT_PLATFORM = {"x86_64": "amd64", "aarch64": "arm"}
@@ -31,22 +31,22 @@ class OnnxRuntimeOptions:
     ort_format: bool = True
 
     def validate(self) -> None:
-        if self.optimization not in _LEVELS:
-            raise OptionsError(f"optimization must be one of {list(_LEVELS)}, not {self.optimization!r}")
-        if not isinstance(self.ort_format, bool):
-            raise OptionsError("ort_format must be true or false")
+        choice("optimization", self.optimization, _LEVELS)
+        choice("ort_format", self.ort_format, (True, False))
 
 
 class OnnxRuntimeCompiler:
     name = "onnxruntime"
     engine = "onnxruntime"
+    distribution = "onnxruntime"
     targets = frozenset({"linux-x86_64", "linux-aarch64", "android-arm64", "windows-x86_64", "ios-arm64"})
     options_type = OnnxRuntimeOptions
 
     def version(self) -> str | None:
-        return installed_version("onnxruntime")
+        return installed_version(self.distribution)
 
-    def compile(self, model: Path, package_root: Path, target: JobTarget, options: OnnxRuntimeOptions) -> CompileResult:
+    def compile(self, model: Path, package_root: Path, target: JobTarget, options: OnnxRuntimeOptions,
+                context: CompileContext) -> CompileResult:
         import onnxruntime as ort
 
         out_dir = package_root / "model"

@@ -1,0 +1,83 @@
+"""ncnn: ``.param`` + ``.bin`` through pnnx, which reads ONNX without torch.
+
+pnnx is installed with ``--no-deps`` (its wheel declares a 5 GB torch it does not need
+for ONNX) and its native binary is called directly. pnnx names blobs in0.., out0.. in
+graph order; that mapping and the output shapes go to the runtime.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from ...runtime.engines import installed_version
+from .. import reproducible
+from ..job import JobTarget
+from . import Artifact, CompileContext, CompileResult, CompilerError, choice
+
+
+def _pnnx_binary() -> Path | None:
+    # find the package without importing it: its __init__ imports torch
+    spec = importlib.util.find_spec("pnnx")
+    if spec is None or spec.origin is None:
+        return None
+    binary = Path(spec.origin).with_name("pnnx")
+    return binary if binary.is_file() else None
+
+
+@dataclass
+class NcnnOptions:
+    #: let ncnn store and compute in fp16 where the CPU can (accuracy-gated)
+    fp16: bool = False
+
+    def validate(self) -> None:
+        choice("fp16", self.fp16, (True, False))
+
+
+class NcnnCompiler:
+    name = "ncnn"
+    engine = "ncnn"
+    distribution = "ncnn"
+    targets = frozenset({"linux-x86_64", "linux-aarch64", "android-arm64", "windows-x86_64", "ios-arm64"})
+    options_type = NcnnOptions
+
+    def version(self) -> str | None:
+        if _pnnx_binary() is None:
+            return None
+        return installed_version(self.distribution)
+
+    def compile(self, model: Path, root: Path, target: JobTarget, options: NcnnOptions,
+                context: CompileContext) -> CompileResult:
+        binary = _pnnx_binary()
+        if binary is None:
+            raise CompilerError("pnnx is not installed")
+        work = root / "pnnx"
+        work.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(model, work / "model.onnx")
+        kinds = {"float32": "f32", "float16": "f16", "int64": "i64", "int32": "i32", "uint8": "u8", "int8": "i8"}
+        shapes = ",".join(
+            "[" + ",".join(str(d) for d in i["shape"]) + "]" + kinds.get(i["dtype"], "f32") for i in context.inputs
+        )
+        proc = reproducible.run([str(binary), "model.onnx", f"inputshape={shapes}",
+                                 f"fp16={int(options.fp16)}"], cwd=str(work))
+        param, weights = work / "model.ncnn.param", work / "model.ncnn.bin"
+        if proc.returncode != 0 or not param.is_file() or not weights.is_file():
+            tail = [ln for ln in (proc.stdout + proc.stderr).strip().splitlines() if ln.strip()][-3:]
+            raise CompilerError(f"pnnx failed (code {proc.returncode}): {' | '.join(tail)}")
+        out_dir = root / "model"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(param, out_dir / "model.param")
+        shutil.copyfile(weights, out_dir / "model.bin")
+        shutil.rmtree(work)
+        runtime = {
+            "inputs": {i["name"]: f"in{n}" for n, i in enumerate(context.inputs)},
+            "outputs": {o["name"]: f"out{n}" for n, o in enumerate(context.outputs)},
+            "output_shapes": {o["name"]: o["shape"] for o in context.outputs},
+            "fp16": options.fp16,
+        }
+        return CompileResult([
+            Artifact("model/model.param", "ncnn-param", self.engine, "primary", runtime),
+            Artifact("model/model.bin", "ncnn-weights", self.engine, "auxiliary"),
+        ], reproducible=proc.reproducible)
