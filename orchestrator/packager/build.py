@@ -46,7 +46,7 @@ def _write_samples(root: Path, kind: str, arrays: dict[str, np.ndarray], names: 
     table = {}
     for index, name in enumerate(names):
         rel = f"samples/{kind}-{index}.npy"
-        np.save(root / rel, np.ascontiguousarray(arrays[name]), allow_pickle=False)
+        np.save(root / rel, np.array(arrays[name], order="C"), allow_pickle=False)  # keeps 0-d scalars 0-d
         table[name] = rel
     return table
 

@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .signature import ModelError
+from .signature import ANONYMOUS, ModelError
 
 
 def concrete_shapes(
@@ -37,7 +37,7 @@ def concrete_shapes(
         for axis, (want, got) in enumerate(zip(declared, given)):
             if isinstance(want, int) and want != got:
                 raise ModelError(f"shapes.{name}[{axis}] is {got}, the model fixes it to {want}")
-            if isinstance(want, str):
+            if isinstance(want, str) and want != ANONYMOUS:
                 if symbols.setdefault(want, got) != got:
                     raise ModelError(f"shapes.{name}[{axis}] is {got}, but dimension {want!r} is {symbols[want]} elsewhere")
     shapes = {}
@@ -53,7 +53,9 @@ def concrete_shapes(
             elif dim in symbols:
                 fixed.append(symbols[dim])
             elif axis == 0:
-                fixed.append(symbols.setdefault(dim, 1))
+                fixed.append(1)
+                if dim != ANONYMOUS:
+                    symbols[dim] = 1
             else:
                 raise ModelError(
                     f"input {name!r} dimension {axis} ({dim!r}) is dynamic; give its size in the spec,"

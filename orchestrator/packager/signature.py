@@ -13,6 +13,10 @@ from typing import Any
 import numpy as np
 
 
+#: how an unnamed dynamic dimension is written; unlike named ones, two of them need not agree
+ANONYMOUS = "?"
+
+
 class ModelError(ValueError):
     """The file is not a usable ONNX model; the message says why."""
 
@@ -50,11 +54,11 @@ def _tensor_spec(value_info: Any) -> dict[str, Any]:
     tensor = value_info.type.tensor_type
     dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)).name
     shape: list[int | str] = []
-    for i, dim in enumerate(tensor.shape.dim):
-        if dim.HasField("dim_value"):
+    for dim in tensor.shape.dim:
+        if dim.HasField("dim_value") and dim.dim_value >= 0:
             shape.append(int(dim.dim_value))
-        else:
-            shape.append(dim.dim_param or f"dim{i}")
+        else:  # named dynamic dimension, or "?" for an anonymous one (some exporters write -1)
+            shape.append(dim.dim_param or ANONYMOUS)
     return {"name": value_info.name, "dtype": dtype, "shape": shape}
 
 

@@ -114,7 +114,11 @@ class Session:
         return checked
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self._runner.run(self._check_feeds(feeds))
+        produced = self._runner.run(self._check_feeds(feeds))
+        missing = [t.name for t in self.outputs if t.name not in produced]
+        if missing:
+            raise PackageError(f"the engine produced no output named {missing}")
+        return {t.name: produced[t.name] for t in self.outputs}
 
     def self_test(self) -> Comparison:
         """Run the golden samples shipped in the package and compare with the

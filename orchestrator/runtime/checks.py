@@ -150,7 +150,8 @@ def compare_outputs(
             both_nan = np.isnan(g) & np.isnan(r)
             diff = np.where(both_nan, 0.0, np.abs(g - r))
             diff = np.where(np.isnan(diff), np.inf, diff)
-            rel = diff / np.maximum(np.abs(r), np.finfo(np.float64).tiny)
+            # relative error where it means something: near zero, atol is the scale
+            rel = diff / np.maximum(np.abs(r), atol if atol > 0 else np.finfo(np.float64).tiny)
             ok = bool(np.all(diff <= atol + rtol * np.abs(np.nan_to_num(r))))
             max_abs = float(diff.max()) if diff.size else 0.0
             max_rel = float(np.where(diff == 0, 0.0, rel).max()) if diff.size else 0.0

@@ -65,11 +65,12 @@ class OpenVinoRunner:
         config = {"INFERENCE_PRECISION_HINT": options.get("precision", "f32")}
         self._compiled = ov.Core().compile_model(str(path), "CPU", config)
         self._request = self._compiled.create_infer_request()
-        self._outputs = [(port, port.get_any_name()) for port in self._compiled.outputs]
+        # an output port can carry several tensor names; answer to every one of them
+        self._outputs = [(port, sorted(port.get_names())) for port in self._compiled.outputs]
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         result = self._request.infer(dict(feeds))
-        return {name: np.array(result[port], copy=True) for port, name in self._outputs}
+        return {name: np.array(result[port], copy=True) for port, names in self._outputs for name in names}
 
 
 class MnnRunner:
@@ -87,7 +88,7 @@ class MnnRunner:
                  np.dtype(np.int64): expr.int, np.dtype(np.uint8): expr.uint8}
         values = []
         for name in self._inputs:
-            array = np.ascontiguousarray(feeds[name])
+            array = np.array(feeds[name], order="C")
             if array.dtype == np.int64:  # MNN computes indices in int32
                 array = array.astype(np.int32)
             values.append(expr.const(array, list(array.shape), expr.NCHW, types[array.dtype]))
