@@ -64,6 +64,7 @@ def save(model: onnx.ModelProto, path: Path) -> Path:
 PYPI_MODELS = {
     "ppocr_cls": ("rapidocr-onnxruntime", "1.4.4", "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx"),
     "silero_vad": ("silero-vad", "6.2.3", "silero_vad/data/silero_vad_16k_op15.onnx"),
+    "silero_vad_sequence": ("silero-vad", "6.2.3", "silero_vad/data/silero_vad_16k_sequence.onnx"),
     "yolov8n": ("nudenet", "3.4.2", "nudenet/320n.onnx"),
 }
 CACHE = REPO / ".cache" / "test-models"
@@ -83,7 +84,7 @@ def pypi_model(key: str) -> Path:
     wheels = CACHE / "wheels"
     subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
                     f"{dist}=={version}", "-d", str(wheels)], check=True)
-    wheel = next(wheels.glob(f"{dist.replace('-', '_')}-{version}-*.whl"))
+    wheel = next(wheels.glob(f"{dist.replace('-', '_')}-{version}-*.whl"))  # shared by several models
     with zipfile.ZipFile(wheel) as archive:
         partial = dest.with_suffix(".partial")
         partial.write_bytes(archive.read(member))

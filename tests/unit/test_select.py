@@ -1,0 +1,104 @@
+"""The test script's isolation and choice: real worker processes on real artifacts."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from orchestrator.packager.compilers import registry
+from orchestrator.packager.job import CompilerCall, JobTarget
+from orchestrator.packager.select import Candidate, choose, compile_all, measure_all
+from tests.models import TINYCNN
+
+TARGET = JobTarget("linux-x86_64", "linux", "x86_64", "linux", "x86_64")
+IO = ([{"name": "image", "dtype": "float32", "shape": [1, 3, 32, 32]}],
+      [{"name": "probs", "dtype": "float32", "shape": [1, 10]}])
+
+
+def golden(tmp_path: Path) -> dict[str, dict[str, str]]:
+    import onnxruntime as ort
+
+    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    ref = ort.InferenceSession(str(TINYCNN), options, providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "ref.npy", ref)
+    return {"inputs": {"image": str(tmp_path / "x.npy")}, "reference": {"probs": str(tmp_path / "ref.npy")}}
+
+
+def _kill_benchmarking_worker(stop: threading.Event) -> None:
+    """SIGSEGV the first worker process seen benchmarking, as a crashing engine would."""
+    while not stop.is_set():
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"orchestrator.packager.worker" in cmdline and any(b"mnn.bench" in part for part in cmdline):
+                os.kill(int(pid), signal.SIGSEGV)
+                return
+        time.sleep(0.01)
+
+
+def test_a_crashing_candidate_is_isolated_and_the_others_still_compete(tmp_path):
+    calls = [CompilerCall("onnxruntime"), CompilerCall("mnn"), CompilerCall("openvino")]
+    candidates = compile_all(calls, registry(), TARGET, TINYCNN, *IO, tmp_path / "c", timeout=120)
+    assert [c.status for c in candidates] == ["compiled"] * 3
+    stop = threading.Event()
+    killer = threading.Thread(target=_kill_benchmarking_worker, args=(stop,), daemon=True)
+    killer.start()
+    bench = {"warmup_s": 0.05, "budget_s": 3.0, "min_runs": 5, "max_runs": 100000}
+    measure_all(candidates, golden(tmp_path), 1e-4, 1e-3, tmp_path / "m", timeout=120, benchmark=bench, rounds=1)
+    stop.set()
+    rows = {c.id: c for c in candidates}
+    assert rows["mnn"].status == "crashed" and "SIGSEGV" in rows["mnn"].reason
+    winner = choose(candidates, {})
+    assert winner is not None and winner.id in ("onnxruntime", "openvino")
+    assert rows["onnxruntime"].times_ms and rows["openvino"].times_ms
+
+
+def test_a_hung_worker_is_stopped_at_its_time_limit(tmp_path):
+    calls = [CompilerCall("onnxruntime")]
+    [candidate] = compile_all(calls, registry(), TARGET, TINYCNN, *IO, tmp_path / "c", timeout=120)
+    started = time.monotonic()
+    bench = {"warmup_s": 60.0, "budget_s": 60.0, "min_runs": 5, "max_runs": 100000}
+    measure_all([candidate], golden(tmp_path), 1e-4, 1e-3, tmp_path / "m", timeout=3, benchmark=bench, rounds=1)
+    assert time.monotonic() - started < 30
+    assert candidate.status == "failed" and "timed out after 3 s" in candidate.reason
+
+
+def test_unsupported_and_unavailable_compilers_are_listed_not_dropped(tmp_path):
+    ios = JobTarget("ios-arm64", "ios", "aarch64", "macos", "aarch64")
+    [ov] = compile_all([CompilerCall("openvino")], registry(), ios, TINYCNN, *IO, tmp_path, timeout=60)
+    assert ov.status == "unsupported" and "cannot build for ios-arm64" in ov.reason
+
+
+def _passed(cid: str, engine: str, median: float, size: int) -> Candidate:
+    c = Candidate(cid, cid, engine, {}, status="passed", size_bytes=size)
+    c.times_ms = [median] * 9
+    return c
+
+
+def test_policy_metric_budget_prefer_and_force():
+    def fresh():
+        return [_passed("onnxruntime", "onnxruntime", 1.00, 300), _passed("openvino", "openvino", 0.99, 200),
+                _passed("mnn", "mnn", 2.0, 100)]
+
+    assert choose(fresh(), {}).id == "openvino"
+    assert choose(fresh(), {"prefer": ["onnxruntime"]}).id == "onnxruntime", "within 2%: prefer decides"
+    assert choose(fresh(), {"metric": "size"}).id == "mnn"
+    assert choose(fresh(), {"engine": "mnn"}).id == "mnn"
+    over = fresh()
+    assert choose(over, {"latency_budget_ms": 0.5}) is None
+    assert all(c.status == "over-budget" for c in over)
+    rejected = fresh()
+    rejected[2].status = "rejected"
+    assert choose(rejected, {"engine": "mnn"}) is None
