@@ -44,7 +44,7 @@ class SelectPolicy(_Strict):
     latency_budget_ms: float | None = Field(None, gt=0, description="reject candidates whose median is above this")
     prefer: list[str] = Field(default_factory=list, description="tie-break order of engines (within 2%)")
     engine: str | None = Field(None, description="force this engine (it must still pass the gate)")
-    benchmark_s: float = Field(1.0, gt=0, le=60, description="timed-run budget per candidate and round, seconds")
+    benchmark_s: float = Field(0.4, gt=0, le=60, description="timed-run budget per candidate in each of 5 interleaved rounds, seconds")
 
 
 AccelerateVariant = Literal[

@@ -28,7 +28,7 @@ from .select import choose, compile_all, measure_all
 from .signature import load_onnx, opsets, signature
 
 MANIFEST_SCHEMA_VERSION = 1
-BENCHMARK = {"warmup_s": 0.2, "budget_s": 1.0, "min_runs": 5, "max_runs": 500}
+BENCHMARK = {"warmup_s": 0.1, "budget_s": 0.4, "min_runs": 5, "max_runs": 100_000}
 
 
 class BadJob(ValueError):

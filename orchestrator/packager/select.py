@@ -41,7 +41,7 @@ class Candidate:
     artifacts: list[dict[str, Any]] = field(default_factory=list)
     reproducible: bool = True
     accuracy: dict[str, Any] | None = None
-    times_ms: list[float] = field(default_factory=list)
+    rounds_ms: list[list[float]] = field(default_factory=list)
     load_s: float | None = None
     peak_rss_mb: float | None = None
     size_bytes: int | None = None
@@ -49,7 +49,7 @@ class Candidate:
 
     @property
     def latency(self) -> dict[str, float] | None:
-        return latency_stats(self.times_ms) if self.times_ms else None
+        return latency_stats(self.rounds_ms) if self.rounds_ms else None
 
     def row(self, emulated: bool) -> dict[str, Any]:
         row: dict[str, Any] = {
@@ -57,7 +57,7 @@ class Candidate:
             "options": self.options, "status": self.status, "reason": self.reason,
             "accuracy": self.accuracy, "size_bytes": self.size_bytes,
         }
-        if self.times_ms:
+        if self.rounds_ms:
             row.update(latency_ms=self.latency, load_s=self.load_s, peak_rss_mb=self.peak_rss_mb, emulated=emulated)
         return row
 
@@ -132,7 +132,7 @@ def compile_all(
 
 def measure_all(
     candidates: list[Candidate], samples: dict[str, dict[str, str]], atol: float, rtol: float,
-    work: Path, timeout: float, benchmark: dict[str, Any] | None, rounds: int = 2,
+    work: Path, timeout: float, benchmark: dict[str, Any] | None, rounds: int = 5,
 ) -> None:
     """Gate every compiled candidate; benchmark the ones that pass in interleaved rounds."""
     def request(c: Candidate, artifact: dict[str, Any], bench: dict[str, Any] | None) -> dict[str, Any]:
@@ -164,7 +164,7 @@ def measure_all(
             except WorkerFailed as exc:
                 c.status, c.reason = exc.status, f"benchmark: {exc}"
                 continue
-            c.times_ms += result["times_ms"]
+            c.rounds_ms.append(result["times_ms"])
             c.load_s = result["load_s"] if c.load_s is None else min(c.load_s, result["load_s"])
             c.peak_rss_mb = max(c.peak_rss_mb or 0.0, result["peak_rss_mb"] or 0.0) or None
 
@@ -200,7 +200,7 @@ def choose(candidates: list[Candidate], policy: dict[str, Any]) -> Candidate | N
             if c is not winner:
                 c.reason = f"not the forced engine {forced}"
         return winner
-    if len(passed) == 1 and not passed[0].times_ms:
+    if len(passed) == 1 and not passed[0].rounds_ms:
         passed[0].status, passed[0].reason = "selected", "the only compiler asked for; passed the accuracy gate"
         return passed[0]
     budget = policy.get("latency_budget_ms")
