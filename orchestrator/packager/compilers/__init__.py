@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, Protocol
 
+from ...runtime.engines import installed_version
 from ..job import JobTarget
 
 
@@ -63,6 +64,25 @@ class Compiler(Protocol):
 
     def compile(self, model: Path, root: Path, target: JobTarget, options: Any,
                 context: CompileContext) -> CompileResult: ...
+
+
+class BaseCompiler:
+    """Shared behaviour: a compiler's version is its Python distribution's version."""
+
+    name: str
+    engine: str
+    distribution: str
+    targets: frozenset[str]
+    options_type: type
+
+    def version(self) -> str | None:
+        return installed_version(self.distribution)
+
+
+def converter_failed(tool: str, returncode: int, output: str) -> CompilerError:
+    """A CompilerError quoting the last lines a converter printed."""
+    tail = [line for line in output.strip().splitlines() if line.strip()][-3:]
+    return CompilerError(f"{tool} failed (code {returncode}): {' | '.join(tail)}")
 
 
 def parse_options(options_type: type, raw: Mapping[str, Any]) -> Any:

@@ -6,10 +6,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...runtime.engines import installed_version
 from .. import reproducible
 from ..job import JobTarget
-from . import Artifact, CompileContext, CompileResult, CompilerError, choice
+from . import Artifact, BaseCompiler, CompileContext, CompileResult, choice, converter_failed
 
 
 @dataclass
@@ -21,16 +20,13 @@ class MnnOptions:
         choice("fp16", self.fp16, (True, False))
 
 
-class MnnCompiler:
+class MnnCompiler(BaseCompiler):
     name = "mnn"
     engine = "mnn"
     distribution = "MNN"
     # the .mnn file is portable; MNN runtimes exist for all of these
     targets = frozenset({"linux-x86_64", "linux-aarch64", "android-arm64", "windows-x86_64", "ios-arm64"})
     options_type = MnnOptions
-
-    def version(self) -> str | None:
-        return installed_version(self.distribution)
 
     def compile(self, model: Path, root: Path, target: JobTarget, options: MnnOptions,
                 context: CompileContext) -> CompileResult:
@@ -42,8 +38,7 @@ class MnnCompiler:
             argv.append("--fp16")
         proc = reproducible.run(argv, cwd=str(root))
         if proc.returncode != 0 or not (out_dir / "model.mnn").is_file() or "Converted Success" not in proc.stdout:
-            tail = [ln for ln in (proc.stdout + proc.stderr).strip().splitlines() if ln.strip()][-3:]
-            raise CompilerError(f"mnnconvert failed (code {proc.returncode}): {' | '.join(tail)}")
+            raise converter_failed("mnnconvert", proc.returncode, proc.stdout + proc.stderr)
         runtime = {"inputs": [i["name"] for i in context.inputs], "outputs": [o["name"] for o in context.outputs]}
         return CompileResult([Artifact("model/model.mnn", "mnn", self.engine, "primary", runtime)],
                              reproducible=proc.reproducible)

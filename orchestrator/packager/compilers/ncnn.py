@@ -12,10 +12,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...runtime.engines import installed_version
 from .. import reproducible
 from ..job import JobTarget
-from . import Artifact, CompileContext, CompileResult, CompilerError, choice
+from . import Artifact, BaseCompiler, CompileContext, CompileResult, CompilerError, choice, converter_failed
 
 
 def _pnnx_binary() -> Path | None:
@@ -36,7 +35,7 @@ class NcnnOptions:
         choice("fp16", self.fp16, (True, False))
 
 
-class NcnnCompiler:
+class NcnnCompiler(BaseCompiler):
     name = "ncnn"
     engine = "ncnn"
     distribution = "ncnn"
@@ -44,9 +43,7 @@ class NcnnCompiler:
     options_type = NcnnOptions
 
     def version(self) -> str | None:
-        if _pnnx_binary() is None:
-            return None
-        return installed_version(self.distribution)
+        return super().version() if _pnnx_binary() is not None else None
 
     def compile(self, model: Path, root: Path, target: JobTarget, options: NcnnOptions,
                 context: CompileContext) -> CompileResult:
@@ -64,8 +61,7 @@ class NcnnCompiler:
                                  f"fp16={int(options.fp16)}"], cwd=str(work))
         param, weights = work / "model.ncnn.param", work / "model.ncnn.bin"
         if proc.returncode != 0 or not param.is_file() or not weights.is_file():
-            tail = [ln for ln in (proc.stdout + proc.stderr).strip().splitlines() if ln.strip()][-3:]
-            raise CompilerError(f"pnnx failed (code {proc.returncode}): {' | '.join(tail)}")
+            raise converter_failed("pnnx", proc.returncode, proc.stdout + proc.stderr)
         out_dir = root / "model"
         out_dir.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(param, out_dir / "model.param")

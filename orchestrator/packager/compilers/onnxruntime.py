@@ -14,10 +14,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...runtime.engines import installed_version
 from .. import reproducible
 from ..job import JobTarget
-from . import Artifact, CompileContext, CompileResult, CompilerError, choice
+from . import Artifact, BaseCompiler, CompileContext, CompileResult, CompilerError, choice, converter_failed
 
 _LEVELS = ("basic", "extended")
 _ORT_PLATFORM = {"x86_64": "amd64", "aarch64": "arm"}
@@ -35,15 +34,12 @@ class OnnxRuntimeOptions:
         choice("ort_format", self.ort_format, (True, False))
 
 
-class OnnxRuntimeCompiler:
+class OnnxRuntimeCompiler(BaseCompiler):
     name = "onnxruntime"
     engine = "onnxruntime"
     distribution = "onnxruntime"
     targets = frozenset({"linux-x86_64", "linux-aarch64", "android-arm64", "windows-x86_64", "ios-arm64"})
     options_type = OnnxRuntimeOptions
-
-    def version(self) -> str | None:
-        return installed_version(self.distribution)
 
     def compile(self, model: Path, package_root: Path, target: JobTarget, options: OnnxRuntimeOptions,
                 context: CompileContext) -> CompileResult:
@@ -89,8 +85,7 @@ class OnnxRuntimeCompiler:
         proc = reproducible.run(argv, cwd=str(work))
         produced = work / "out" / "model.ort"
         if proc.returncode != 0 or not produced.is_file():
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-            raise CompilerError(f"ORT format conversion failed: {' | '.join(tail)}")
+            raise converter_failed("ORT format conversion", proc.returncode, proc.stdout + proc.stderr)
         shutil.copyfile(produced, out_dir / "model.ort")
         config = (work / "out" / "model.required_operators.config").read_text()
         shutil.rmtree(work)

@@ -11,9 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...runtime.engines import installed_version
 from ..job import JobTarget
-from . import Artifact, CompileContext, CompileResult, CompilerError, choice
+from . import Artifact, BaseCompiler, CompileContext, CompileResult, CompilerError, choice
 
 _PRECISIONS = ("f32", "bf16", "f16")
 
@@ -30,16 +29,13 @@ class OpenVinoOptions:
         choice("compress_weights", self.compress_weights, (True, False))
 
 
-class OpenVinoCompiler:
+class OpenVinoCompiler(BaseCompiler):
     name = "openvino"
     engine = "openvino"
     distribution = "openvino"
     # OpenVINO's CPU plugin exists for these; it has no iOS or Android runtime.
     targets = frozenset({"linux-x86_64", "linux-aarch64", "windows-x86_64"})
     options_type = OpenVinoOptions
-
-    def version(self) -> str | None:
-        return installed_version(self.distribution)
 
     def compile(self, model: Path, root: Path, target: JobTarget, options: OpenVinoOptions,
                 context: CompileContext) -> CompileResult:
