@@ -209,4 +209,11 @@ class DockerWorkspace(Workspace):
             log.warning("could not remove container %s on %s: %s", self._container.id[:12], self._transport.name, exc)
 
     def provenance(self) -> dict[str, Any]:
-        return {"image": self._image, "image_id": self._container.image.id if self._container else None}
+        """Image identity, and whether the container runs under emulation: an image
+        whose architecture differs from the engine's runs through qemu, and timings
+        measured there must not pass for native ones."""
+        image = self._container.image
+        engine_arch = normalise_arch(self._transport.client().info().get("Architecture", ""))
+        image_arch = normalise_arch(image.attrs.get("Architecture", engine_arch))
+        return {"image": self._image, "image_id": image.id, "image_arch": image_arch,
+                "emulated": image_arch != engine_arch}

@@ -96,4 +96,4 @@ class LocalWorkspace(Workspace):
         shutil.rmtree(self._dir, ignore_errors=True)
 
     def provenance(self) -> dict[str, Any]:
-        return {"python": sys.executable}
+        return {"python": sys.executable, "emulated": False}

@@ -71,3 +71,16 @@ def test_image_tag_follows_its_inputs(tmp_path, monkeypatch):
     requirements = copy / name / "requirements.txt"
     requirements.write_text(requirements.read_text() + "# touched\n")
     assert images.image_tag(name) != before
+
+
+def test_measurements_under_emulation_are_flagged(tmp_path):
+    code, result = run_packager(tmp_path, compilers=[CompilerCall("onnxruntime"), CompilerCall("openvino")],
+                                provenance={"host": "qemu-box", "emulated": True}, select={"benchmark_s": 0.05})
+    assert code == 0, result
+    import tarfile
+
+    with tarfile.open(tmp_path / "out" / result["package"]) as tar:
+        manifest = json.load(tar.extractfile("manifest.json"))
+    assert manifest["selection"]["emulated"] is True and "emulation" in manifest["selection"]["note"]
+    assert all(row["emulated"] is True for row in manifest["candidates"] if "latency_ms" in row)
+    assert len([row for row in manifest["candidates"] if "latency_ms" in row]) == 2
