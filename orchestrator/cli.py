@@ -65,8 +65,10 @@ def cmd_build(args: argparse.Namespace) -> int:
     from .collect import staging_dir
     from .inventory import eligible_hosts
     from .plan import plan
+    from .report.compare import regressions
     from .report.console import ConsoleEvents
-    from .report.summary import summary, write_json
+    from .report.html import render_report
+    from .report.summary import summary, write_atomic, write_json
     from .scheduler import Scheduler
     from .spec import load_spec
     from .transports import make_transport
@@ -96,7 +98,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         jobs, eligible, transports, out_dir, staging,
         run_labels={"org.modelpack.run": run_id}, timeout=args.timeout, disabled=down,
     )
-    console = ConsoleEvents(scheduler.records, sys.stdout)
+    console = ConsoleEvents(scheduler.records, sys.stdout, verbosity=args.verbosity)
     scheduler.events = console
     try:
         with console:
@@ -110,12 +112,51 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     for record in records:
         if record.status == "built":
-            _out(f"built   {record.job.id}: {record.package} (sha256 {record.attempts[-1].sha256})")
+            if args.verbosity >= 0:
+                _out(f"built   {record.job.id}: {record.package} (sha256 {record.attempts[-1].sha256})")
         else:
             _out(f"{record.status:7} {record.job.id}: [{record.failure}] {record.reason}")
+    data = summary(records, run_id, inventory.source)
+    previous = _read_summary(args.compare) if args.compare else None
+    write_json(out_dir / "summary.json", data)
+    write_atomic(out_dir / "report.html", render_report(data, previous))
     if args.json:
-        write_json(Path(args.json), summary(records, run_id, inventory.source))
-    return EXIT_OK if all(r.status == "built" for r in records) else EXIT_FAILED
+        write_json(Path(args.json), data)
+    if args.verbosity >= 0:
+        _out(f"report: {out_dir / 'report.html'}")
+    found = regressions(data, previous) if previous else []
+    for regression in found:
+        _out(f"regression: {regression.describe()}")
+    if any(r.status != "built" for r in records) or (found and args.fail_on_regression):
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _read_summary(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(path, None, "file not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(path, None, f"not a readable summary.json: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("jobs"), list):
+        raise InputError(path, "jobs", "missing; not a modelpack summary.json")
+    return data
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report.compare import regressions
+    from .report.html import render_report
+    from .report.summary import write_atomic
+
+    data = _read_summary(args.summary)
+    previous = _read_summary(args.compare) if args.compare else None
+    out = Path(args.out) if args.out else Path(args.summary).with_name("report.html")
+    write_atomic(out, render_report(data, previous))
+    _out(f"wrote {out}")
+    for regression in regressions(data, previous) if previous else []:
+        _out(f"regression: {regression.describe()}")
+    return EXIT_OK
 
 
 # -- hosts -----------------------------------------------------------------------------
@@ -176,6 +217,11 @@ def _checked_package(path: Path) -> dict[str, Any]:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     manifest = _checked_package(args.package)
+    if args.html:
+        from .report.html import render_card
+
+        sys.stdout.write(render_card(manifest))
+        return EXIT_OK
     if args.json:
         _out(json.dumps(manifest, indent=2, sort_keys=True))
         return EXIT_OK
@@ -279,7 +325,55 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_FAILED
 
 
+# -- CI matrix and init ------------------------------------------------------------------
+def cmd_matrix(args: argparse.Namespace) -> int:
+    import yaml
+
+    from .plan import plan
+    from .spec import load_spec
+
+    jobs = plan([load_spec(p) for p in args.spec], args.target)
+    rows = [{"spec": str(j.spec.path), "name": j.spec.spec.name, "version": j.spec.spec.version,
+             "target": j.target.name, "package": j.package_filename} for j in jobs]
+    if args.format == "github":
+        _out(json.dumps({"include": rows}))
+    elif args.format == "gitlab":
+        matrix = [{"SPEC": r["spec"], "TARGET": r["target"]} for r in rows]
+        _out(yaml.safe_dump({"parallel": {"matrix": matrix}}, sort_keys=False).rstrip())
+    else:
+        _out(json.dumps(rows, indent=2))
+    return EXIT_OK
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from .init import render
+    from .report.summary import write_atomic
+    from .spec import load_spec
+
+    out = args.output or args.model.with_name("modelpack.yaml")
+    if out.exists() and not args.force:
+        raise InputError(out, None, "already exists; use --force to overwrite it")
+    text = render(args.model, out.parent, _inventory(args.hosts))
+    write_atomic(out, text)
+    try:
+        load_spec(out)
+    except InputError as exc:
+        _out(f"wrote {out}; it needs your attention before it builds: {exc}")
+        return EXIT_FAILED
+    _out(f"wrote {out}")
+    return EXIT_OK
+
+
 # -- parser ---------------------------------------------------------------------------------
+def _verbosity(p: argparse.ArgumentParser) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--quiet", "-q", dest="verbosity", action="store_const", const=-1,
+                       help="print only failures and the final lines")
+    group.add_argument("--verbose", "-v", dest="verbosity", action="store_const", const=1,
+                       help="also stream the packagers' output")
+    p.set_defaults(verbosity=0)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="modelpack", description="Package one ONNX model for every target platform.")
     p.add_argument("--version", action="version", version=f"modelpack {__version__}")
@@ -292,7 +386,29 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default="dist", help="output folder (default: dist)")
     b.add_argument("--json", help="write the run summary to this file")
     b.add_argument("--timeout", type=float, default=1800.0, help="packaging time limit per job, seconds")
+    b.add_argument("--compare", type=Path, metavar="PREVIOUS_SUMMARY", help="flag regressions against a previous summary.json")
+    b.add_argument("--fail-on-regression", action="store_true", help="exit 1 when --compare finds regressions")
+    _verbosity(b)
     b.set_defaults(func=cmd_build)
+
+    rp = sub.add_parser("report", help="render report.html from a summary.json")
+    rp.add_argument("summary", type=Path)
+    rp.add_argument("--compare", type=Path, metavar="PREVIOUS_SUMMARY")
+    rp.add_argument("--out", type=Path, help="default: report.html next to the summary")
+    rp.set_defaults(func=cmd_report)
+
+    mx = sub.add_parser("matrix", help="print the job matrix for CI systems")
+    mx.add_argument("spec", nargs="+", type=Path)
+    mx.add_argument("--target", action="append", help="only these targets (glob; repeatable)")
+    mx.add_argument("--format", choices=["github", "gitlab", "json"], default="json")
+    mx.set_defaults(func=cmd_matrix)
+
+    it = sub.add_parser("init", help="write a commented modelpack.yaml for a model")
+    it.add_argument("model", type=Path)
+    it.add_argument("--output", type=Path, help="default: modelpack.yaml next to the model")
+    it.add_argument("--hosts", type=Path)
+    it.add_argument("--force", action="store_true", help="overwrite an existing spec")
+    it.set_defaults(func=cmd_init)
 
     h = sub.add_parser("hosts", help="list or check the inventory")
     h.add_argument("action", choices=["list", "check"])
@@ -302,7 +418,8 @@ def parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("inspect", help="verify a package's checksums and show its manifest")
     i.add_argument("package", type=Path)
-    i.add_argument("--json", action="store_true")
+    i.add_argument("--json", action="store_true", help="print the manifest")
+    i.add_argument("--html", action="store_true", help="print the package card as a self-contained HTML page")
     i.set_defaults(func=cmd_inspect)
 
     r = sub.add_parser("run", help="run a package on this machine")

@@ -47,7 +47,7 @@ class Attempt:
     def to_json(self) -> dict[str, Any]:
         return {
             "host": self.host, "status": self.status, "reason": self.reason,
-            "stages": self.stages, "packager_timings": self.packager_timings,
+            "stages": self.stages, "packager_timings": self.packager_timings, "log_tail": self.log_tail,
         }
 
 
@@ -59,24 +59,26 @@ def run_attempt(
     labels: dict[str, str],
     on_stage: Callable[[str], None],
     on_open: Callable[[Workspace], None] = lambda ws: None,
+    on_log: Callable[[str], None] = lambda line: None,
 ) -> Attempt:
     attempt = Attempt(host=transport.name)
     log: collections.deque[str] = collections.deque(maxlen=LOG_TAIL)
     current: list[Any] = []  # [stage name, start time] of the stage in progress
 
-    def stage(name: str | None) -> None:
+    def stage(name: str | None, detail: str = "") -> None:
         now = time.monotonic()
         if current:
             attempt.stages[current[0]] = round(now - current[1], 4)
         current[:] = [name, now] if name else []
         if name:
-            on_stage(name)
+            on_stage(f"{name} {detail}".strip())
 
     def on_line(line: str) -> None:
         if line.startswith(STAGE_MARKER):
             on_stage(f"package: {line[len(STAGE_MARKER):]}")
         else:
             log.append(line)
+            on_log(line)
 
     # Each attempt gets its own folder: jobs run concurrently and share the staging area.
     own = Path(tempfile.mkdtemp(prefix="attempt-", dir=staging))
@@ -85,12 +87,13 @@ def run_attempt(
         stage("connect")
         workspace = transport.open(job.target.environment, labels)
         on_open(workspace)
-        stage("push")
         provenance = {"host": transport.name, "transport": type(transport).__name__.removesuffix("Transport").lower(),
                       "controller_version": __version__, **workspace.provenance()}
         job_file = own / "job.json"
         job_file.write_text(job.packager_job(provenance).to_json())
-        workspace.push({**packager_code(), **job.inputs(), "in/job.json": job_file})
+        payload = {**packager_code(), **job.inputs(), "in/job.json": job_file}
+        stage("push", _size(sum(p.stat().st_size for p in payload.values())))
+        workspace.push(payload)
         stage("package")
         code, result = run_packager(workspace, ["build", "in/job.json"], timeout, on_line,
                                     own / "result.json")
@@ -104,6 +107,7 @@ def run_attempt(
         if not result or result.get("package") != job.package_filename:
             raise TransportError(f"packager reported success but its result names {result and result.get('package')!r}")
         staged = own / job.package_filename
+        on_stage(f"pull {_size(result.get('size', 0))}")
         workspace.pull(f"out/{job.package_filename}", staged)
         stage("verify")
         attempt.manifest = verify_archive(staged, result["sha256"])
@@ -154,6 +158,14 @@ def verify_remotely(
     if code == EXIT_OK and result and result.get("status") == "ok":
         return True, "self-test passed", result
     return False, (result or {}).get("error") or f"packager exited with code {code}", result
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return ""
 
 
 def _last_lines(log: collections.deque[str], n: int = 3) -> str:

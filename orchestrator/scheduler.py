@@ -36,11 +36,12 @@ class JobRecord:
     finished: float | None = None
 
     def to_json(self) -> dict[str, Any]:
-        manifest = self.attempts[-1].manifest if self.attempts else None
+        manifest = self.attempts[-1].manifest if self.attempts and self.status == "built" else None
         return {
             "job": self.job.id,
             "name": self.job.spec.spec.name,
             "version": self.job.spec.spec.version,
+            "spec": str(self.job.spec.path),
             "target": self.job.target.name,
             "status": self.status,
             "failure": self.failure,
@@ -48,21 +49,49 @@ class JobRecord:
             "host": self.attempts[-1].host if self.attempts else None,
             "attempts": [a.to_json() for a in self.attempts],
             "package": str(self.package) if self.package else None,
-            "sha256": self.attempts[-1].sha256 if self.status == "built" else None,
+            "sha256": self.attempts[-1].sha256 if manifest else None,
             "size": self.package.stat().st_size if self.package and self.package.exists() else None,
-            "engine": next(iter((manifest or {}).get("engines", {})), None),
-            "latency_ms": next((c.get("latency_ms", {}).get("median") for c in (manifest or {}).get("candidates", [])
-                                if c["status"] == "selected" and c.get("latency_ms")), None),
             "seconds": round(self.finished - self.started, 3) if self.started and self.finished else None,
+            **_package_facts(manifest),
         }
+
+
+def _package_facts(manifest: dict[str, Any] | None) -> dict[str, Any]:
+    """What reports need from a built package's manifest: the engine it ships and the
+    candidates the test script weighed (latency and worst accuracy error each)."""
+    if not manifest:
+        return {"engine": None, "latency_ms": None, "max_abs_error": None, "emulated": None, "candidates": []}
+    rows = []
+    for c in manifest.get("candidates", []):
+        outputs = ((c.get("accuracy") or {}).get("outputs") or {}).values()
+        errors = [o["max_abs"] for o in outputs if o.get("max_abs") is not None]
+        latency = c.get("latency_ms") or {}
+        rows.append({"id": c["id"], "engine": c["engine"], "status": c["status"], "reason": c.get("reason"),
+                     "median_ms": latency.get("median"), "p90_ms": latency.get("p90"),
+                     "spread_ms": latency.get("spread"), "max_abs_error": max(errors) if errors else None,
+                     "size_bytes": c.get("size_bytes"), "emulated": bool(c.get("emulated"))})
+    selected = next((r for r in rows if r["status"] == "selected"), None)
+    return {
+        "engine": next(iter(manifest.get("engines", {})), None),
+        "selected": manifest.get("selection", {}).get("selected"),
+        "latency_ms": selected["median_ms"] if selected else None,
+        "max_abs_error": selected["max_abs_error"] if selected else None,
+        "emulated": bool(manifest.get("selection", {}).get("emulated")),
+        "candidates": rows,
+    }
 
 
 class Events(Protocol):
     def job_update(self, record: JobRecord, host: str | None, stage: str) -> None: ...
 
+    def job_log(self, record: JobRecord, host: str | None, line: str) -> None: ...
+
 
 class _NoEvents:
     def job_update(self, record: JobRecord, host: str | None, stage: str) -> None:
+        pass
+
+    def job_log(self, record: JobRecord, host: str | None, line: str) -> None:
         pass
 
 
@@ -169,6 +198,7 @@ class Scheduler:
                     attempt = run_attempt(
                         job, state.transport, self._staging, self._timeout, labels,
                         on_stage=lambda s, n=name: self.events.job_update(record, n, s),
+                        on_log=lambda line, n=name: self.events.job_log(record, n, line),
                         on_open=self._track,
                     )
                 finally:

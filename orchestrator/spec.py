@@ -73,10 +73,11 @@ class Spec(_Strict):
     )
     samples: str | None = Field(None, description=".npy (single input) or .npz (keyed by input name) for the self-test; random inputs when absent")
     shapes: dict[str, list[int]] = Field(default_factory=dict, description="concrete shapes for inputs with dynamic dimensions")
-    tolerance: Tolerance = Tolerance()
-    select: SelectPolicy | None = None
-    accelerate: list[AccelerateVariant] | None = None
-    functions: Functions | None = None
+    tolerance: Tolerance = Field(Tolerance(), description="accuracy gate; see `tolerance` below")
+    select: SelectPolicy | None = Field(None, description="selection policy; see `select` below")
+    accelerate: list[AccelerateVariant] | None = Field(
+        None, description="acceleration variants to try (validated, not supported yet)")
+    functions: Functions | None = Field(None, description="business functions; see `functions` below")
 
     @field_validator("name", "version", mode="before")
     @classmethod

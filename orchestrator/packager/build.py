@@ -121,14 +121,15 @@ def build(job: Job, in_dir: Path, out_dir: Path, stage: Callable[[str], None]) -
 
     stage("compile")
     candidates = compile_all(job.compilers, compilers, job.target, normalised, inputs, outputs,
-                             work / "candidates", job.worker_timeout)
+                             work / "candidates", job.worker_timeout, progress=stage)
     lap("compile")
 
     stage("select")
     benchmark = None
     if len(job.compilers) > 1 or {"latency_budget_ms", "metric"} & set(job.select):
         benchmark = {**BENCHMARK, "budget_s": float(job.select.get("benchmark_s", BENCHMARK["budget_s"]))}
-    measure_all(candidates, samples, job.atol, job.rtol, work / "measure", job.worker_timeout, benchmark)
+    measure_all(candidates, samples, job.atol, job.rtol, work / "measure", job.worker_timeout, benchmark,
+                progress=stage)
     winner = choose(candidates, job.select)
     emulated = bool(job.provenance.get("emulated", False))
     table = [c.row(emulated) for c in candidates]

@@ -19,7 +19,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .compilers import Compiler
 from .job import CompilerCall, JobTarget
@@ -92,15 +92,21 @@ def run_worker(kind: str, request: dict[str, Any], folder: Path, timeout: float)
     return result
 
 
+def _quiet(message: str) -> None:
+    pass
+
+
 def compile_all(
     calls: list[CompilerCall], compilers: dict[str, Compiler], target: JobTarget, model: Path,
     inputs: list[dict[str, Any]], outputs: list[dict[str, Any]], work: Path, timeout: float,
+    progress: Callable[[str], None] = _quiet,
 ) -> list[Candidate]:
     """One candidate per compiler call. Unsupported, unavailable and failed ones stay in
     the list with their reason: nothing is dropped silently."""
     candidates = []
     seen: dict[str, int] = {}
-    for call in calls:
+    for number, call in enumerate(calls, 1):
+        progress(f"compile: {call.name} ({number}/{len(calls)})")
         compiler = compilers[call.name]
         seen[call.name] = seen.get(call.name, 0) + 1
         cid = call.name if seen[call.name] == 1 else f"{call.name}#{seen[call.name]}"
@@ -133,6 +139,7 @@ def compile_all(
 def measure_all(
     candidates: list[Candidate], samples: dict[str, dict[str, str]], atol: float, rtol: float,
     work: Path, timeout: float, benchmark: dict[str, Any] | None, rounds: int = 5,
+    progress: Callable[[str], None] = _quiet,
 ) -> None:
     """Gate every compiled candidate; benchmark the ones that pass in interleaved rounds."""
     def request(c: Candidate, artifact: dict[str, Any], bench: dict[str, Any] | None) -> dict[str, Any]:
@@ -140,6 +147,7 @@ def measure_all(
                 "reference": samples["reference"], "atol": atol, "rtol": rtol, "benchmark": bench}
 
     for c in (c for c in candidates if c.status == "compiled"):
+        progress(f"select: accuracy gate {c.id}")
         runnable = [a for a in c.artifacts if a["role"] in ("primary", "alternate")]
         try:
             checks = {a["path"]: run_worker("measure", request(c, a, None), work / f"{c.id}.gate", timeout)
@@ -157,8 +165,9 @@ def measure_all(
             c.status = "passed"
     if not benchmark:
         return
-    for _ in range(rounds):
+    for round_number in range(1, rounds + 1):
         for c in (c for c in candidates if c.status == "passed"):
+            progress(f"select: benchmark {c.id} (round {round_number}/{rounds})")
             try:
                 result = run_worker("measure", request(c, c.artifacts[0], benchmark), work / f"{c.id}.bench", timeout)
             except WorkerFailed as exc:

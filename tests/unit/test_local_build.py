@@ -112,7 +112,9 @@ def test_model_the_engine_cannot_run_fails_the_job_with_its_reason(capsys, write
     code, out, err = build(capsys, write_spec(model=path, name="custom"), out_dir, local_hosts)
     assert code == 1
     assert "[package]" in out and "Frobnicate" in out
-    assert not out_dir.exists() or not any(out_dir.iterdir())
+    assert sorted(p.name for p in out_dir.iterdir()) == ["report.html", "summary.json"]
+    summary = json.loads((out_dir / "summary.json").read_text())
+    assert summary["jobs"][0]["failure"] == "package" and "Frobnicate" in summary["jobs"][0]["reason"]
 
 
 def test_tampered_package_is_refused_by_inspect_run_and_verify(capsys, write_spec, local_hosts, tmp_path):

@@ -42,6 +42,12 @@ def _kill_benchmarking_worker(stop: threading.Event) -> None:
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
+            try:
+                parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if parent != os.getpid():  # only our own workers, never another run's
+                continue
             if b"orchestrator.packager.worker" in cmdline and any(b"mnn.bench" in part for part in cmdline):
                 os.kill(int(pid), signal.SIGSEGV)
                 return

@@ -1,0 +1,68 @@
+"""Reference documentation generated from the pydantic schemas, so it cannot drift.
+
+    python -m orchestrator.docs > docs/reference.md
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
+
+from .inventory import Host, Inventory
+from .spec import Functions, SelectPolicy, Spec, Tolerance
+
+
+def _type_name(annotation: Any) -> str:
+    text = str(annotation)
+    if "known_target" in text:  # the validator's repr holds a memory address
+        return "list[target]"
+    if isinstance(annotation, type):
+        return annotation.__name__
+    for noise in ("typing.", "orchestrator.spec.", "orchestrator.inventory."):
+        text = text.replace(noise, "")
+    return text.replace("NoneType", "None")
+
+
+def _default(field: Any) -> str:
+    if field.is_required():
+        return "**required**"
+    value = field.default_factory() if field.default_factory is not None else field.default
+    if value is PydanticUndefined:
+        return ""
+    if isinstance(value, BaseModel):
+        return "see below"
+    return f"`{value!r}`"
+
+
+def model_table(model: type[BaseModel]) -> list[str]:
+    lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for name, field in model.model_fields.items():
+        description = (field.description or "").replace("|", "\\|").replace("\n", " ")
+        type_name = _type_name(field.annotation).replace("|", "\\|")
+        lines.append(f"| `{name}` | `{type_name}` | {_default(field)} | {description} |")
+    return lines
+
+
+SECTIONS: list[tuple[str, type[BaseModel], str]] = [
+    ("Packaging instructions (`modelpack.yaml`)", Spec, "Top-level keys of a spec file."),
+    ("`tolerance`", Tolerance, "The accuracy gate, per output element."),
+    ("`select`", SelectPolicy, "How the test script chooses among candidates."),
+    ("`functions`", Functions, "Pre/post-processing (validated, not supported yet)."),
+    ("Inventory (`hosts.yaml`)", Inventory, "Top-level keys of an inventory file."),
+    ("`hosts[]`", Host, "One build host."),
+]
+
+
+def reference() -> str:
+    out = ["# modelpack reference", "",
+           "Generated from the schemas by `python -m orchestrator.docs`; a test checks it is current.", ""]
+    for title, model, intro in SECTIONS:
+        out += [f"## {title}", "", intro, "", *model_table(model), ""]
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(reference())

@@ -1,0 +1,70 @@
+"""CI matrix export, `modelpack init`, quiet/verbose output, and the generated docs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orchestrator.cli import main
+from tests.models import REPO, TINYCNN, make_two_tower, pypi_model, save
+
+
+def test_github_matrix_is_exactly_the_jobs_build_runs(capsys, tmp_path, local_hosts):
+    specs = []
+    for name in ("alpha", "beta"):
+        folder = tmp_path / name
+        folder.mkdir()
+        shutil.copyfile(TINYCNN, folder / "m.onnx")
+        (folder / "modelpack.yaml").write_text(yaml.safe_dump(
+            {"name": name, "version": "2", "model": "m.onnx", "targets": ["linux-x86_64", "windows-x86_64"]}))
+        specs.append(str(folder / "modelpack.yaml"))
+    assert main(["matrix", *specs, "--target", "linux-*", "--format", "github"]) == 0
+    include = json.loads(capsys.readouterr().out)["include"]
+    assert main(["build", *specs, "--target", "linux-*", "--hosts", str(local_hosts), "--out", str(tmp_path / "d")]) == 0
+    capsys.readouterr()
+    ran = json.loads((tmp_path / "d" / "summary.json").read_text())["jobs"]
+    assert sorted((r["name"], r["target"]) for r in include) == sorted((j["name"], j["target"]) for j in ran)
+    assert all(Path(r["spec"]).is_file() for r in include)
+    assert main(["matrix", *specs, "--format", "gitlab"]) == 0
+    gitlab = yaml.safe_load(capsys.readouterr().out)
+    assert len(gitlab["parallel"]["matrix"]) == 4
+
+
+@pytest.mark.parametrize("model", ["tinycnn", "two_tower", "ppocr_cls", "silero_vad_sequence"])
+def test_init_writes_a_spec_that_builds_unchanged(capsys, tmp_path, local_hosts, model):
+    folder = tmp_path / model
+    folder.mkdir()
+    source = {"tinycnn": lambda: TINYCNN, "two_tower": lambda: save(make_two_tower(), tmp_path / "tt.onnx")}.get(
+        model, lambda: pypi_model(model))()
+    shutil.copyfile(source, folder / f"{model}.onnx")
+    assert main(["init", str(folder / f"{model}.onnx"), "--hosts", str(local_hosts)]) == 0
+    spec = folder / "modelpack.yaml"
+    text = spec.read_text()
+    assert text.startswith("# Packaging instructions") and "input " in text
+    assert main(["init", str(folder / f"{model}.onnx"), "--hosts", str(local_hosts)]) == 2, "never overwrites"
+    capsys.readouterr()
+    spec.write_text(text + "select: {benchmark_s: 0.05}\n")  # keeps the test quick; nothing else changes
+    code = main(["build", str(spec), "--hosts", str(local_hosts), "--out", str(tmp_path / "d"), "--quiet"])
+    assert code == 0, capsys.readouterr()
+
+
+def test_quiet_verbose_and_no_markup_without_a_tty(capsys, write_spec, local_hosts, tmp_path):
+    spec = write_spec()
+    assert main(["build", str(spec), "--hosts", str(local_hosts), "--out", str(tmp_path / "q"), "--quiet"]) == 0
+    quiet = capsys.readouterr().out
+    assert quiet.strip() == "", quiet
+    assert main(["build", str(spec), "--hosts", str(local_hosts), "--out", str(tmp_path / "v"), "--verbose"]) == 0
+    verbose = capsys.readouterr().out
+    assert "stage=package: compile" in verbose and "stage=push" in verbose and "kB" in verbose
+    assert "\x1b[" not in verbose, "no terminal escape codes when not on a TTY"
+
+
+def test_reference_docs_match_the_schemas():
+    from orchestrator.docs import reference
+
+    assert (REPO / "docs" / "reference.md").read_text() == reference(), \
+        "docs/reference.md is stale: run python -m orchestrator.docs > docs/reference.md"
