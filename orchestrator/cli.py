@@ -67,15 +67,17 @@ def cmd_build(args: argparse.Namespace) -> int:
     from .plan import plan
     from .report.compare import regressions
     from .report.console import ConsoleEvents
+    from .cache import PackageCache, default_root
     from .report.html import render_report
+    from .report.junit import junit_xml
     from .report.summary import summary, write_atomic, write_json
     from .scheduler import Scheduler
     from .spec import load_spec
     from .transports import make_transport
 
-    specs = [load_spec(p) for p in args.spec]
+    specs = [load_spec(p) for p in _spec_files(args.spec)]
     inventory = _inventory(args.hosts)
-    jobs = plan(specs, args.target)
+    jobs = plan(specs, args.target, args.model)
     eligible = {job.id: eligible_hosts(inventory, job.target) for job in jobs}
     used = {h.name: h for hosts in eligible.values() for h in hosts}
     transports = {name: make_transport(host) for name, host in used.items()}
@@ -90,6 +92,16 @@ def cmd_build(args: argparse.Namespace) -> int:
     for name, detail in down.items():
         print(f"modelpack: host {name} failed its preflight check and is disabled for this run: {detail}",
               file=sys.stderr)
+    for name, transport in transports.items():
+        if name not in down:
+            for leftover in transport.reap():
+                print(f"modelpack: removed {leftover} left by a crashed earlier run on {name}", file=sys.stderr)
+    environment_ids = {(name, env): status.facts.get("environment_id") for (name, env), status in health.items()}
+    cache = None if args.no_cache else PackageCache(args.cache_dir or default_root())
+
+    def key_for(job: Any, host: str) -> str | None:
+        environment_id = environment_ids.get((host, job.target.environment))
+        return job.cache_key(environment_id) if environment_id else None
 
     out_dir = Path(args.out)
     staging = staging_dir(out_dir)
@@ -97,6 +109,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     scheduler = Scheduler(
         jobs, eligible, transports, out_dir, staging,
         run_labels={"org.modelpack.run": run_id}, timeout=args.timeout, disabled=down,
+        max_parallel=args.jobs, cache=cache, cache_key_for=key_for, rebuild=args.rebuild,
     )
     console = ConsoleEvents(scheduler.records, sys.stdout, verbosity=args.verbosity)
     scheduler.events = console
@@ -113,13 +126,15 @@ def cmd_build(args: argparse.Namespace) -> int:
     for record in records:
         if record.status == "built":
             if args.verbosity >= 0:
-                _out(f"built   {record.job.id}: {record.package} (sha256 {record.attempts[-1].sha256})")
+                cached = " from cache" if record.cached else ""
+                _out(f"built   {record.job.id}: {record.package}{cached} (sha256 {record.sha256})")
         else:
             _out(f"{record.status:7} {record.job.id}: [{record.failure}] {record.reason}")
     data = summary(records, run_id, inventory.source)
     previous = _read_summary(args.compare) if args.compare else None
     write_json(out_dir / "summary.json", data)
     write_atomic(out_dir / "report.html", render_report(data, previous))
+    write_atomic(out_dir / "junit.xml", junit_xml(data))
     if args.json:
         write_json(Path(args.json), data)
     if args.verbosity >= 0:
@@ -130,6 +145,20 @@ def cmd_build(args: argparse.Namespace) -> int:
     if any(r.status != "built" for r in records) or (found and args.fail_on_regression):
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _spec_files(paths: list[Path]) -> list[Path]:
+    """Spec files as given; a folder stands for every modelpack.yaml below it."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(path.rglob("modelpack.yaml"))
+            if not found:
+                raise InputError(path, None, "folder holds no modelpack.yaml")
+            files += found
+        else:
+            files.append(path)
+    return files
 
 
 def _read_summary(path: Path) -> dict[str, Any]:
@@ -332,7 +361,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     from .plan import plan
     from .spec import load_spec
 
-    jobs = plan([load_spec(p) for p in args.spec], args.target)
+    jobs = plan([load_spec(p) for p in _spec_files(args.spec)], args.target, args.model)
     rows = [{"spec": str(j.spec.path), "name": j.spec.spec.name, "version": j.spec.spec.version,
              "target": j.target.name, "package": j.package_filename} for j in jobs]
     if args.format == "github":
@@ -380,10 +409,15 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     b = sub.add_parser("build", help="package models on matching build hosts")
-    b.add_argument("spec", nargs="+", type=Path, help="modelpack.yaml file(s)")
+    b.add_argument("spec", nargs="+", type=Path, help="modelpack.yaml files, or folders holding them")
     b.add_argument("--hosts", type=Path, help="inventory file (default: ./hosts.yaml, else built-in)")
     b.add_argument("--target", action="append", help="only these targets (glob; repeatable)")
+    b.add_argument("--model", action="append", help="only these package names (glob; repeatable)")
     b.add_argument("--out", default="dist", help="output folder (default: dist)")
+    b.add_argument("--jobs", "-j", type=int, help="at most this many jobs at once (default: all host slots)")
+    b.add_argument("--no-cache", action="store_true", help="neither use nor fill the package cache")
+    b.add_argument("--rebuild", action="store_true", help="build even when cached, and refresh the cache")
+    b.add_argument("--cache-dir", type=Path, help="package cache (default: $MODELPACK_CACHE or ~/.cache/modelpack)")
     b.add_argument("--json", help="write the run summary to this file")
     b.add_argument("--timeout", type=float, default=1800.0, help="packaging time limit per job, seconds")
     b.add_argument("--compare", type=Path, metavar="PREVIOUS_SUMMARY", help="flag regressions against a previous summary.json")
@@ -400,6 +434,7 @@ def parser() -> argparse.ArgumentParser:
     mx = sub.add_parser("matrix", help="print the job matrix for CI systems")
     mx.add_argument("spec", nargs="+", type=Path)
     mx.add_argument("--target", action="append", help="only these targets (glob; repeatable)")
+    mx.add_argument("--model", action="append", help="only these package names (glob; repeatable)")
     mx.add_argument("--format", choices=["github", "gitlab", "json"], default="json")
     mx.set_defaults(func=cmd_matrix)
 

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import fnmatch
+import functools
+import json
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .cache import cache_key
 from .errors import InputError
 from .packager.job import Job as PackagerJob
 from .packager.job import JobTarget, package_filename
+from .runtime.checks import sha256_file
 from .spec import LoadedSpec
 from .targets import TARGETS, Target
 
@@ -27,6 +31,7 @@ def packager_code() -> dict[str, Path]:
     return files
 
 
+@functools.lru_cache(maxsize=1)
 def packager_digest() -> str:
     """sha256 over the packager's code: changes whenever what runs on hosts changes."""
     digest = hashlib.sha256()
@@ -55,6 +60,18 @@ class Job:
             files[f"in/samples{self.spec.samples.suffix}"] = self.spec.samples
         return files
 
+    def cache_key(self, environment_id: str) -> str:
+        """What decides this job's package: model and samples bytes, the per-target
+        instructions, the build environment and the packager code."""
+        instructions = json.loads(self.packager_job({}).to_json())
+        return cache_key({
+            "model": self.spec.model.sha256,
+            "samples": sha256_file(self.spec.samples) if self.spec.samples else None,
+            "instructions": instructions,
+            "environment": environment_id,
+            "packager": packager_digest(),
+        })
+
     def packager_job(self, provenance: dict[str, Any]) -> PackagerJob:
         s = self.spec.spec
         t = self.target
@@ -74,11 +91,22 @@ class Job:
         )
 
 
-def plan(specs: list[LoadedSpec], target_patterns: list[str] | None = None) -> list[Job]:
-    """Expand specs into jobs, keeping only targets matching ``target_patterns`` (globs)."""
+def plan(specs: list[LoadedSpec], target_patterns: list[str] | None = None,
+         model_patterns: list[str] | None = None) -> list[Job]:
+    """Expand specs into jobs, keeping only targets matching ``target_patterns`` and
+    package names matching ``model_patterns`` (globs)."""
+    if model_patterns:
+        specs = [s for s in specs if any(fnmatch.fnmatchcase(s.spec.name, p) for p in model_patterns)]
+        if not specs:
+            raise InputError(None, "--model", f"{', '.join(model_patterns)} selects none of the specs' models")
     for pattern in target_patterns or []:
         if not fnmatch.filter(TARGETS, pattern):
             raise InputError(None, "--target", f"{pattern!r} matches no known target ({', '.join(TARGETS)})")
+    names = [s.spec.name for s in specs]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        paths = [str(s.path) for s in specs if s.spec.name in twice]
+        raise InputError(paths[0], "name", f"{twice[0]!r} is also the name in {', '.join(paths[1:])}; packages would collide")
     jobs = [
         Job(spec, target)
         for spec in specs

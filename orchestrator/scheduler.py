@@ -10,13 +10,15 @@ every open workspace, which removes containers and unblocks running commands.
 from __future__ import annotations
 
 import shutil
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
+from .cache import PackageCache
 from .collect import publish
 from .execute import INFRASTRUCTURE, PACKAGE, Attempt, run_attempt
 from .inventory import Host
@@ -32,11 +34,14 @@ class JobRecord:
     reason: str | None = None
     attempts: list[Attempt] = field(default_factory=list)
     package: Path | None = None
+    sha256: str | None = None
+    manifest: dict[str, Any] | None = None
+    cached: bool = False
     started: float | None = None
     finished: float | None = None
 
     def to_json(self) -> dict[str, Any]:
-        manifest = self.attempts[-1].manifest if self.attempts and self.status == "built" else None
+        manifest = self.manifest if self.status == "built" else None
         return {
             "job": self.job.id,
             "name": self.job.spec.spec.name,
@@ -49,7 +54,8 @@ class JobRecord:
             "host": self.attempts[-1].host if self.attempts else None,
             "attempts": [a.to_json() for a in self.attempts],
             "package": str(self.package) if self.package else None,
-            "sha256": self.attempts[-1].sha256 if manifest else None,
+            "sha256": self.sha256 if manifest else None,
+            "cached": self.cached,
             "size": self.package.stat().st_size if self.package and self.package.exists() else None,
             "seconds": round(self.finished - self.started, 3) if self.started and self.finished else None,
             **_package_facts(manifest),
@@ -117,6 +123,9 @@ class Scheduler:
         max_attempts: int = 3,
         max_parallel: int | None = None,
         disabled: dict[str, str] | None = None,
+        cache: PackageCache | None = None,
+        cache_key_for: Callable[[Job, str], str | None] | None = None,
+        rebuild: bool = False,
     ) -> None:
         self.records = [JobRecord(job) for job in jobs]
         self._eligible = eligible
@@ -129,6 +138,9 @@ class Scheduler:
         self._labels = run_labels
         self._timeout = timeout
         self._max_attempts = max_attempts
+        self._cache = cache
+        self._key_for = cache_key_for or (lambda job, host: None)
+        self._rebuild = rebuild
         total_slots = sum(h.host.slots for h in self._hosts.values())
         self._parallel = max(1, min(len(jobs), total_slots, max_parallel or total_slots))
         self._cond = threading.Condition()
@@ -179,12 +191,36 @@ class Scheduler:
         for workspace in open_now:
             workspace.close()
 
+    # -- cache -----------------------------------------------------------------------
+    def _from_cache(self, record: JobRecord) -> bool:
+        """Republish a verified cached package built in an environment an eligible,
+        healthy host has now; touches no host."""
+        if self._cache is None or self._rebuild:
+            return False
+        for host in self._eligible[record.job.id]:
+            if self._hosts[host.name].disabled:
+                continue
+            key = self._key_for(record.job, host.name)
+            hit = self._cache.get(key) if key else None
+            if hit is None:
+                continue
+            folder = Path(tempfile.mkdtemp(prefix="cache-", dir=self._staging))
+            staged = folder / record.job.package_filename
+            self._cache.copy_to(hit, staged)
+            record.package = publish(staged, self._out_dir, record.job.package_filename)
+            shutil.rmtree(folder, ignore_errors=True)
+            record.status, record.cached, record.sha256, record.manifest = "built", True, hit.sha256, hit.manifest
+            return True
+        return False
+
     # -- running ---------------------------------------------------------------------
     def _run_job(self, record: JobRecord) -> None:
         job = record.job
         record.started = time.time()
         tried: set[str] = set()
         try:
+            if self._from_cache(record):
+                return
             while len(record.attempts) < self._max_attempts:
                 state = self._acquire(job, tried)
                 if state is None:
@@ -206,7 +242,11 @@ class Scheduler:
                     self._release(state, attempt.reason if attempt and failed_infra else None)
                 record.attempts.append(attempt)
                 if attempt.status == "ok" and not self.cancelled.is_set():
-                    assert attempt.staged is not None
+                    assert attempt.staged is not None and attempt.sha256 is not None
+                    key = self._key_for(job, name) if self._cache else None
+                    if key:
+                        self._cache.put(key, attempt.staged, attempt.sha256)  # type: ignore[union-attr]
+                    record.sha256, record.manifest = attempt.sha256, attempt.manifest
                     record.package = publish(attempt.staged, self._out_dir, job.package_filename)
                     shutil.rmtree(attempt.staged.parent, ignore_errors=True)
                     record.status = "built"
@@ -227,7 +267,8 @@ class Scheduler:
             record.reason = f"no host could build it ({reasons})"
         finally:
             record.finished = time.time()
-            self.events.job_update(record, record.attempts[-1].host if record.attempts else None, record.status)
+            host_name = record.attempts[-1].host if record.attempts else ("cache" if record.cached else None)
+            self.events.job_update(record, host_name, "built (from cache)" if record.cached else record.status)
 
     def run(self) -> list[JobRecord]:
         with ThreadPoolExecutor(max_workers=self._parallel, thread_name_prefix="modelpack-job") as pool:

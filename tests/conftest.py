@@ -16,6 +16,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.docker)
 
 
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test gets its own package cache, so nothing leaks between tests or into ~."""
+    root = tmp_path / "package-cache"
+    monkeypatch.setenv("MODELPACK_CACHE", str(root))
+    return root
+
+
 @pytest.fixture
 def write_spec(tmp_path: Path):
     """Write a spec (and copy the example model) into a fresh folder; returns its path."""

@@ -30,7 +30,7 @@ _DONE = ("built", "failed", "cancelled")
 
 
 def progress_fraction(stage: str) -> float:
-    if stage in _DONE:
+    if stage.split(" ")[0] in _DONE:
         return 1.0
     key = next((k for k in reversed(_ORDER) if stage.startswith(k)), "pending")
     return _ORDER.index(key) / len(_ORDER)

@@ -86,3 +86,7 @@ class Transport(ABC):
     @abstractmethod
     def open(self, environment: str, labels: Mapping[str, str]) -> Workspace:
         """Create a fresh workspace for the build environment ``environment``."""
+
+    def reap(self) -> list[str]:
+        """Remove workspaces that a crashed earlier run left behind; name them."""
+        return []

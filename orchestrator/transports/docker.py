@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
 import threading
 from pathlib import Path, PurePosixPath
@@ -32,6 +33,26 @@ from .tarstream import pack, unpack_single_file
 log = logging.getLogger(__name__)
 
 LABEL = "org.modelpack"
+#: which controller process owns a container: "<hostname>:<pid>"
+OWNER = f"{LABEL}.controller"
+
+
+def _owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _owner_gone(owner: str) -> bool:
+    """True when ``owner`` names a process on this machine that no longer exists."""
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False  # another controller's; not ours to judge
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 MAX_PULL_BYTES = 16 << 30
 _ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException, OSError)
 
@@ -84,12 +105,27 @@ class DockerTransport(Transport):
                 image_arch = normalise_arch(found.attrs.get("Architecture", arch))
                 return HostStatus(True, f"Docker {info.get('ServerVersion', '?')}, image {image}", arch=arch,
                                   emulated=image_arch != arch,
-                                  facts={"image": image, "image_id": found.id, "image_arch": image_arch})
+                                  facts={"image": image, "image_id": found.id, "image_arch": image_arch,
+                                         "environment_id": found.id})
         except (TransportError, images.ImageError) as exc:
             return HostStatus(False, str(exc))
 
     def open(self, environment: str, labels: Mapping[str, str]) -> "DockerWorkspace":
         return DockerWorkspace(self, self.image_for(environment), labels)
+
+    def reap(self) -> list[str]:
+        """Remove modelpack containers whose controller process on this machine died."""
+        removed = []
+        try:
+            with _infrastructure("listing leftover containers"):
+                for container in self.client().containers.list(all=True, filters={"label": LABEL}):
+                    owner = container.labels.get(OWNER, "")
+                    if _owner_gone(owner):
+                        container.remove(force=True)
+                        removed.append(f"container {container.short_id} ({owner})")
+        except TransportError as exc:
+            log.warning("%s: %s", self.name, exc)
+        return removed
 
 
 class DockerWorkspace(Workspace):
@@ -107,7 +143,7 @@ class DockerWorkspace(Workspace):
                 self._container = client.containers.create(
                     image,
                     command=["sleep", "infinity"],
-                    labels={LABEL: "1", **labels},
+                    labels={LABEL: "1", OWNER: _owner(), **labels},
                     network_mode="none",
                     cap_drop=["ALL"],
                     security_opt=SECURITY_OPT,

@@ -6,6 +6,8 @@ own process group so a timeout or Ctrl-C kills the whole tree.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import signal
@@ -17,6 +19,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Mapping
 
 from ..inventory import Host
+from ..packager.platform import TOOLCHAIN
+from ..runtime.engines import installed_version
 from ..runtime.platforms import this_machine
 from .base import CommandTimeout, HostStatus, LineSink, Transport, TransportError, Workspace
 
@@ -28,8 +32,11 @@ class LocalTransport(Transport):
 
     def probe(self, environment: str) -> HostStatus:
         os_name, arch = this_machine()
+        # the environment is this interpreter and its engines: their versions identify it
+        versions = {name: installed_version(name) for name in TOOLCHAIN}
+        identity = hashlib.sha256(json.dumps([sys.version, versions], sort_keys=True).encode()).hexdigest()
         return HostStatus(True, f"this machine ({os_name}/{arch}, Python {sys.version.split()[0]})",
-                          arch=arch, emulated=False)
+                          arch=arch, emulated=False, facts={"environment_id": f"local:{identity}"})
 
     def open(self, environment: str, labels: Mapping[str, str]) -> "LocalWorkspace":
         return LocalWorkspace()

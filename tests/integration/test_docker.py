@@ -51,7 +51,7 @@ def test_example_builds_in_docker_reproducibly_and_verifies_in_a_fresh_container
     before = {c.id for c in labelled(docker_client)}
     assert main(["build", str(spec), "--out", str(tmp_path / "a"), "--hosts", str(docker_hosts),
                  "--json", str(tmp_path / "summary.json")]) == 0
-    assert main(["build", str(spec), "--out", str(tmp_path / "b"), "--hosts", str(docker_hosts)]) == 0
+    assert main(["build", str(spec), "--out", str(tmp_path / "b"), "--hosts", str(docker_hosts), "--no-cache"]) == 0
     capsys.readouterr()
     name = "tinycnn-1.0.0-linux-x86_64.tar.gz"
     assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
@@ -191,3 +191,25 @@ def test_missing_image_is_explained_by_hosts_check(capsys, docker_client, tmp_pa
     assert main(["hosts", "check", "--hosts", str(hosts)]) == 1
     out = capsys.readouterr().out
     assert "FAIL stale" in out and "modelpack/none:0 is missing" in out
+
+
+def test_containers_of_a_crashed_run_are_reaped_at_start(capsys, docker_client, docker_hosts, tmp_path):
+    import socket
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan = docker_client.containers.create(
+        image_tag("linux-x86_64"), ["sleep", "infinity"], network_mode="none",
+        labels={LABEL: "1", f"{LABEL}.controller": f"{socket.gethostname()}:{dead.pid}", f"{LABEL}.run": "crashed"})
+    alive = docker_client.containers.create(
+        image_tag("linux-x86_64"), ["sleep", "infinity"], network_mode="none",
+        labels={LABEL: "1", f"{LABEL}.controller": f"{socket.gethostname()}:{os.getpid()}", f"{LABEL}.run": "live"})
+    try:
+        assert main(["build", str(REPO / "examples/tinycnn/modelpack.yaml"), "--out", str(tmp_path / "o"),
+                     "--hosts", str(docker_hosts), "--no-cache"]) == 0
+        err = capsys.readouterr().err
+        assert orphan.short_id in err and "crashed earlier run" in err
+        assert labelled(docker_client, "crashed") == []
+        assert [c.id for c in labelled(docker_client, "live")] == [alive.id], "a live run's containers stay"
+    finally:
+        alive.remove(force=True)

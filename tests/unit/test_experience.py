@@ -57,7 +57,8 @@ def test_quiet_verbose_and_no_markup_without_a_tty(capsys, write_spec, local_hos
     assert main(["build", str(spec), "--hosts", str(local_hosts), "--out", str(tmp_path / "q"), "--quiet"]) == 0
     quiet = capsys.readouterr().out
     assert quiet.strip() == "", quiet
-    assert main(["build", str(spec), "--hosts", str(local_hosts), "--out", str(tmp_path / "v"), "--verbose"]) == 0
+    assert main(["build", str(spec), "--hosts", str(local_hosts), "--out", str(tmp_path / "v"), "--verbose",
+                 "--no-cache"]) == 0
     verbose = capsys.readouterr().out
     assert "stage=package: compile" in verbose and "stage=push" in verbose and "kB" in verbose
     assert "\x1b[" not in verbose, "no terminal escape codes when not on a TTY"

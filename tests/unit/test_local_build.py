@@ -37,7 +37,7 @@ def test_build_is_reproducible_and_runs_correctly(capsys, write_spec, local_host
     code, out, err = build(capsys, spec, tmp_path / "a", local_hosts, "--json", str(tmp_path / "s.json"))
     assert code == 0, out + err
     first = tmp_path / "a" / "tinycnn-1.0.0-linux-x86_64.tar.gz"
-    code, _, _ = build(capsys, spec, tmp_path / "b", local_hosts)
+    code, _, _ = build(capsys, spec, tmp_path / "b", local_hosts, "--no-cache")
     assert code == 0
     second = tmp_path / "b" / first.name
     assert first.read_bytes() == second.read_bytes(), "same inputs must give a byte-identical package"
@@ -112,7 +112,7 @@ def test_model_the_engine_cannot_run_fails_the_job_with_its_reason(capsys, write
     code, out, err = build(capsys, write_spec(model=path, name="custom"), out_dir, local_hosts)
     assert code == 1
     assert "[package]" in out and "Frobnicate" in out
-    assert sorted(p.name for p in out_dir.iterdir()) == ["report.html", "summary.json"]
+    assert sorted(p.name for p in out_dir.iterdir()) == ["junit.xml", "report.html", "summary.json"]
     summary = json.loads((out_dir / "summary.json").read_text())
     assert summary["jobs"][0]["failure"] == "package" and "Frobnicate" in summary["jobs"][0]["reason"]
 
