@@ -92,3 +92,30 @@ class PackageCache:
 
     def copy_to(self, hit: Hit, dest: Path) -> None:
         shutil.copyfile(hit.package, dest)
+
+
+class DurationHistory:
+    """How long each job took last time it was really built, so the scheduler can
+    start the longest first (longest-processing-time order shortens the makespan).
+    Jobs never seen run first: their length is unknown, so assume the worst."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        try:
+            self.seconds: dict[str, float] = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            self.seconds = {}
+
+    def longest_first(self, jobs: list[Any]) -> list[Any]:
+        return sorted(jobs, key=lambda job: -self.seconds.get(job.id, float("inf")))
+
+    def record(self, records: list[Any]) -> None:
+        built = {r.job.id: round(r.finished - r.started, 3) for r in records
+                 if r.status == "built" and not r.cached and r.started and r.finished}
+        if not built:
+            return
+        self.seconds.update(built)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        scratch = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+        scratch.write_text(json.dumps(self.seconds, sort_keys=True))
+        os.replace(scratch, self.path)

@@ -67,7 +67,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     from .plan import plan
     from .report.compare import regressions
     from .report.console import ConsoleEvents
-    from .cache import PackageCache, default_root
+    from .cache import DurationHistory, PackageCache, default_root
     from .report.html import render_report
     from .report.junit import junit_xml
     from .report.summary import summary, write_atomic, write_json
@@ -78,7 +78,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     specs = [load_spec(p) for p in _spec_files(args.spec)]
     inventory = _inventory(args.hosts)
     jobs = plan(specs, args.target, args.model)
-    eligible = {job.id: eligible_hosts(inventory, job.target) for job in jobs}
+    eligible = {job.id: eligible_hosts(inventory, job.target, job.required_features) for job in jobs}
     used = {h.name: h for hosts in eligible.values() for h in hosts}
     transports = {name: make_transport(host) for name, host in used.items()}
 
@@ -98,6 +98,8 @@ def cmd_build(args: argparse.Namespace) -> int:
                 print(f"modelpack: removed {leftover} left by a crashed earlier run on {name}", file=sys.stderr)
     environment_ids = {(name, env): status.facts.get("environment_id") for (name, env), status in health.items()}
     cache = None if args.no_cache else PackageCache(args.cache_dir or default_root())
+    history = DurationHistory((args.cache_dir or default_root()) / "durations.json")
+    jobs = history.longest_first(jobs)
 
     def key_for(job: Any, host: str) -> str | None:
         environment_id = environment_ids.get((host, job.target.environment))
@@ -130,6 +132,7 @@ def cmd_build(args: argparse.Namespace) -> int:
                 _out(f"built   {record.job.id}: {record.package}{cached} (sha256 {record.sha256})")
         else:
             _out(f"{record.status:7} {record.job.id}: [{record.failure}] {record.reason}")
+    history.record(records)
     data = summary(records, run_id, inventory.source)
     previous = _read_summary(args.compare) if args.compare else None
     write_json(out_dir / "summary.json", data)

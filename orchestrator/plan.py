@@ -50,6 +50,10 @@ class Job:
         return f"{self.spec.spec.name}/{self.target.name}"
 
     @property
+    def required_features(self) -> frozenset[str]:
+        return frozenset(self.spec.spec.features.get(self.target.name, []))
+
+    @property
     def package_filename(self) -> str:
         return package_filename(self.spec.spec.name, self.spec.spec.version, self.target.name)
 

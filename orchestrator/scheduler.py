@@ -254,7 +254,8 @@ class Scheduler:
                 if attempt.status == PACKAGE:
                     record.status, record.failure, record.reason = "failed", PACKAGE, attempt.reason
                     return
-                if self.cancelled.is_set():
+                # infrastructure failure: back off briefly before the next host
+                if self.cancelled.wait(min(0.5 * 2 ** (len(record.attempts) - 1), 5.0)):
                     break
             if self.cancelled.is_set():
                 record.status, record.reason = "cancelled", "the run was cancelled"

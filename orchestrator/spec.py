@@ -73,6 +73,8 @@ class Spec(_Strict):
     )
     samples: str | None = Field(None, description=".npy (single input) or .npz (keyed by input name) for the self-test; random inputs when absent")
     shapes: dict[str, list[int]] = Field(default_factory=dict, description="concrete shapes for inputs with dynamic dimensions")
+    features: dict[str, list[str]] = Field(
+        default_factory=dict, description="host features each target requires, e.g. {linux-x86_64: [avx512]}")
     tolerance: Tolerance = Field(Tolerance(), description="accuracy gate; see `tolerance` below")
     select: SelectPolicy | None = Field(None, description="selection policy; see `select` below")
     accelerate: list[AccelerateVariant] | None = Field(
@@ -87,6 +89,13 @@ class Spec(_Strict):
         if isinstance(value, str) and not _NAME.match(value):
             raise ValueError("may contain only letters, digits, '.', '_', '+' and '-', and must not start with a symbol")
         return value
+
+    @model_validator(mode="after")
+    def _features_for_listed_targets(self) -> "Spec":
+        stray = sorted(set(self.features) - set(self.targets))
+        if stray:
+            raise ValueError(f"features names target(s) {stray} that are not in targets")
+        return self
 
     @field_validator("targets")
     @classmethod
