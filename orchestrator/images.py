@@ -46,6 +46,8 @@ class Environment:
     debian_packages: tuple[str, ...]
     python_version: str
     wheel_platforms: tuple[str, ...]
+    #: another environment this one builds FROM (its image instead of a bare root filesystem)
+    parent: str | None = None
 
     @classmethod
     def load(cls, name: str) -> "Environment":
@@ -54,11 +56,17 @@ class Environment:
         if not recipe.is_file():
             raise ImageError(f"{recipe}: no such build environment (have: {', '.join(available())})")
         data = json.loads(recipe.read_text())
+        if "from" in data:
+            parent = cls.load(data["from"])
+            return cls(name, folder, parent.suite, parent.arch, parent.platform, parent.debian_packages,
+                       parent.python_version, parent.wheel_platforms, parent=parent.name)
         return cls(name, folder, data["suite"], data["arch"], data["platform"],
                    tuple(data["debian_packages"]), data["python_version"], tuple(data["wheel_platforms"]))
 
     def inputs_sha256(self) -> str:
         digest = hashlib.sha256()
+        if self.parent:
+            digest.update(Environment.load(self.parent).inputs_sha256().encode())
         for path in sorted(p for p in self.folder.rglob("*") if p.is_file()):
             digest.update(path.relative_to(self.folder).as_posix().encode() + b"\0")
             digest.update(hashlib.sha256(path.read_bytes()).digest())
@@ -70,6 +78,8 @@ class Environment:
 
     @property
     def base_tag(self) -> str:
+        if self.parent:
+            return Environment.load(self.parent).tag
         recipe = json.dumps([self.suite, self.arch, sorted(self.debian_packages)]).encode()
         return f"modelpack/base-{self.suite}-{self.arch}:{hashlib.sha256(recipe).hexdigest()[:16]}"
 
@@ -134,12 +144,12 @@ def _wheelhouse(env: Environment) -> Path:
     return house
 
 
-def _context(env: Environment, wheelhouse: Path) -> io.BytesIO:
+def _context(env: Environment, wheelhouse: Path | None) -> io.BytesIO:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         for path in sorted(env.folder.iterdir()):
             tar.add(path, arcname=path.name)
-        for wheel in sorted(wheelhouse.glob("*.whl")):
+        for wheel in sorted(wheelhouse.glob("*.whl")) if wheelhouse else []:
             tar.add(wheel, arcname=f"wheelhouse/{wheel.name}")
     buffer.seek(0)
     return buffer
@@ -151,8 +161,12 @@ def build(client: docker.DockerClient, name: str) -> tuple[str, bool]:
     tag = env.tag
     if _exists(client, tag):
         return tag, False
-    _build_base(client, env)
-    context = _context(env, _wheelhouse(env))
+    if env.parent:
+        build(client, env.parent)
+        context = _context(env, None)
+    else:
+        _build_base(client, env)
+        context = _context(env, _wheelhouse(env))
     try:
         client.images.build(
             fileobj=context, custom_context=True, tag=tag, rm=True, forcerm=True,

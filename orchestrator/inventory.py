@@ -21,8 +21,8 @@ from .runtime.platforms import this_machine
 from .targets import TARGETS, Target, known_target
 
 _DOCKER_KEYS = ("docker_host", "platform", "image", "allow_emulation")
-_SSH_KEYS = ("address", "user", "port", "key", "host_key", "shell", "workdir")
-SUPPORTED_TRANSPORTS = ("docker", "local")
+_SSH_KEYS = ("address", "user", "port", "key", "host_key", "known_hosts", "shell", "workdir", "python")
+SUPPORTED_TRANSPORTS = ("docker", "local", "ssh")
 
 
 class Host(BaseModel):
@@ -49,8 +49,11 @@ class Host(BaseModel):
     port: int = Field(22, ge=1, le=65535, description="ssh: port")
     key: str | None = Field(None, description="ssh: private key file")
     host_key: str | None = Field(None, description="ssh: pinned public host key ('ssh-ed25519 AAAA...')")
-    shell: Literal["sh", "powershell", "cmd"] | None = Field(None, description="ssh: remote shell dialect")
+    known_hosts: str | None = Field(None, description="ssh: known_hosts file (default ~/.ssh/known_hosts)")
+    shell: Literal["sh", "powershell", "cmd"] | None = Field(
+        None, description="ssh: remote shell dialect; detected when absent")
     workdir: str | None = Field(None, description="ssh: remote work directory")
+    python: str = Field("python3", description="ssh: the interpreter with the engines on the host")
 
     @model_validator(mode="after")
     def _transport_keys(self) -> "Host":

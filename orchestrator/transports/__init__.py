@@ -17,4 +17,6 @@ def make_transport(host: Host) -> Transport:
         from .local import LocalTransport
 
         return LocalTransport(host)
-    raise ValueError(f"host {host.name}: the {host.transport} transport is not supported yet")
+    from .ssh import SshTransport
+
+    return SshTransport(host)

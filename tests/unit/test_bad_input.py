@@ -71,12 +71,12 @@ def test_target_no_host_serves_lists_every_host(capsys, write_spec, out_dir, tmp
         "hosts:\n"
         "  - {name: box-a, transport: local, targets: [linux-x86_64]}\n"
         "  - {name: box-b, transport: docker, targets: [linux-aarch64], enabled: false}\n"
-        "  - {name: win-1, transport: ssh, address: 192.0.2.1, targets: [windows-x86_64]}\n"
+        "  - {name: arm-1, transport: ssh, address: arm-1.invalid, targets: [linux-aarch64]}\n"
     )
     spec = write_spec(targets=["windows-x86_64"])
     code, lines = run_build(capsys, spec, out_dir, hosts)
     assert_rejected(code, lines, out_dir, str(hosts), "windows-x86_64", "box-a: serves linux-x86_64",
-                    "box-b: disabled", "win-1: the ssh transport is not supported yet")
+                    "box-b: disabled", "arm-1: serves linux-aarch64")
 
 
 def test_malformed_spec_yaml(capsys, write_spec, out_dir, local_hosts):

@@ -40,13 +40,13 @@ def test_unchanged_rerun_is_served_from_cache_and_changes_rebuild(capsys, write_
 def test_no_cache_neither_reads_nor_writes(capsys, write_spec, local_hosts, tmp_path, private_cache):
     spec = write_spec()
     build(capsys, spec, local_hosts, tmp_path / "a", "--no-cache")
-    assert not private_cache.exists() or not [p for p in private_cache.iterdir() if not p.name.startswith(".")]
+    assert not private_cache.exists() or not [p for p in private_cache.iterdir() if p.is_dir()]
 
 
 def test_corrupted_entry_is_a_miss_and_gets_replaced(capsys, write_spec, local_hosts, tmp_path, private_cache):
     spec = write_spec()
     build(capsys, spec, local_hosts, tmp_path / "a")
-    [entry] = [p for p in private_cache.iterdir() if not p.name.startswith(".")]
+    [entry] = [p for p in private_cache.iterdir() if p.is_dir() and not p.name.startswith(".")]
     package = next(entry.glob("*.tar.gz"))
     package.write_bytes(package.read_bytes()[:-100])
     again = build(capsys, spec, local_hosts, tmp_path / "b")
