@@ -105,6 +105,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         environment_id = environment_ids.get((host, job.target.environment))
         return job.cache_key(environment_id) if environment_id else None
 
+    previous = _read_summary(args.compare) if args.compare else None
     out_dir = Path(args.out)
     staging = staging_dir(out_dir)
     run_id = uuid.uuid4().hex[:12]
@@ -118,6 +119,19 @@ def cmd_build(args: argparse.Namespace) -> int:
     try:
         with console:
             records = scheduler.run()
+        for record in records:
+            if record.status == "built":
+                if args.verbosity >= 0:
+                    cached = " from cache" if record.cached else ""
+                    _out(f"built   {record.job.id}: {record.package}{cached} (sha256 {record.sha256})")
+            else:
+                _out(f"{record.status:7} {record.job.id}: [{record.failure}] {record.reason}")
+        history.record(records)
+        data = summary(records, run_id, inventory.source)
+        # written through the staging folder: --out never holds a partial file
+        write_json(out_dir / "summary.json", data, staging)
+        write_atomic(out_dir / "report.html", render_report(data, previous), staging)
+        write_atomic(out_dir / "junit.xml", junit_xml(data), staging)
     except KeyboardInterrupt:
         scheduler.cancel()
         print("modelpack: interrupted; build containers removed", file=sys.stderr)
@@ -125,19 +139,6 @@ def cmd_build(args: argparse.Namespace) -> int:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
-    for record in records:
-        if record.status == "built":
-            if args.verbosity >= 0:
-                cached = " from cache" if record.cached else ""
-                _out(f"built   {record.job.id}: {record.package}{cached} (sha256 {record.sha256})")
-        else:
-            _out(f"{record.status:7} {record.job.id}: [{record.failure}] {record.reason}")
-    history.record(records)
-    data = summary(records, run_id, inventory.source)
-    previous = _read_summary(args.compare) if args.compare else None
-    write_json(out_dir / "summary.json", data)
-    write_atomic(out_dir / "report.html", render_report(data, previous))
-    write_atomic(out_dir / "junit.xml", junit_xml(data))
     if args.json:
         write_json(Path(args.json), data)
     if args.verbosity >= 0:

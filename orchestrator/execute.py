@@ -43,10 +43,13 @@ class Attempt:
     staged: Path | None = None
     sha256: str | None = None
     manifest: dict[str, Any] | None = None
+    started_at: float = field(default_factory=time.time)
+    ended_at: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
             "host": self.host, "status": self.status, "reason": self.reason,
+            "started_at": self.started_at, "ended_at": self.ended_at,
             "stages": self.stages, "packager_timings": self.packager_timings, "log_tail": self.log_tail,
         }
 
@@ -120,6 +123,7 @@ def run_attempt(
         attempt.log_tail = list(log)
         if workspace is not None:
             workspace.close()
+        attempt.ended_at = time.time()
         if attempt.status != "ok":
             shutil.rmtree(own, ignore_errors=True)
     return attempt

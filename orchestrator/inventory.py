@@ -21,7 +21,8 @@ from .runtime.platforms import this_machine
 from .targets import TARGETS, Target, known_target
 
 _DOCKER_KEYS = ("docker_host", "platform", "image", "allow_emulation")
-_SSH_KEYS = ("address", "user", "port", "key", "host_key", "known_hosts", "shell", "workdir", "python")
+_SSH_KEYS = ("address", "user", "port", "key", "host_key", "known_hosts", "shell", "workdir", "python",
+             "liveness_timeout")
 SUPPORTED_TRANSPORTS = ("docker", "local", "ssh")
 
 
@@ -54,6 +55,8 @@ class Host(BaseModel):
         None, description="ssh: remote shell dialect; detected when absent")
     workdir: str | None = Field(None, description="ssh: remote work directory")
     python: str = Field("python3", description="ssh: the interpreter with the engines on the host")
+    liveness_timeout: float = Field(
+        20.0, gt=0, description="ssh: seconds a silent connection may go unanswered before the host counts as lost")
 
     @model_validator(mode="after")
     def _transport_keys(self) -> "Host":

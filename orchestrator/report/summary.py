@@ -26,10 +26,11 @@ def summary(records: list[JobRecord], run_id: str, inventory_source: str) -> dic
     }
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file and a rename, so a reader never sees half a file."""
+def write_atomic(path: Path, text: str, scratch: Path | None = None) -> None:
+    """Write via a temporary file and a rename, so a reader never sees half a file.
+    ``scratch`` (on the same filesystem) keeps even the temporary file out of sight."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=scratch or path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             out.write(text)
@@ -39,5 +40,5 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def write_json(path: Path, data: Any) -> None:
-    write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+def write_json(path: Path, data: Any, scratch: Path | None = None) -> None:
+    write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n", scratch)

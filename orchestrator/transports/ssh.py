@@ -52,11 +52,11 @@ class _RefuseUnknownHost(paramiko.MissingHostKeyPolicy):
 
 
 class SshTransport(Transport):
-    def __init__(self, host: Host, connect_timeout: float = 15.0, liveness_timeout: float = 20.0) -> None:
+    def __init__(self, host: Host, connect_timeout: float = 15.0, liveness_timeout: float | None = None) -> None:
         self.host = host
         self.name = host.name
         self.connect_timeout = connect_timeout
-        self.liveness_timeout = liveness_timeout
+        self.liveness_timeout = liveness_timeout or host.liveness_timeout
         self._client: paramiko.SSHClient | None = None
         self._shell: Shell | None = None
         self._lock = threading.Lock()
@@ -155,7 +155,9 @@ class SshTransport(Transport):
         transport = self.client().get_transport()
         assert transport is not None
         try:
-            channel = transport.open_session(window_size=WINDOW, max_packet_size=PACKET)
+            # paramiko waits up to an hour for a dead peer to confirm a channel by default
+            channel = transport.open_session(window_size=WINDOW, max_packet_size=PACKET,
+                                             timeout=self.liveness_timeout)
         except (paramiko.SSHException, OSError, EOFError) as exc:
             self.drop()
             raise TransportError(f"{self.name}: cannot open a channel: {exc}") from exc

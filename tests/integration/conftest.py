@@ -1,0 +1,85 @@
+"""Shared fixtures for integration tests: real OpenSSH servers in containers."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import tarfile
+import time
+from pathlib import Path
+
+import paramiko
+import pytest
+
+from orchestrator.images import image_tag
+from orchestrator.inventory import Host
+
+PYTHON = "/opt/modelpack/venv/bin/python"
+
+
+@pytest.fixture(scope="module")
+def client_key(tmp_path_factory) -> tuple[Path, str]:
+    folder = tmp_path_factory.mktemp("ssh-client")
+    key = paramiko.RSAKey.generate(2048)
+    path = folder / "id_rsa"
+    key.write_private_key_file(str(path))
+    return path, f"{key.get_name()} {key.get_base64()}"
+
+
+@pytest.fixture(scope="module")
+def sshd(docker_client_module, client_key):
+    """A running sshd container on its own network; yields (address, pinned host key, container)."""
+    client = docker_client_module
+    try:
+        image = image_tag("sshd-test")
+        client.images.get(image)
+    except Exception as exc:  # built by scripts/build-images
+        pytest.fail(f"sshd test image missing ({exc}); run scripts/build-images")
+    network = client.networks.create(f"modelpack-ssh-{os.getpid()}", driver="bridge",
+                                      labels={"org.modelpack.test": "1"})
+    container = client.containers.create(image, labels={"org.modelpack.test": "1"}, network=network.name)
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w") as tar:
+        blob = (client_key[1] + "\n").encode()
+        info = tarfile.TarInfo("root")
+        info.size, info.mode = len(blob), 0o600
+        tar.addfile(info, io.BytesIO(blob))
+    container.put_archive("/etc/ssh/authorized", data.getvalue())
+    container.start()
+    try:
+        container.reload()
+        address = container.attrs["NetworkSettings"]["Networks"][network.name]["IPAddress"]
+        deadline = time.monotonic() + 30
+        host_key = ""
+        while time.monotonic() < deadline:
+            code, out = container.exec_run(["cat", "/etc/ssh/ssh_host_ed25519_key.pub"])
+            if code == 0:
+                try:
+                    socket.create_connection((address, 22), timeout=1).close()
+                    host_key = " ".join(out.decode().split()[:2])
+                    break
+                except OSError:
+                    pass
+            time.sleep(0.2)
+        assert host_key, "sshd did not come up"
+        yield address, host_key, container, network
+    finally:
+        container.remove(force=True)
+        network.remove()
+
+
+@pytest.fixture(scope="module")
+def docker_client_module():
+    import docker
+
+    client = docker.from_env(timeout=30)
+    client.ping()
+    return client
+
+
+def ssh_host(address: str, key: Path, host_key: str | None, **extra) -> Host:
+    return Host(name="sshbox", transport="ssh", targets=["linux-x86_64"], address=address, user="root",
+                key=str(key), python=PYTHON, **({"host_key": host_key} if host_key else {}), **extra)
+
+
