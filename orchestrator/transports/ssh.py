@@ -135,6 +135,15 @@ class SshTransport(Transport):
         threading.Thread(target=ask, daemon=True).start()
         return answered.wait(self.liveness_timeout)
 
+    def exit_status(self, channel: paramiko.Channel) -> int:
+        """The command's exit code; paramiko's own wait has no timeout, and a host that
+        vanishes between end-of-output and exit status would hang it for ever."""
+        while not channel.status_event.wait(self.liveness_timeout):
+            if not self.alive():
+                self.drop()
+                raise TransportError(f"{self.name}: the host stopped answering before reporting an exit status")
+        return channel.recv_exit_status()
+
     def drop(self) -> None:
         with self._lock:
             if self._client is not None:
@@ -193,7 +202,7 @@ class SshTransport(Transport):
                     break
                 silent_since = time.monotonic()
                 yield data
-            status.append(channel.recv_exit_status())
+            status.append(self.exit_status(channel))
         except (OSError, EOFError, paramiko.SSHException) as exc:
             self.drop()
             raise TransportError(f"{self.name}: connection lost: {exc}") from exc
@@ -251,7 +260,7 @@ class SshWorkspace(Workspace):
                 while block := stream.read(1 << 20):
                     channel.sendall(block)
             channel.shutdown_write()
-            status = channel.recv_exit_status()
+            status = t.exit_status(channel)
         except (OSError, EOFError, paramiko.SSHException) as exc:
             t.drop()
             raise TransportError(f"{t.name}: upload broke off: {exc or type(exc).__name__}") from exc

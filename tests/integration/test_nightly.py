@@ -47,8 +47,14 @@ def test_ssh_host_cut_off_mid_job_is_retried_on_another_host(capsys, sshd, clien
 
     watcher = threading.Thread(target=watch_stages, daemon=True)
     watcher.start()
-    code = main(["build", str(spec_dir / "modelpack.yaml"), "--hosts", str(hosts), "--out", str(tmp_path / "d"),
-                 "--no-cache", "--json", str(tmp_path / "s.json")])
+    result: list[int] = []
+    build = threading.Thread(target=lambda: result.append(main(
+        ["build", str(spec_dir / "modelpack.yaml"), "--hosts", str(hosts), "--out", str(tmp_path / "d"),
+         "--no-cache", "--json", str(tmp_path / "s.json")])), daemon=True)
+    build.start()
+    build.join(timeout=240)
+    assert not build.is_alive(), "the build hung after its host was cut off"
+    code = result[0]
     watcher.join(timeout=5)
     capsys.readouterr()
     assert cut, "the test must have cut the ssh host off"
