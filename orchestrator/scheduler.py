@@ -107,6 +107,13 @@ class _HostState:
     transport: Transport
     running: int = 0
     disabled: str | None = None
+    #: until one attempt succeeds or fails on its own merits, a host gets one job at a
+    #: time: a dead host then costs exactly one attempt, however many slots it declares
+    proven: bool = False
+
+    @property
+    def capacity(self) -> int:
+        return self.host.slots if self.proven else 1
 
 
 class Scheduler:
@@ -161,7 +168,7 @@ class Scheduler:
                 ]
                 if not candidates:
                     return None
-                free = [c for c in candidates if c.running < c.host.slots]
+                free = [c for c in candidates if c.running < c.capacity]
                 if free:
                     best = min(free, key=lambda c: (c.running / c.host.slots / c.host.speed, -c.host.speed))
                     best.running += 1
@@ -173,6 +180,8 @@ class Scheduler:
             state.running -= 1
             if failure and not state.disabled:
                 state.disabled = failure
+            elif not failure:
+                state.proven = True
             self._cond.notify_all()
 
     # -- workspaces ----------------------------------------------------------------
