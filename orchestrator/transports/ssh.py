@@ -144,6 +144,20 @@ class SshTransport(Transport):
                 raise TransportError(f"{self.name}: the host stopped answering before reporting an exit status")
         return channel.recv_exit_status()
 
+    def guard_progress(self, progressed: threading.Event, finished: threading.Event) -> None:
+        """Drop the connection when an upload stops moving and the host does not answer.
+
+        A peer that vanished mid-upload leaves the sender blocked inside paramiko's
+        socket write until TCP gives up, which takes about 15 minutes; no timeout on the
+        channel reaches it. Closing the connection from here makes that write fail at once.
+        """
+        while not finished.wait(self.liveness_timeout):
+            if progressed.is_set():
+                progressed.clear()
+            elif not self.alive():
+                self.drop()
+                return
+
     def drop(self) -> None:
         with self._lock:
             if self._client is not None:
@@ -254,17 +268,22 @@ class SshWorkspace(Workspace):
     def push(self, files: Mapping[str, Path]) -> None:
         t = self._transport
         channel = t.channel()
+        progressed, finished = threading.Event(), threading.Event()
+        watchdog = threading.Thread(target=t.guard_progress, args=(progressed, finished), daemon=True)
+        watchdog.start()
         try:
             channel.exec_command(self._shell.command(["tar", "-x", "-f", "-", "-C", str(self.root)]))
             with pack(files) as stream:
-                while block := stream.read(1 << 20):
+                while block := stream.read(1 << 18):
                     channel.sendall(block)
+                    progressed.set()
             channel.shutdown_write()
             status = t.exit_status(channel)
         except (OSError, EOFError, paramiko.SSHException) as exc:
             t.drop()
             raise TransportError(f"{t.name}: upload broke off: {exc or type(exc).__name__}") from exc
         finally:
+            finished.set()
             channel.close()
         if status != 0:
             raise TransportError(f"{t.name}: tar could not unpack the upload (exit {status})")

@@ -84,6 +84,28 @@ def test_arguments_arrive_exact_and_large_output_does_not_deadlock(sshd, client_
     assert status == 1, "the work directory is removed on close"
 
 
+def test_host_that_hangs_mid_upload_is_detected_within_the_liveness_timeout(sshd, client_key, tmp_path):
+    """A frozen host keeps its TCP stack up: the upload blocks on a zero window rather than
+    failing, and only modelpack's own liveness check can end it."""
+    address, host_key, container, _ = sshd
+    transport = SshTransport(ssh_host(address, client_key[0], host_key), liveness_timeout=3.0)
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(96 << 20))
+    ws = transport.open("linux-x86_64", {})
+    freeze = threading.Timer(0.3, container.pause)
+    started = time.monotonic()
+    freeze.start()
+    try:
+        with pytest.raises(TransportError):
+            ws.push({"big.bin": big})
+        assert time.monotonic() - started < 30, "must fail within the liveness timeout, not hang"
+    finally:
+        freeze.join()
+        container.unpause()
+    ws.close()
+    assert transport.execute("true", timeout=30)[0] == 0, "the next command reconnects to the recovered host"
+
+
 def test_host_dropping_off_the_network_mid_transfer_is_an_infrastructure_failure(sshd, client_key, tmp_path):
     address, host_key, container, network = sshd
     transport = SshTransport(ssh_host(address, client_key[0], host_key), liveness_timeout=3.0)
