@@ -1,5 +1,6 @@
-"""Nightly-matrix behaviour with fault injection against real hosts: a host that is
-down at start, and the output folder watched for partial files."""
+"""Nightly-matrix behaviour with fault injection against real hosts: a build host that
+drops off the network mid-job, a host that is down at start, and the output folder
+watched for partial files."""
 
 from __future__ import annotations
 
@@ -9,7 +10,59 @@ import time
 from pathlib import Path
 
 from orchestrator.cli import main
+from tests.integration.conftest import PYTHON
+from tests.models import REPO
 
+SPEC = REPO / "examples" / "tinycnn" / "modelpack.yaml"
+
+
+def test_ssh_host_cut_off_mid_job_is_retried_on_another_host(capsys, sshd, client_key, docker_client, tmp_path):
+    address, host_key, container, network = sshd
+    hosts = tmp_path / "hosts.yaml"
+    hosts.write_text(
+        "hosts:\n"
+        f"  - {{name: fast-ssh, transport: ssh, address: {address}, user: root, key: {client_key[0]},"
+        f" host_key: \"{host_key}\", python: {PYTHON}, targets: [linux-x86_64], speed: 10,"
+        " liveness_timeout: 3}\n"
+        "  - {name: dock, transport: docker, targets: [linux-x86_64]}\n"
+    )
+    spec_dir = tmp_path / "spec"
+    spec_dir.mkdir()
+    (spec_dir / "tinycnn.onnx").write_bytes((SPEC.parent / "tinycnn.onnx").read_bytes())
+    (spec_dir / "modelpack.yaml").write_text(
+        "name: tinycnn\nversion: '1'\nmodel: tinycnn.onnx\ntargets: [linux-x86_64]\n")
+    cut: list[float] = []
+    started = time.monotonic()
+
+    def watch_stages() -> None:
+        # cut the ssh host off as soon as its workspace exists (the upload follows at once)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            code, out = container.exec_run(["sh", "-c", "ls -d /tmp/modelpack.* 2>/dev/null"])
+            if code == 0 and out.strip():
+                network.disconnect(container, force=True)
+                cut.append(time.monotonic())
+                return
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch_stages, daemon=True)
+    watcher.start()
+    result: list[int] = []
+    build = threading.Thread(target=lambda: result.append(main(
+        ["build", str(spec_dir / "modelpack.yaml"), "--hosts", str(hosts), "--out", str(tmp_path / "d"),
+         "--no-cache", "--json", str(tmp_path / "s.json")])), daemon=True)
+    build.start()
+    build.join(timeout=240)
+    assert not build.is_alive(), "the build hung after its host was cut off"
+    code = result[0]
+    watcher.join(timeout=5)
+    capsys.readouterr()
+    assert cut, "the test must have cut the ssh host off"
+    assert code == 0
+    job = json.loads((tmp_path / "s.json").read_text())["jobs"][0]
+    assert [a["host"] for a in job["attempts"]] == ["fast-ssh", "dock"]
+    assert job["attempts"][0]["status"] == "infrastructure" and job["status"] == "built"
+    assert time.monotonic() - started < 120
 
 
 def test_host_down_at_start_is_disabled_once(capsys, write_spec, tmp_path):
