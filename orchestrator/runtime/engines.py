@@ -156,10 +156,19 @@ ENGINES: dict[str, tuple[str, Callable[[Path, Mapping[str, Any]], Runner]]] = {
 
 
 def open_artifact(engine: str, path: Path, options: Mapping[str, Any] | None = None) -> Runner:
+    """A runner for one artifact. Functions the artifact's graph does not hold (its
+    ``functions`` runtime option) are applied around the engine in NumPy."""
     try:
         _, factory = ENGINES[engine]
     except KeyError:
         raise EngineUnavailable(
             f"engine {engine!r} is not supported by this runtime (known: {', '.join(ENGINES)})"
         ) from None
-    return factory(Path(path), options or {})
+    options = dict(options or {})
+    functions = options.pop("functions", None)
+    runner = factory(Path(path), options)
+    if functions:
+        from .functions import FunctionsRunner
+
+        return FunctionsRunner(runner, functions.get("pre", []), functions.get("post", []))
+    return runner
