@@ -12,7 +12,8 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from .inventory import Host, Inventory
-from .spec import Functions, SelectPolicy, Spec, Tolerance
+from .packager.accelerate import ALWAYS_APPLIED, VARIANTS
+from .spec import Accelerate, Functions, Gate, SelectPolicy, Spec, Tolerance
 
 
 def _type_name(annotation: Any) -> str:
@@ -50,7 +51,11 @@ SECTIONS: list[tuple[str, type[BaseModel], str]] = [
     ("Packaging instructions (`modelpack.yaml`)", Spec, "Top-level keys of a spec file."),
     ("`tolerance`", Tolerance, "The accuracy gate, per output element."),
     ("`select`", SelectPolicy, "How the test script chooses among candidates."),
-    ("`functions`", Functions, "Pre/post-processing (validated, not supported yet)."),
+    ("`accelerate`", Accelerate, "Acceleration variants; each is one more candidate, gated and benchmarked"
+     " against its compiler's fp32 baseline. A bare list is shorthand for `variants`."),
+    ("`accelerate.gate`", Gate, "How variants are judged; without a criterion, by `tolerance` like every candidate."),
+    ("`functions`", Functions, "Pre/post-processing fused into the graph. The steps are described in"
+     " [functions.md](functions.md)."),
     ("Inventory (`hosts.yaml`)", Inventory, "Top-level keys of an inventory file."),
     ("`hosts[]`", Host, "One build host."),
 ]
@@ -61,6 +66,11 @@ def reference() -> str:
            "Generated from the schemas by `python -m orchestrator.docs`; a test checks it is current.", ""]
     for title, model, intro in SECTIONS:
         out += [f"## {title}", "", intro, "", *model_table(model), ""]
+        if model is Accelerate:
+            out += ["| variant | built by | what it does |", "|---|---|---|"]
+            out += [f"| `{v.name}` | {v.compiler} | {v.summary} |" for v in VARIANTS.values()]
+            out += [f"| `{name}` | every compiler | {text} |" for name, text in ALWAYS_APPLIED.items()]
+            out.append("")
     return "\n".join(out)
 
 

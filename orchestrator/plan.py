@@ -62,6 +62,10 @@ class Job:
         files = {"in/model.onnx": self.spec.model.path}
         if self.spec.samples is not None:
             files[f"in/samples{self.spec.samples.suffix}"] = self.spec.samples
+        if self.spec.calibration is not None:
+            files["in/calibration.npz"] = self.spec.calibration
+        if self.spec.metric is not None:
+            files["in/metric.py"] = self.spec.metric
         return files
 
     def cache_key(self, environment_id: str) -> str:
@@ -71,6 +75,8 @@ class Job:
         return cache_key({
             "model": self.spec.model.sha256,
             "samples": sha256_file(self.spec.samples) if self.spec.samples else None,
+            "calibration": sha256_file(self.spec.calibration) if self.spec.calibration else None,
+            "metric": sha256_file(self.spec.metric) if self.spec.metric else None,
             "instructions": instructions,
             "environment": environment_id,
             "packager": packager_digest(),
@@ -87,11 +93,15 @@ class Job:
             model_sha256=self.spec.model.sha256,
             samples=f"samples{self.spec.samples.suffix}" if self.spec.samples else None,
             shapes={k: list(v) for k, v in s.shapes.items()},
-            compilers=s.compiler_calls(),
+            compilers=s.compiler_calls() + s.variant_calls(),
             atol=s.tolerance.atol,
             rtol=s.tolerance.rtol,
             provenance=provenance,
             select=s.select.model_dump(exclude_unset=True) if s.select else {},
+            functions=({**s.functions.model_dump(), "labels": self.spec.labels or {}} if s.functions else None),
+            calibration="calibration.npz" if self.spec.calibration else None,
+            gate=s.accelerate.gate.model_dump(exclude_none=True) if s.accelerate else {},
+            metric_file="metric.py" if self.spec.metric else None,
         )
 
 

@@ -13,11 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import numpy as np
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .config import read_yaml, validate
 from .errors import InputError
 from .packager.compilers import OptionsError, parse_options, registry
+from .packager.functions import FunctionError, package_inputs
+from .packager.functions import resolve as resolve_functions
 from .packager.job import CompilerCall
 from .packager.samples import concrete_shapes, load_samples
 from .packager.signature import ModelError, load_onnx, signature
@@ -53,11 +56,49 @@ AccelerateVariant = Literal[
 ]
 
 
-class Functions(_Strict):
-    """Pre/post-processing fused into the graph (not supported yet)."""
+class Gate(_Strict):
+    """How acceleration variants are judged. Default: the per-output tolerance, like every
+    candidate. A task-level criterion replaces it for the variants only."""
 
-    pre: list[str | dict[str, Any]] = []
-    post: list[str | dict[str, Any]] = []
+    top1_agreement: float | None = Field(
+        None, gt=0, le=1, description="minimum share of samples whose arg-max matches the fp32 reference")
+    output: str | None = Field(None, description="output the arg-max is taken over (default: the first)")
+    metric: str | None = Field(
+        None, description="FILE.py:FUNCTION in the spec's folder; FUNCTION(outputs, inputs) -> float over the"
+                          " samples (lists of dicts), higher is better")
+    max_drop: float | None = Field(None, ge=0, description="largest allowed drop of the metric against fp32")
+
+    @model_validator(mode="after")
+    def _one_criterion(self) -> "Gate":
+        if self.top1_agreement is not None and self.metric is not None:
+            raise ValueError("give top1_agreement or metric, not both")
+        if (self.metric is None) != (self.max_drop is None):
+            raise ValueError("metric and max_drop go together")
+        if self.metric is not None and not re.match(r"^[^:]+\.py:[A-Za-z_][A-Za-z0-9_]*$", self.metric):
+            raise ValueError("metric must be written FILE.py:FUNCTION")
+        return self
+
+
+class Accelerate(_Strict):
+    variants: list[AccelerateVariant] = Field(min_length=1, description="variants to try, each gated and measured")
+    gate: Gate = Field(Gate(), description="how variants are judged; see `gate` below")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_list(cls, value: Any) -> Any:
+        return {"variants": value} if isinstance(value, list) else value
+
+
+class Functions(_Strict):
+    """Pre/post-processing fused into the graph; see docs/functions.md for the steps."""
+
+    pre: list[str | dict[str, Any]] = Field(default_factory=list, description="steps from the image to the model input")
+    post: list[str | dict[str, Any]] = Field(default_factory=list, description="steps from the model output on")
+    input: str | None = Field(None, description="model input the pre steps feed (default: the only one)")
+    output: str | None = Field(None, description="model output the post steps read (default: the first)")
+    fallback: Literal["runtime", "drop"] = Field(
+        "runtime", description="for an engine that cannot hold a fused op: apply the functions in the runtime"
+                               " (NumPy), or drop that candidate")
 
 
 class Spec(_Strict):
@@ -77,8 +118,10 @@ class Spec(_Strict):
         default_factory=dict, description="host features each target requires, e.g. {linux-x86_64: [avx512]}")
     tolerance: Tolerance = Field(Tolerance(), description="accuracy gate; see `tolerance` below")
     select: SelectPolicy | None = Field(None, description="selection policy; see `select` below")
-    accelerate: list[AccelerateVariant] | None = Field(
-        None, description="acceleration variants to try (validated, not supported yet)")
+    accelerate: Accelerate | None = Field(None, description="acceleration variants; see `accelerate` below")
+    calibration: str | None = Field(
+        None, description=".npz keyed by the package's input names, samples along a leading axis: calibrates"
+                          " int8-static and evaluates task-level gates")
     functions: Functions | None = Field(None, description="business functions; see `functions` below")
 
     @field_validator("name", "version", mode="before")
@@ -121,6 +164,17 @@ class Spec(_Strict):
             if not able:
                 names = ", ".join(c.name for c in calls)
                 raise ValueError(f"no compiler in the list ({names}) can build for {target}")
+        if self.accelerate:
+            from .packager.accelerate import VARIANTS
+
+            names = {c.name for c in calls}
+            for variant in self.accelerate.variants:
+                if variant in VARIANTS and VARIANTS[variant].compiler not in names:
+                    raise ValueError(f"accelerate variant {variant!r} is built by {VARIANTS[variant].compiler},"
+                                     f" which is not among the compilers; add it")
+                if variant in VARIANTS and VARIANTS[variant].needs_calibration and self.calibration is None:
+                    raise ValueError(f"accelerate variant {variant!r} needs calibration samples (the `calibration`"
+                                     f" key); it never calibrates on random data")
         if self.select and self.select.engine:
             engines = {known[c.name].engine for c in calls} | {c.name for c in calls}
             if self.select.engine not in engines:
@@ -139,9 +193,16 @@ class Spec(_Strict):
                 calls.append(CompilerCall(name, dict(options or {})))
         return calls
 
+    def variant_calls(self) -> list[CompilerCall]:
+        """One extra candidate per acceleration variant, built by its compiler with the
+        baseline's options plus the variant's own."""
+        from .packager.accelerate import VARIANTS
 
-#: keys whose schemas are validated but whose capabilities are not implemented yet
-NOT_SUPPORTED_YET = ("accelerate", "functions")
+        if not self.accelerate:
+            return []
+        baseline = {c.name: c.options for c in self.compiler_calls()}
+        return [CompilerCall(VARIANTS[v].compiler, {**baseline[VARIANTS[v].compiler], **VARIANTS[v].options}, v)
+                for v in self.accelerate.variants if v in VARIANTS]
 
 
 @dataclass(frozen=True)
@@ -158,6 +219,10 @@ class LoadedSpec:
     spec: Spec
     model: ModelInfo
     samples: Path | None
+    calibration: Path | None = None
+    metric: Path | None = None
+    #: label lists by the file name the spec gives, read on the controller
+    labels: dict[str, list[str]] | None = None
 
     @property
     def targets(self) -> list[Target]:
@@ -168,9 +233,6 @@ def load_spec(path: Path) -> LoadedSpec:
     """Read, validate and resolve one spec file, checking the model and samples it names."""
     path = Path(path)
     spec = validate(path, read_yaml(path), Spec)
-    for key in NOT_SUPPORTED_YET:
-        if getattr(spec, key) is not None:
-            raise InputError(path, key, "valid, but not supported yet by this version of modelpack; remove it")
 
     model_path = (path.parent / spec.model).resolve()
     try:
@@ -179,6 +241,14 @@ def load_spec(path: Path) -> LoadedSpec:
     except ModelError as exc:
         raise InputError(path, "model", f"{model_path}: {exc}") from None
     info = ModelInfo(model_path, sha256_file(model_path), inputs, outputs)
+    labels = None
+    if spec.functions is not None:
+        labels = _read_labels(path, spec.functions)
+        try:
+            resolved = resolve_functions(model, spec.functions.model_dump(), labels)
+        except (FunctionError, ModelError) as exc:
+            raise InputError(path, "functions", str(exc)) from None
+        inputs = package_inputs(inputs, resolved)
 
     samples = None
     if spec.samples is None:
@@ -194,4 +264,51 @@ def load_spec(path: Path) -> LoadedSpec:
             load_samples(samples, inputs)
         except ModelError as exc:
             raise InputError(path, "samples", f"{samples}: {exc}") from None
-    return LoadedSpec(path, spec, info, samples)
+    calibration = _calibration(path, spec, inputs)
+    metric = None
+    if spec.accelerate and spec.accelerate.gate.metric:
+        metric = (path.parent / spec.accelerate.gate.metric.rsplit(":", 1)[0]).resolve()
+        if not metric.is_file():
+            raise InputError(path, "accelerate.gate.metric", f"{metric}: file not found")
+    return LoadedSpec(path, spec, info, samples, calibration, metric, labels)
+
+
+def _read_labels(path: Path, functions: Functions) -> dict[str, list[str]]:
+    """Label files named by top-k steps: one label per line, read here so the job carries them."""
+    labels = {}
+    for index, step in enumerate(functions.post):
+        if isinstance(step, dict) and isinstance(step.get("topk"), dict) and step["topk"].get("labels") is not None:
+            name = str(step["topk"]["labels"])
+            file = (path.parent / name).resolve()
+            try:
+                labels[name] = file.read_text(encoding="utf-8").splitlines()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise InputError(path, f"functions.post[{index}].topk.labels", f"{file}: cannot read: {exc}") from None
+            if not labels[name]:
+                raise InputError(path, f"functions.post[{index}].topk.labels", f"{file}: empty")
+    return labels
+
+
+def _calibration(path: Path, spec: Spec, inputs: list[dict[str, Any]]) -> Path | None:
+    if spec.calibration is None:
+        return None
+    file = (path.parent / spec.calibration).resolve()
+    if not file.is_file() or file.suffix != ".npz":
+        raise InputError(path, "calibration", f"{file}: must be an existing .npz keyed by input name")
+    try:
+        with np.load(file, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError) as exc:
+        raise InputError(path, "calibration", f"{file}: cannot read: {exc}") from None
+    names = sorted(i["name"] for i in inputs)
+    if sorted(arrays) != names:
+        raise InputError(path, "calibration", f"{file}: holds {sorted(arrays)}, the package's inputs are {names}")
+    counts = {len(a) for a in arrays.values() if a.ndim}
+    if len(counts) != 1 or 0 in counts:
+        raise InputError(path, "calibration", f"{file}: every array needs the same number (>0) of samples along axis 0")
+    for spec_input in inputs:
+        array = arrays[spec_input["name"]]
+        if array.dtype != np.dtype(spec_input["dtype"]) or array.ndim != len(spec_input["shape"]) + 1:
+            raise InputError(path, "calibration", f"{file}: {spec_input['name']!r} is {array.dtype}"
+                             f" {list(array.shape)}; needs {spec_input['dtype']} [samples, *{spec_input['shape']}]")
+    return file

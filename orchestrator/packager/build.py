@@ -1,8 +1,10 @@
 """One packaging job, start to finish, on the build host.
 
-platform check → model check → samples and reference outputs → normalisation →
-candidates (algorithm library) → test script (accuracy gate, benchmark, choice) →
-package layout → self-test of the winner through the shipped runtime → archive.
+platform check → model check → functions fused into the graph (function library) and
+checked against their NumPy reference → samples and reference outputs → normalisation
+→ candidates (algorithm library) and variants (acceleration library) → test script
+(accuracy gate, benchmark, choice) → package layout → self-test of the winner through
+the shipped runtime → archive.
 """
 
 from __future__ import annotations
@@ -13,18 +15,32 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import onnx
 
 from .. import __version__
 from ..runtime import load as load_package
-from ..runtime.checks import sha256_file
-from ..runtime.engines import OnnxRuntimeRunner
+from ..runtime.checks import compare_outputs, sha256_file
+from ..runtime.engines import OnnxRuntimeRunner, open_artifact
+from ..runtime.functions import FunctionsRunner, apply_pre
 from . import platform
+from .accelerate import ALWAYS_APPLIED, VARIANTS, VariantError, load_calibration
 from .compilers import OptionsError, parse_options, registry
+from .functions import Resolved, fuse
+from .functions import resolve as resolve_functions
 from .job import Job, package_filename
 from .normalise import normalise
 from .package import add_runtime, write_archive, write_manifest
 from .samples import concrete_shapes, load_samples, random_inputs
-from .select import choose, compile_all, measure_all
+from .select import (
+    Candidate,
+    CompileSetting,
+    Measurement,
+    benchmark_all,
+    choose,
+    compare_with_baselines,
+    compile_all,
+    gate_all,
+)
 from .signature import load_onnx, opsets, signature
 
 MANIFEST_SCHEMA_VERSION = 1
@@ -51,8 +67,26 @@ def _write_samples(root: Path, kind: str, arrays: dict[str, np.ndarray], names: 
     return table
 
 
-def _tensor(name: str, array: np.ndarray) -> dict[str, Any]:
-    return {"name": name, "dtype": array.dtype.name, "shape": list(array.shape)}
+def _tensor(name: str, array: np.ndarray, dynamic: list[int | str] | None = None) -> dict[str, Any]:
+    """A tensor's manifest entry from a sample; a length that depends on the data (a
+    detector's number of boxes) stays symbolic."""
+    shape: list[int | str] = list(array.shape)
+    if dynamic and len(dynamic) == len(shape):
+        shape = [d if isinstance(d, str) else n for d, n in zip(dynamic, shape)]
+    return {"name": name, "dtype": "string" if array.dtype.kind == "U" else array.dtype.name, "shape": shape}
+
+
+def _evaluation_set(in_dir: Path, job: Job, runner: Any, work: Path) -> dict[str, str] | None:
+    """The calibration samples and the fp32 reference's outputs on them, for task-level gates."""
+    if not job.gate or not job.calibration:
+        return None
+    samples = load_calibration(in_dir / job.calibration)
+    outputs = [runner.run(feed) for feed in samples]
+    work.mkdir(parents=True, exist_ok=True)
+    paths = {"inputs": str(work / "evaluation-inputs.npz"), "reference": str(work / "evaluation-reference.npz")}
+    np.savez(paths["inputs"], **{k: np.stack([s[k] for s in samples]) for k in samples[0]})
+    np.savez(paths["reference"], **{k: np.stack([o[k] for o in outputs]) for k in outputs[0]})
+    return paths
 
 
 def build(job: Job, in_dir: Path, out_dir: Path, stage: Callable[[str], None]) -> dict[str, Any]:
@@ -77,35 +111,65 @@ def build(job: Job, in_dir: Path, out_dir: Path, stage: Callable[[str], None]) -
     for call in job.compilers:
         if call.name not in compilers:
             raise BadJob(f"unknown compiler {call.name!r}")
+        if call.variant is not None and call.variant not in VARIANTS:
+            raise BadJob(f"unknown acceleration variant {call.variant!r}")
         try:
             parse_options(compilers[call.name].options_type, call.options)
         except (OptionsError, TypeError) as exc:
             raise BadJob(f"compilers.{call.name}: {exc}") from None
+    work = out_dir / "work"
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
     lap("platform")
 
     stage("reference")
     try:
         model = load_onnx(model_path)
         source_inputs, source_outputs = signature(model)
+        resolved, graph_path, fusion_notes = None, model_path, []
+        if job.functions:
+            stage("functions: fuse")
+            resolved = resolve_functions(model, job.functions, job.functions.get("labels", {}))
+            fused, fusion_notes = fuse(model, resolved)
+            graph_path = work / "fused.onnx"
+            onnx.save(fused, str(graph_path))
+            package_in, package_out = signature(fused)
+        else:
+            package_in, package_out = source_inputs, source_outputs
         if job.samples:
-            feeds = load_samples(in_dir / job.samples, source_inputs)
+            feeds = load_samples(in_dir / job.samples, package_in)
             origin: dict[str, Any] = {"kind": "spec", "file": job.samples}
         else:
             seed = int(job.model_sha256[:8], 16)
-            feeds = random_inputs(source_inputs, concrete_shapes(source_inputs, job.shapes), seed)
+            feeds = random_inputs(package_in, concrete_shapes(package_in, job.shapes), seed)
             origin = {"kind": "random", "seed": seed}
-        reference = OnnxRuntimeRunner(model_path, {"optimization": "disabled"}).run(feeds)
-    except ValueError as exc:
+        runtime_steps = {"pre": [], "post": resolved.runtime} if resolved and resolved.runtime else None
+        reference_runner: Any = OnnxRuntimeRunner(graph_path, {"optimization": "disabled"})
+        if runtime_steps:
+            reference_runner = FunctionsRunner(reference_runner, [], resolved.runtime)
+        reference = reference_runner.run(feeds)
+        function_check = None
+        if resolved:
+            stage("functions: check against NumPy")
+            plain = OnnxRuntimeRunner(model_path, {"optimization": "disabled"})
+            numpy_way = FunctionsRunner(plain, resolved.pre, resolved.post + resolved.runtime).run(feeds)
+            function_check = compare_outputs(numpy_way, reference, job.atol, job.rtol)
+            if not function_check.passed:
+                raise PackageFailed(f"the fused functions disagree with their NumPy reference:"
+                                    f" {function_check.summary()}")
+        evaluation = _evaluation_set(in_dir, job, reference_runner, work / "evaluation")
+    except (ValueError, VariantError) as exc:
         raise PackageFailed(f"model: {exc}") from None
+    except PackageFailed:
+        raise
     except Exception as exc:  # the reference engine rejecting the model is a package failure
         raise PackageFailed(f"reference run under onnxruntime failed: {exc}") from None
-    input_names = [i["name"] for i in source_inputs]
-    output_names = [o["name"] for o in source_outputs]
+    dynamic = resolved.dynamic_outputs() if resolved else {}
+    input_names = [i["name"] for i in package_in]
+    output_names = [o["name"] for o in package_out] + [s["result"] for s in (resolved.runtime if resolved else [])]
     inputs = [_tensor(n, feeds[n]) for n in input_names]
-    outputs = [_tensor(n, reference[n]) for n in output_names]
-    work = out_dir / "work"
-    if work.exists():
-        shutil.rmtree(work)
+    outputs = [_tensor(n, reference[n], dynamic.get(n)) for n in output_names]
     samples_root = work / "golden"
     samples = {
         "inputs": {n: str(samples_root / p) for n, p in _write_samples(samples_root, "input", feeds, input_names).items()},
@@ -116,20 +180,30 @@ def build(job: Job, in_dir: Path, out_dir: Path, stage: Callable[[str], None]) -
 
     stage("normalise")
     normalised = work / "normalised.onnx"
-    normalisation = normalise(model_path, {i["name"]: i["shape"] for i in inputs}, normalised)
+    normalisation = normalise(graph_path, {i["name"]: i["shape"] for i in inputs}, normalised)
     lap("normalise")
 
     stage("compile")
-    candidates = compile_all(job.compilers, compilers, job.target, normalised, inputs, outputs,
-                             work / "candidates", job.worker_timeout, progress=stage)
+    calibration = in_dir / job.calibration if job.calibration else None
+    graph_outputs = [o for o in outputs if o["dtype"] != "string"]
+    setting = CompileSetting(normalised, inputs, graph_outputs, calibration, runtime_steps,
+                             functions="graph" if resolved else None)
+    candidates = compile_all(job.compilers, compilers, job.target, setting, work / "candidates",
+                             job.worker_timeout, progress=stage)
     lap("compile")
 
     stage("select")
+    measurement = Measurement(samples, job.atol, job.rtol, job.gate, evaluation,
+                              str(in_dir / job.metric_file) if job.metric_file else None)
+    gate_all(candidates, measurement, work / "measure", job.worker_timeout, progress=stage)
+    if resolved and resolved.fallback == "runtime":
+        candidates += _runtime_fallbacks(job, compilers, candidates, model_path, feeds, resolved, setting,
+                                         measurement, work, stage)
     benchmark = None
-    if len(job.compilers) > 1 or {"latency_budget_ms", "metric"} & set(job.select):
+    if len(candidates) > 1 or {"latency_budget_ms", "metric"} & set(job.select):
         benchmark = {**BENCHMARK, "budget_s": float(job.select.get("benchmark_s", BENCHMARK["budget_s"]))}
-    measure_all(candidates, samples, job.atol, job.rtol, work / "measure", job.worker_timeout, benchmark,
-                progress=stage)
+        benchmark_all(candidates, measurement, work / "measure", job.worker_timeout, benchmark, progress=stage)
+    compare_with_baselines(candidates)
     winner = choose(candidates, job.select)
     emulated = bool(job.provenance.get("emulated", False))
     table = [c.row(emulated) for c in candidates]
@@ -151,6 +225,13 @@ def build(job: Job, in_dir: Path, out_dir: Path, stage: Callable[[str], None]) -
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(winner.root / artifact["path"], dest)
     add_runtime(root, [compilers[winner.compiler].distribution])
+    # A variant judged by a task-level criterion is not within the fp32 tolerance by
+    # design: its self-test checks that a device reproduces the build host's outputs.
+    own_reference = bool(winner.variant and winner.task_gate)
+    shipped_reference = reference
+    if own_reference:
+        shipped_reference = open_artifact(winner.engine, winner.root / winner.artifacts[0]["path"],
+                                          winner.artifacts[0].get("runtime", {})).run(feeds)
     manifest: dict[str, Any] = {
         "schema_version": MANIFEST_SCHEMA_VERSION,
         "name": job.name,
@@ -168,7 +249,7 @@ def build(job: Job, in_dir: Path, out_dir: Path, stage: Callable[[str], None]) -
         "outputs": outputs,
         "normalisation": normalisation,
         "compiler": {"name": winner.compiler, "version": winner.version, "options": winner.options,
-                     "reproducible": winner.reproducible},
+                     "variant": winner.variant, "reproducible": winner.reproducible},
         "engines": {winner.engine: {"version": winner.version}},
         "artifacts": winner.artifacts,
         "candidates": table,
@@ -184,11 +265,33 @@ def build(job: Job, in_dir: Path, out_dir: Path, stage: Callable[[str], None]) -
         "samples": {
             "origin": origin,
             "inputs": _write_samples(root, "input", feeds, input_names),
-            "reference": _write_samples(root, "reference", reference, output_names),
-            "reference_engine": "onnxruntime (optimisations disabled, fp32) on the source model",
+            "reference": _write_samples(root, "reference", shipped_reference, output_names),
+            "reference_engine": (f"the selected variant {winner.id} on the build host (accepted by"
+                                 f" {winner.task_gate['criterion']})" if own_reference else
+                                 "onnxruntime (optimisations disabled, fp32) on the source model"
+                                 + (" with the functions fused" if resolved else "")),
         },
         "provenance": {**job.provenance, "packager_version": __version__, "build_platform": env.to_json()},
     }
+    if job.compilers and any(c.variant for c in job.compilers) or job.gate:
+        manifest["acceleration"] = {
+            "variants": [c.variant for c in job.compilers if c.variant],
+            "always_applied": ALWAYS_APPLIED,
+            "gate": job.gate or {"tolerance": {"atol": job.atol, "rtol": job.rtol}},
+        }
+    if resolved:
+        applied = "runtime" if winner.functions == "runtime" else "graph"
+        manifest["functions"] = {
+            **resolved.to_json(),
+            "applied_by": applied,
+            "preparation": fusion_notes,
+            "check": function_check.to_json() if function_check else None,
+        }
+        labels = {s["file"]: s["labels"] for s in resolved.runtime if s["op"] == "labels"}
+        for step in resolved.runtime:
+            (root / "labels.txt").write_text("\n".join(step["labels"]) + "\n", encoding="utf-8")
+        if labels:
+            manifest["functions"]["labels_file"] = "labels.txt"
     write_manifest(root, manifest)
 
     stage("selftest")
@@ -225,3 +328,30 @@ def build(job: Job, in_dir: Path, out_dir: Path, stage: Callable[[str], None]) -
         "selftest": manifest["selftest"],
         "selected": {"candidate": winner.id, "engine": winner.engine, "latency_ms": (winner.latency or {}).get("median")},
     }
+
+
+def _runtime_fallbacks(job: Job, compilers: dict[str, Any], candidates: list[Candidate], model_path: Path,
+                       feeds: dict[str, np.ndarray], resolved: Resolved, fused: CompileSetting,
+                       measurement: Measurement, work: Path, stage: Callable[[str], None]) -> list[Candidate]:
+    """Candidates whose engine could not take the fused graph, rebuilt from the plain
+    model with the runtime applying the functions in NumPy (the spec's fallback)."""
+    broken = [c for c in candidates if c.status in ("failed", "crashed")]
+    if not broken:
+        return []
+    for c in broken:
+        c.reason = f"{c.reason} (with the functions fused; retried with the functions in the runtime)"
+    model_feeds = apply_pre(feeds, resolved.pre)
+    model_inputs, model_outputs = signature(load_onnx(model_path))
+    plain = work / "plain-normalised.onnx"
+    normalise(model_path, {n: list(a.shape) for n, a in model_feeds.items()}, plain)
+    reference = OnnxRuntimeRunner(model_path, {"optimization": "disabled"}).run(model_feeds)
+    setting = CompileSetting(
+        plain, [_tensor(i["name"], model_feeds[i["name"]]) for i in model_inputs],
+        [_tensor(o["name"], reference[o["name"]]) for o in model_outputs],
+        fused.calibration if not resolved.pre else None,
+        {"pre": resolved.pre, "post": resolved.post + resolved.runtime}, functions="runtime",
+        suffix=" (functions in runtime)")
+    calls = [c.call for c in broken if c.call is not None]
+    retried = compile_all(calls, compilers, job.target, setting, work / "fallback", job.worker_timeout, progress=stage)
+    gate_all(retried, measurement, work / "fallback-measure", job.worker_timeout, progress=stage)
+    return retried

@@ -50,6 +50,19 @@ class Resolved:
     runtime: list[Step] = field(default_factory=list)
     fallback: str = "runtime"
 
+    def dynamic_outputs(self) -> dict[str, list[int | str]]:
+        """Outputs whose length depends on the data (detections, thresholded top-k)."""
+        shapes: dict[str, list[int | str]] = {}
+        for step in self.post:
+            if step["op"] == "detections":
+                shapes.update({step["boxes"]: ["detections", 4], step["scores"]: ["detections"],
+                               step["classes"]: ["detections"]})
+            elif step["op"] == "topk" and step["shape"] == ["k"]:
+                shapes.update({step["scores"]: ["k"], step["indices"]: ["k"]})
+        if any(s["op"] == "labels" for s in self.runtime) and "indices" in shapes:
+            shapes.update({s["result"]: shapes[s["indices"]] for s in self.runtime if s["op"] == "labels"})
+        return shapes
+
     def to_json(self) -> dict[str, Any]:
         return {"pre": self.pre, "post": self.post, "runtime": self.runtime, "fallback": self.fallback}
 
@@ -174,7 +187,8 @@ def _resolve_pre(model: Any, spec: Mapping[str, Any]) -> list[Step]:
                 raise FunctionError(f"{where}: cropping needs a fixed image size (image.size or a resize first)")
             if crop[0] > current[0] or crop[1] > current[1]:
                 raise FunctionError(f"{where}: crop {crop} is larger than the image {current} at this step")
-            steps.append({"op": "center_crop", "size": crop})
+            steps.append({"op": "center_crop", "size": crop,
+                          "offset": [(current[0] - crop[0]) // 2, (current[1] - crop[1]) // 2]})
             current = crop
         elif name in ("bgr_to_rgb", "rgb_to_bgr"):
             _take(options, where)
@@ -240,10 +254,13 @@ def _resolve_post(model: Any, spec: Mapping[str, Any], labels: Mapping[str, list
             options = _take(options, where, k=5, labels=None, threshold=None)
             if not isinstance(options["k"], int) or options["k"] < 1:
                 raise FunctionError(f"{where}.k: must be a positive integer")
-            if len([d for d in dims if d != 1]) > 1:
+            rows = dims[1:] if dims and dims[0] in (1, None) else dims  # a leading batch axis runs at 1
+            if len([d for d in rows if d != 1]) > 1:
                 raise FunctionError(f"{where}: top-k needs one row of scores per run; output {current!r} is {dims}")
+            count = int(np.prod(rows)) if None not in rows else None
+            size: int | str = "k" if options["threshold"] is not None or count is None else min(options["k"], count)
             steps.append({"op": "topk", "output": current, "k": options["k"], "threshold": options["threshold"],
-                          "scores": "scores", "indices": "indices"})
+                          "scores": "scores", "indices": "indices", "shape": [size]})
             if options["labels"] is not None:
                 names = labels.get(str(options["labels"]))
                 if names is None:
@@ -285,15 +302,16 @@ def resolve(model: Any, spec: Mapping[str, Any], labels: Mapping[str, list[str]]
 class _Graph:
     """Collects the nodes and constants of one fused section."""
 
-    def __init__(self, opset: int) -> None:
+    def __init__(self, opset: int, section: str) -> None:
         self.opset = opset
+        self.section = section
         self.nodes: list[Any] = []
         self.constants: list[Any] = []
         self._count = 0
 
     def name(self, hint: str) -> str:
         self._count += 1
-        return f"{_PREFIX}{hint}_{self._count}"
+        return f"{_PREFIX}{self.section}/{hint}_{self._count}"
 
     def const(self, value: Any, dtype: Any) -> str:
         from onnx import numpy_helper
@@ -319,7 +337,7 @@ class _Graph:
         return self.op("Slice", [x, self.const(starts, np.int64), self.const(ends, np.int64), self.const(axes, np.int64)])
 
 
-def _build_pre(g: _Graph, steps: list[Step]) -> None:
+def _build_pre(g: _Graph, steps: list[Step], result: str) -> None:
     import onnx
 
     image = steps[0]
@@ -328,17 +346,13 @@ def _build_pre(g: _Graph, steps: list[Step]) -> None:
     for step in steps[1:]:
         op = step["op"]
         if op == "resize":
-            sizes = g.op("Concat", [g.slice(g.op("Shape", [x]), [0], [2], [0]), g.const(step["size"], np.int64)],
-                         axis=0)
+            # constant sizes (batch 1, known channels) keep the graph simple for every converter
+            sizes = g.const([1, image["channels_count"], *step["size"]], np.int64)
             x = g.op("Resize", [x, "", "", sizes], mode="linear", coordinate_transformation_mode="half_pixel")
         elif op == "center_crop":
             # the size before the crop is fixed by then (resolve() checked it)
-            h, w = step["size"]
-            shape = g.op("Shape", [x])
-            hw = g.slice(shape, [2], [4], [0])
-            start = g.op("Div", [g.op("Sub", [hw, g.const([h, w], np.int64)]), g.const([2, 2], np.int64)])
-            end = g.op("Add", [start, g.const([h, w], np.int64)])
-            x = g.op("Slice", [x, start, end, g.const([2, 3], np.int64)])
+            (h, w), (top, left) = step["size"], step["offset"]
+            x = g.slice(x, [top, left], [top + h, left + w], [2, 3])
         elif op == "swap_channels":
             x = g.op("Gather", [x, g.const([2, 1, 0], np.int64)], axis=1)
         elif op == "normalize":
@@ -349,7 +363,7 @@ def _build_pre(g: _Graph, steps: list[Step]) -> None:
             if step["layout"] == "NHWC":
                 x = g.op("Transpose", [x], perm=[0, 2, 3, 1])
         elif op == "cast":
-            g.op("Cast", [x], out=image["model_input"],
+            g.op("Cast", [x], out=result,
                  to=onnx.helper.np_dtype_to_tensor_dtype(np.dtype(step["dtype"])))
 
 
@@ -380,7 +394,7 @@ def _build_post(g: _Graph, steps: list[Step], source: str, final_name: str) -> d
                 keep = g.op("GreaterOrEqual", [values, g.const(step["threshold"], np.float32)])
                 g.op("Compress", [values, keep], out=step["scores"], axis=0)
                 g.op("Compress", [indices, keep], out=step["indices"], axis=0)
-            return {step["scores"]: (f, ["k"]), step["indices"]: (i64, ["k"])}
+            return {step["scores"]: (f, step["shape"]), step["indices"]: (i64, step["shape"])}
         elif op == "detections":
             return _build_detections(g, step, x)
     return {}
@@ -417,6 +431,16 @@ def _build_detections(g: _Graph, step: Step, raw: str) -> dict[str, tuple[int, l
             step["classes"]: (i64, ["detections"])}
 
 
+def _rename(graph: Any, old: str, new: str) -> None:
+    """Rename a tensor wherever nodes use or produce it, subgraphs (If/Loop bodies) included."""
+    for node in graph.node:
+        node.input[:] = [new if i == old else i for i in node.input]
+        node.output[:] = [new if o == old else o for o in node.output]
+        for attribute in node.attribute:
+            for sub in [attribute.g] if attribute.HasField("g") else list(attribute.graphs):
+                _rename(sub, old, new)
+
+
 def upgrade_opset(model: Any, minimum: int = MIN_OPSET) -> tuple[Any, str | None]:
     """The model at an ONNX opset of at least ``minimum``, and a note if it was raised."""
     import onnx
@@ -445,10 +469,13 @@ def fuse(model: Any, resolved: Resolved) -> tuple[Any, list[str]]:
         notes.append(note)
     graph = fused.graph
     opset = next(o.version for o in fused.opset_import if o.domain in ("", "ai.onnx"))
-    pre, post = _Graph(opset), _Graph(opset)
+    pre, post = _Graph(opset, "pre"), _Graph(opset, "post")
     if resolved.pre:
         image = resolved.pre[0]
-        _build_pre(pre, resolved.pre)
+        # the model's input becomes an inner tensor (the image input may take its name)
+        inner = _PREFIX + "input_" + image["model_input"]
+        _rename(graph, image["model_input"], inner)
+        _build_pre(pre, resolved.pre, inner)
         kept = [i for i in graph.input if i.name != image["model_input"]]
         size = image["size"] or ["height", "width"]
         new_input = helper.make_tensor_value_info(image["name"], onnx.TensorProto.UINT8,
@@ -459,9 +486,7 @@ def fuse(model: Any, resolved: Resolved) -> tuple[Any, list[str]]:
     if resolved.post:
         source = resolved.post[0]["output"]
         raw = _PREFIX + "raw_" + source
-        for node in graph.node:
-            node.output[:] = [raw if o == source else o for o in node.output]
-            node.input[:] = [raw if i == source else i for i in node.input]
+        _rename(graph, source, raw)
         new_outputs = _build_post(post, resolved.post, raw, source)
         position = [o.name for o in graph.output].index(source)
         kept_outputs = list(graph.output)
@@ -485,3 +510,13 @@ def fuse(model: Any, resolved: Resolved) -> tuple[Any, list[str]]:
     except Exception as exc:  # a bug here, not the user's: say what failed
         raise FunctionError(f"the fused graph is not valid ONNX: {exc}") from None
     return fused, notes
+
+
+def package_inputs(model_inputs: list[dict[str, Any]], resolved: Resolved) -> list[dict[str, Any]]:
+    """The package's input signature: the image input in place of the one it feeds."""
+    if not resolved.pre:
+        return list(model_inputs)
+    image = resolved.pre[0]
+    spec = {"name": image["name"], "dtype": "uint8",
+            "shape": [*(image["size"] or ["height", "width"]), image["channels_count"]]}
+    return [spec if i["name"] == image["model_input"] else i for i in model_inputs]

@@ -25,6 +25,8 @@ EXIT_BAD_JOB = 2
 class CompilerCall:
     name: str
     options: dict[str, Any] = field(default_factory=dict)
+    #: acceleration variant this call builds (packager/accelerate.py), None for the fp32 baseline
+    variant: str | None = None
 
 
 @dataclass
@@ -53,6 +55,14 @@ class Job:
     select: dict[str, Any] = field(default_factory=dict)
     #: time limit for each compile or measure worker process, seconds
     worker_timeout: float = 600.0
+    #: the spec's `functions` (pre/post steps, input, output, fallback) plus label lists by file name
+    functions: dict[str, Any] | None = None
+    #: calibration samples (file name inside the job's input folder), leading axis = sample
+    calibration: str | None = None
+    #: how variants are gated: {} for the tolerance, or top1_agreement / metric + max_drop
+    gate: dict[str, Any] = field(default_factory=dict)
+    #: the user's metric module (file name inside the job's input folder) for gate.metric
+    metric_file: str | None = None
     schema_version: int = JOB_SCHEMA_VERSION
 
     def to_json(self) -> str:

@@ -46,6 +46,18 @@ class Candidate:
     peak_rss_mb: float | None = None
     size_bytes: int | None = None
     root: Path | None = None
+    #: acceleration variant (None: the compiler's fp32 baseline)
+    variant: str | None = None
+    #: preparation steps the variant's transform needed
+    preparation: list[str] = field(default_factory=list)
+    #: task-level gate result (variants under a top1/metric gate)
+    task_gate: dict[str, Any] | None = None
+    #: where pre/post functions run: "graph" (fused) or "runtime" (NumPy fallback)
+    functions: str | None = None
+    #: comparison with the same compiler's fp32 baseline, once both are measured
+    versus_baseline: dict[str, Any] | None = None
+    #: the compiler call that made it
+    call: CompilerCall | None = None
 
     @property
     def latency(self) -> dict[str, float] | None:
@@ -57,6 +69,11 @@ class Candidate:
             "options": self.options, "status": self.status, "reason": self.reason,
             "accuracy": self.accuracy, "size_bytes": self.size_bytes,
         }
+        if self.variant:
+            row.update(variant=self.variant, preparation=self.preparation, task_gate=self.task_gate,
+                       versus_baseline=self.versus_baseline)
+        if self.functions:
+            row["functions"] = self.functions
         if self.rounds_ms:
             row.update(latency_ms=self.latency, load_s=self.load_s, peak_rss_mb=self.peak_rss_mb, emulated=emulated)
         return row
@@ -96,21 +113,43 @@ def _quiet(message: str) -> None:
     pass
 
 
+@dataclass
+class CompileSetting:
+    """What every candidate of one compile pass shares."""
+
+    model: Path
+    inputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
+    calibration: Path | None = None
+    #: functions the runtime applies around the engine (recorded in each artifact)
+    runtime_functions: dict[str, Any] | None = None
+    #: "graph" or "runtime" when the package has functions
+    functions: str | None = None
+    #: appended to candidate ids (the runtime-functions fallback pass)
+    suffix: str = ""
+
+
+def candidate_id(call: CompilerCall, seen: dict[str, int]) -> str:
+    if call.variant:
+        return f"{call.name}+{call.variant}"
+    seen[call.name] = seen.get(call.name, 0) + 1
+    return call.name if seen[call.name] == 1 else f"{call.name}#{seen[call.name]}"
+
+
 def compile_all(
-    calls: list[CompilerCall], compilers: dict[str, Compiler], target: JobTarget, model: Path,
-    inputs: list[dict[str, Any]], outputs: list[dict[str, Any]], work: Path, timeout: float,
-    progress: Callable[[str], None] = _quiet,
+    calls: list[CompilerCall], compilers: dict[str, Compiler], target: JobTarget, setting: CompileSetting,
+    work: Path, timeout: float, progress: Callable[[str], None] = _quiet,
 ) -> list[Candidate]:
     """One candidate per compiler call. Unsupported, unavailable and failed ones stay in
     the list with their reason: nothing is dropped silently."""
     candidates = []
     seen: dict[str, int] = {}
     for number, call in enumerate(calls, 1):
-        progress(f"compile: {call.name} ({number}/{len(calls)})")
         compiler = compilers[call.name]
-        seen[call.name] = seen.get(call.name, 0) + 1
-        cid = call.name if seen[call.name] == 1 else f"{call.name}#{seen[call.name]}"
-        candidate = Candidate(cid, call.name, compiler.engine, dict(call.options), version=compiler.version())
+        cid = candidate_id(call, seen) + setting.suffix
+        progress(f"compile: {cid} ({number}/{len(calls)})")
+        candidate = Candidate(cid, call.name, compiler.engine, dict(call.options), version=compiler.version(),
+                              variant=call.variant, functions=setting.functions, call=call)
         candidates.append(candidate)
         if target.name not in compiler.targets:
             candidate.status, candidate.reason = "unsupported", f"{call.name} cannot build for {target.name}"
@@ -118,64 +157,116 @@ def compile_all(
         if candidate.version is None:
             candidate.status, candidate.reason = "unavailable", f"{call.name} is not installed on this host"
             continue
-        root = work / cid.replace("#", "-")
+        folder = cid.replace("#", "-").replace("+", "_")
+        root = work / folder
         if root.exists():
             shutil.rmtree(root)
-        request = {"compiler": call.name, "options": call.options, "model": str(model), "root": str(root),
-                   "target": vars(target), "inputs": inputs, "outputs": outputs}
+        request = {"compiler": call.name, "options": call.options, "model": str(setting.model), "root": str(root),
+                   "target": vars(target), "inputs": setting.inputs, "outputs": setting.outputs,
+                   "variant": call.variant,
+                   "calibration": str(setting.calibration) if setting.calibration else None}
         try:
-            result = run_worker("compile", request, work / f"{cid.replace('#', '-')}.worker", timeout)
+            result = run_worker("compile", request, work / f"{folder}.worker", timeout)
         except WorkerFailed as exc:
             candidate.status, candidate.reason = exc.status, str(exc)
             continue
         candidate.root = root
+        candidate.preparation = result.get("preparation", [])
         candidate.artifacts = result["artifacts"]
+        if setting.runtime_functions:
+            for artifact in candidate.artifacts:
+                if artifact["role"] != "auxiliary":
+                    artifact["runtime"] = {**artifact.get("runtime", {}), "functions": setting.runtime_functions}
         candidate.reproducible = result["reproducible"]
         candidate.size_bytes = sum((root / a["path"]).stat().st_size for a in candidate.artifacts)
         candidate.status = "compiled"
     return candidates
 
 
-def measure_all(
-    candidates: list[Candidate], samples: dict[str, dict[str, str]], atol: float, rtol: float,
-    work: Path, timeout: float, benchmark: dict[str, Any] | None, rounds: int = 5,
-    progress: Callable[[str], None] = _quiet,
-) -> None:
-    """Gate every compiled candidate; benchmark the ones that pass in interleaved rounds."""
-    def request(c: Candidate, artifact: dict[str, Any], bench: dict[str, Any] | None) -> dict[str, Any]:
-        return {"root": str(c.root), "artifact": artifact, "inputs": samples["inputs"],
-                "reference": samples["reference"], "atol": atol, "rtol": rtol, "benchmark": bench}
+@dataclass
+class Measurement:
+    """What the gate and the benchmark run candidates on."""
 
+    samples: dict[str, dict[str, str]]
+    atol: float
+    rtol: float
+    #: task-level gate for variants ({} = tolerance), its evaluation set and metric module
+    gate: dict[str, Any] = field(default_factory=dict)
+    evaluation: dict[str, str] | None = None
+    metric_file: str | None = None
+
+    def request(self, c: Candidate, artifact: dict[str, Any], bench: dict[str, Any] | None) -> dict[str, Any]:
+        task = self.gate if (c.variant and self.gate) else None
+        return {"root": str(c.root), "artifact": artifact, "inputs": self.samples["inputs"],
+                "reference": self.samples["reference"], "atol": self.atol, "rtol": self.rtol, "benchmark": bench,
+                "gate": None if bench else task, "evaluation": self.evaluation, "metric_file": self.metric_file}
+
+
+def gate_all(candidates: list[Candidate], measurement: Measurement, work: Path, timeout: float,
+             progress: Callable[[str], None] = _quiet) -> None:
+    """Gate every compiled candidate: per-output tolerance on the golden samples, or
+    for variants under a task-level gate, that criterion (tolerance figures still recorded)."""
     for c in (c for c in candidates if c.status == "compiled"):
         progress(f"select: accuracy gate {c.id}")
         runnable = [a for a in c.artifacts if a["role"] in ("primary", "alternate")]
+        folder = work / f"{c.id.replace('+', '_')}.gate"
         try:
-            checks = {a["path"]: run_worker("measure", request(c, a, None), work / f"{c.id}.gate", timeout)
+            checks = {a["path"]: run_worker("measure", measurement.request(c, a, None), folder, timeout)
                       for a in runnable}
         except WorkerFailed as exc:
             c.status, c.reason = exc.status, str(exc)
             continue
-        primary = checks[runnable[0]["path"]]["accuracy"]
-        c.accuracy = primary
+        c.accuracy = checks[runnable[0]["path"]]["accuracy"]
+        task = {p: r["task_gate"] for p, r in checks.items() if "task_gate" in r}
+        if task:
+            c.task_gate = task[runnable[0]["path"]]
+            failing_task = {p: t for p, t in task.items() if not t["passed"]}
+            if failing_task:
+                c.status = "rejected"
+                c.reason = "; ".join(f"{p}: {t['criterion']} failed (value {t['value']:g}"
+                                     + (f", drop {t['drop']:g}" if "drop" in t else "") + ")"
+                                     for p, t in failing_task.items())
+            else:
+                c.status = "passed"
+            continue
         failing = {p: r["accuracy"] for p, r in checks.items() if not r["accuracy"]["passed"]}
         if failing:
             c.status = "rejected"
             c.reason = "; ".join(f"{p}: " + _gate_summary(acc) for p, acc in failing.items())
         else:
             c.status = "passed"
-    if not benchmark:
-        return
+
+
+def benchmark_all(candidates: list[Candidate], measurement: Measurement, work: Path, timeout: float,
+                  benchmark: dict[str, Any], rounds: int = 5, progress: Callable[[str], None] = _quiet) -> None:
+    """Benchmark the candidates that passed, in interleaved rounds so noise hits them alike."""
     for round_number in range(1, rounds + 1):
         for c in (c for c in candidates if c.status == "passed"):
             progress(f"select: benchmark {c.id} (round {round_number}/{rounds})")
             try:
-                result = run_worker("measure", request(c, c.artifacts[0], benchmark), work / f"{c.id}.bench", timeout)
+                result = run_worker("measure", measurement.request(c, c.artifacts[0], benchmark),
+                                    work / f"{c.id.replace('+', '_')}.bench", timeout)
             except WorkerFailed as exc:
                 c.status, c.reason = exc.status, f"benchmark: {exc}"
                 continue
             c.rounds_ms.append(result["times_ms"])
             c.load_s = result["load_s"] if c.load_s is None else min(c.load_s, result["load_s"])
             c.peak_rss_mb = max(c.peak_rss_mb or 0.0, result["peak_rss_mb"] or 0.0) or None
+
+
+def compare_with_baselines(candidates: list[Candidate]) -> None:
+    """Each measured variant against the fp32 baseline of its compiler, same host, same run."""
+    baselines = {c.compiler: c for c in candidates if c.variant is None and c.rounds_ms}
+    for c in candidates:
+        base = baselines.get(c.compiler)
+        if not c.variant or base is None:
+            continue
+        record: dict[str, Any] = {"baseline": base.id}
+        if c.size_bytes and base.size_bytes:
+            record["size_ratio"] = round(c.size_bytes / base.size_bytes, 4)
+        if c.rounds_ms:
+            record["speedup"] = round(base.latency["median"] / max(c.latency["median"], 1e-9), 4)
+        c.versus_baseline = record
 
 
 def _gate_summary(accuracy: dict[str, Any]) -> str:

@@ -9,6 +9,7 @@ in a child with a time limit, and a crash becomes one row in the candidates tabl
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import statistics
 import sys
@@ -20,17 +21,28 @@ import numpy as np
 
 from ..runtime.checks import compare_outputs
 from ..runtime.engines import open_artifact
+from .accelerate import VARIANTS, top1_agreement, transform
 from .compilers import CompileContext, parse_options, registry
 from .job import JobTarget
 
 
 def compile_candidate(request: dict[str, Any]) -> dict[str, Any]:
+    """Compile one candidate; an acceleration variant's ONNX transform runs first."""
     compiler = registry()[request["compiler"]]
     options = parse_options(compiler.options_type, request["options"])
     context = CompileContext(request["inputs"], request["outputs"])
-    result = compiler.compile(Path(request["model"]), Path(request["root"]), JobTarget(**request["target"]),
-                              options, context)
-    return {"artifacts": [vars(a) for a in result.artifacts], "reproducible": result.reproducible}
+    model, root = Path(request["model"]), Path(request["root"])
+    notes: list[str] = []
+    variant = VARIANTS.get(request.get("variant") or "")
+    if variant is not None and variant.transform:
+        root.mkdir(parents=True, exist_ok=True)
+        transformed = root.parent / f"{root.name}.variant.onnx"
+        calibration = request.get("calibration")
+        notes = transform(variant.transform, model, transformed, Path(calibration) if calibration else None)
+        model = transformed
+    result = compiler.compile(model, root, JobTarget(**request["target"]), options, context)
+    return {"artifacts": [vars(a) for a in result.artifacts], "reproducible": result.reproducible,
+            "preparation": notes}
 
 
 def _peak_rss_mb() -> float | None:
@@ -54,6 +66,8 @@ def measure_candidate(request: dict[str, Any]) -> dict[str, Any]:
     result: dict[str, Any] = {
         "accuracy": compare_outputs(outputs, reference, request["atol"], request["rtol"]).to_json(),
     }
+    if request.get("gate"):
+        result["task_gate"] = task_gate(runner, request["gate"], request["evaluation"], request.get("metric_file"))
     bench = request.get("benchmark")
     if bench:
         result["load_s"] = round(load_s, 4)
@@ -69,6 +83,37 @@ def measure_candidate(request: dict[str, Any]) -> dict[str, Any]:
         result["times_ms"] = times
         result["peak_rss_mb"] = _peak_rss_mb()
     return result
+
+
+def _samples(path: str) -> list[dict[str, np.ndarray]]:
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    count = len(next(iter(arrays.values())))
+    return [{k: v[i] for k, v in arrays.items()} for i in range(count)]
+
+
+def task_gate(runner: Any, gate: dict[str, Any], evaluation: dict[str, str],
+              metric_file: str | None) -> dict[str, Any]:
+    """A task-level criterion over the evaluation samples, instead of per-output tolerance:
+    top-1 agreement with the fp32 reference, or the drop of the user's metric."""
+    inputs = _samples(evaluation["inputs"])
+    reference = _samples(evaluation["reference"])
+    outputs = [runner.run(feed) for feed in inputs]
+    if "top1_agreement" in gate:
+        name = gate.get("output") or next(iter(reference[0]))
+        agreement = top1_agreement([o[name] for o in outputs], [r[name] for r in reference])
+        return {"criterion": f"top1_agreement >= {gate['top1_agreement']:g} on output {name!r}",
+                "value": round(agreement, 6), "samples": len(inputs), "passed": agreement >= gate["top1_agreement"]}
+    module_path, function = Path(metric_file or ""), gate["metric"].rsplit(":", 1)[1]
+    spec = importlib.util.spec_from_file_location("modelpack_user_metric", module_path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    metric = getattr(module, function)
+    baseline, value = float(metric(reference, inputs)), float(metric(outputs, inputs))
+    drop = baseline - value
+    return {"criterion": f"{gate['metric']} drops by at most {gate['max_drop']:g}", "value": round(value, 6),
+            "baseline": round(baseline, 6), "drop": round(drop, 6), "samples": len(inputs),
+            "passed": drop <= gate["max_drop"]}
 
 
 def latency_stats(rounds_ms: list[list[float]]) -> dict[str, Any]:

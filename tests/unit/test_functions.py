@@ -192,3 +192,25 @@ def test_bad_function_specs_say_which_step_and_why(spec, message):
     with pytest.raises(FunctionError) as info:
         resolve(logits_model(10) if "post" in spec else identity([1, 3, 4, 4]), spec, {})
     assert message in str(info.value)
+
+
+def test_a_whole_classifier_pipeline_image_in_labels_out():
+    """Pre and post together on a real (small) network whose input is called like the new one."""
+    from tests.models import make_tinycnn
+
+    model = make_tinycnn()  # input "image" [batch, 3, 32, 32] -> "probs" [batch, 10]
+    labels = [f"label {i}" for i in range(10)]
+    resolved = resolve(model, {"pre": [{"image": {"size": [40, 48], "channels": "BGR"}}, "resize", "bgr_to_rgb",
+                                       {"normalize": {"scale": 1 / 255, "mean": 0.5, "std": 0.25}}],
+                               "post": ["softmax", {"topk": {"k": 3, "labels": "labels.txt"}}]},
+                       {"labels.txt": labels})
+    fused, _ = fuse(model, resolved)
+    plain = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for image in images((40, 48), seed=9):
+        got = run(fused, {"image": image})
+        model_out = dict(zip(["probs"], plain.run(None, apply_pre({"image": image}, resolved.pre))))
+        want = apply_post(model_out, resolved.post + resolved.runtime)
+        np.testing.assert_array_equal(got["indices"], want["indices"])
+        np.testing.assert_allclose(got["scores"], want["scores"], atol=1e-5)
+        assert list(apply_post(got, resolved.runtime)["labels"]) == list(want["labels"])
+        assert set(want["labels"]) <= set(labels) and len(want["labels"]) == 3

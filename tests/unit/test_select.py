@@ -12,7 +12,9 @@ import numpy as np
 
 from orchestrator.packager.compilers import registry
 from orchestrator.packager.job import CompilerCall, JobTarget
-from orchestrator.packager.select import Candidate, choose, compile_all, measure_all
+from orchestrator.packager.select import (
+    Candidate, CompileSetting, Measurement, benchmark_all, choose, compile_all, gate_all,
+)
 from tests.models import TINYCNN
 
 TARGET = JobTarget("linux-x86_64", "linux", "x86_64", "linux", "x86_64")
@@ -56,13 +58,15 @@ def _kill_benchmarking_worker(stop: threading.Event) -> None:
 
 def test_a_crashing_candidate_is_isolated_and_the_others_still_compete(tmp_path):
     calls = [CompilerCall("onnxruntime"), CompilerCall("mnn"), CompilerCall("openvino")]
-    candidates = compile_all(calls, registry(), TARGET, TINYCNN, *IO, tmp_path / "c", timeout=120)
+    candidates = compile_all(calls, registry(), TARGET, CompileSetting(TINYCNN, *IO), tmp_path / "c", timeout=120)
     assert [c.status for c in candidates] == ["compiled"] * 3
     stop = threading.Event()
     killer = threading.Thread(target=_kill_benchmarking_worker, args=(stop,), daemon=True)
     killer.start()
     bench = {"warmup_s": 0.05, "budget_s": 3.0, "min_runs": 5, "max_runs": 100000}
-    measure_all(candidates, golden(tmp_path), 1e-4, 1e-3, tmp_path / "m", timeout=120, benchmark=bench, rounds=1)
+    measurement = Measurement(golden(tmp_path), 1e-4, 1e-3)
+    gate_all(candidates, measurement, tmp_path / "m", timeout=120)
+    benchmark_all(candidates, measurement, tmp_path / "m", timeout=120, benchmark=bench, rounds=1)
     stop.set()
     rows = {c.id: c for c in candidates}
     assert rows["mnn"].status == "crashed" and "SIGSEGV" in rows["mnn"].reason
@@ -73,17 +77,19 @@ def test_a_crashing_candidate_is_isolated_and_the_others_still_compete(tmp_path)
 
 def test_a_hung_worker_is_stopped_at_its_time_limit(tmp_path):
     calls = [CompilerCall("onnxruntime")]
-    [candidate] = compile_all(calls, registry(), TARGET, TINYCNN, *IO, tmp_path / "c", timeout=120)
+    [candidate] = compile_all(calls, registry(), TARGET, CompileSetting(TINYCNN, *IO), tmp_path / "c", timeout=120)
     started = time.monotonic()
     bench = {"warmup_s": 60.0, "budget_s": 60.0, "min_runs": 5, "max_runs": 100000}
-    measure_all([candidate], golden(tmp_path), 1e-4, 1e-3, tmp_path / "m", timeout=3, benchmark=bench, rounds=1)
+    measurement = Measurement(golden(tmp_path), 1e-4, 1e-3)
+    gate_all([candidate], measurement, tmp_path / "m", timeout=120)
+    benchmark_all([candidate], measurement, tmp_path / "m", timeout=3, benchmark=bench, rounds=1)
     assert time.monotonic() - started < 30
     assert candidate.status == "failed" and "timed out after 3 s" in candidate.reason
 
 
 def test_unsupported_and_unavailable_compilers_are_listed_not_dropped(tmp_path):
     ios = JobTarget("ios-arm64", "ios", "aarch64", "macos", "aarch64")
-    [ov] = compile_all([CompilerCall("openvino")], registry(), ios, TINYCNN, *IO, tmp_path, timeout=60)
+    [ov] = compile_all([CompilerCall("openvino")], registry(), ios, CompileSetting(TINYCNN, *IO), tmp_path, timeout=60)
     assert ov.status == "unsupported" and "cannot build for ios-arm64" in ov.reason
 
 
@@ -108,3 +114,20 @@ def test_policy_metric_budget_prefer_and_force():
     rejected = fresh()
     rejected[2].status = "rejected"
     assert choose(rejected, {"engine": "mnn"}) is None
+
+
+def test_the_mnn_converter_never_installs_packages_or_phones_home(tmp_path, monkeypatch):
+    """MNN's Python converter entry point imports a telemetry logger that runs `pip install`
+    and reports every conversion to a remote server; modelpack must bypass it."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    marker = tmp_path / "pip-was-run"
+    for tool in ("pip", "pip3"):
+        script = bin_dir / tool
+        script.write_text(f"#!/bin/sh\necho \"$@\" >> {marker}\nexit 1\n")
+        script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    [mnn] = compile_all([CompilerCall("mnn")], registry(), TARGET, CompileSetting(TINYCNN, *IO), tmp_path / "c",
+                        timeout=120)
+    assert mnn.status == "compiled", mnn.reason
+    assert not marker.exists(), f"the converter ran pip: {marker.read_text()}"

@@ -15,9 +15,12 @@ from . import Artifact, BaseCompiler, CompileContext, CompileResult, choice, con
 class MnnOptions:
     #: store weights as fp16 (accuracy-gated)
     fp16: bool = False
+    #: store weights quantised to this many bits (2-8; 0 keeps them as float; accuracy-gated)
+    weight_quant_bits: int = 0
 
     def validate(self) -> None:
         choice("fp16", self.fp16, (True, False))
+        choice("weight_quant_bits", self.weight_quant_bits, (0, 2, 3, 4, 5, 6, 7, 8))
 
 
 class MnnCompiler(BaseCompiler):
@@ -32,10 +35,15 @@ class MnnCompiler(BaseCompiler):
                 context: CompileContext) -> CompileResult:
         out_dir = root / "model"
         out_dir.mkdir(parents=True, exist_ok=True)
-        argv = [sys.executable, "-c", "import sys; from MNN.tools.mnnconvert import main; sys.exit(main())",
+        # The converter's C extension directly: MNN.tools.mnnconvert imports a telemetry
+        # logger that pip-installs packages and reports each conversion to a remote server.
+        # Success is judged below by the converter's message and its output file.
+        argv = [sys.executable, "-c", "import sys, MNN, _tools; _tools.mnnconvert(sys.argv)",
                 "-f", "ONNX", "--modelFile", str(model), "--MNNModel", "model/model.mnn", "--bizCode", "modelpack"]
         if options.fp16:
             argv.append("--fp16")
+        if options.weight_quant_bits:
+            argv += ["--weightQuantBits", str(options.weight_quant_bits)]
         proc = reproducible.run(argv, cwd=str(root))
         if proc.returncode != 0 or not (out_dir / "model.mnn").is_file() or "Converted Success" not in proc.stdout:
             raise converter_failed("mnnconvert", proc.returncode, proc.stdout + proc.stderr)

@@ -1,0 +1,185 @@
+"""Acceleration library: reduced-precision and optimised variants, each one a candidate.
+
+A variant is either an ONNX-to-ONNX transform compiled by onnxruntime (fp16, dynamic or
+static int8, offline optimisation) or an engine-native setting of another compiler
+(OpenVINO f16/bf16 inference, MNN fp16 or quantised weights, ncnn fp16). Either way it
+becomes one more candidate for the test script: compiled in a worker process, gated on
+accuracy, benchmarked against the fp32 baseline of the same compiler. Nothing here
+decides that a variant is better; the measurements do. (On this project's machines
+dynamic int8 was 3-6x *slower* than fp32 on conv nets and fp16 broke a detector.)
+
+Quantisation needs preparation that real exports do not come with, done automatically
+and recorded: constant nodes turned into initializers (PaddleOCR keeps weights as
+Constant nodes), ONNX opset raised to 13 for per-channel quantisation, and
+onnxruntime's pre-processing (shape inference, constant folding).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+
+class VariantError(RuntimeError):
+    """The transform failed on this model: the candidate fails with this reason."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    #: the compiler that builds (and whose engine runs) this variant
+    compiler: str
+    #: compiler options this variant sets
+    options: Mapping[str, Any] = field(default_factory=dict)
+    #: ONNX -> ONNX transform run before compiling: (source, dest, calibration) -> notes
+    transform: str | None = None
+    needs_calibration: bool = False
+    summary: str = ""
+
+
+VARIANTS: dict[str, Variant] = {v.name: v for v in (
+    Variant("ort-optimize", "onnxruntime", {"optimization": "extended"},
+            summary="onnxruntime offline graph optimisation at the extended level"),
+    Variant("fp16", "onnxruntime", transform="fp16",
+            summary="weights and compute in fp16, fp32 inputs and outputs kept"),
+    Variant("int8-dynamic", "onnxruntime", transform="int8-dynamic",
+            summary="int8 weights, activations quantised at run time"),
+    Variant("int8-static", "onnxruntime", transform="int8-static", needs_calibration=True,
+            summary="int8 QDQ, per-channel weights, activations calibrated on the spec's calibration samples"),
+    Variant("openvino-f16", "openvino", {"precision": "f16"}, summary="OpenVINO f16 inference hint"),
+    Variant("openvino-bf16", "openvino", {"precision": "bf16"}, summary="OpenVINO bf16 inference hint"),
+    Variant("mnn-fp16", "mnn", {"fp16": True}, summary="MNN weights stored as fp16"),
+    Variant("mnn-weight-int8", "mnn", {"weight_quant_bits": 8}, summary="MNN weights quantised to 8 bits"),
+    Variant("ncnn-fp16", "ncnn", {"fp16": True}, summary="ncnn fp16 storage and arithmetic"),
+)}
+
+#: applied to every candidate by normalisation, so it is recorded rather than compared
+ALWAYS_APPLIED = {"simplify": "onnxslim runs on every candidate's model during normalisation"}
+
+
+def load_calibration(path: Path) -> list[dict[str, np.ndarray]]:
+    """Calibration samples: an .npz keyed by input name (or an .npy for one input) whose
+    arrays carry the samples along a leading axis. Returned one feed dict per sample."""
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files} if hasattr(data, "files") else None
+    if arrays is None:
+        raise VariantError("calibration must be an .npz keyed by input name")
+    counts = {len(v) for v in arrays.values()}
+    if len(counts) != 1:
+        raise VariantError(f"calibration arrays have different sample counts {sorted(counts)}")
+    count = counts.pop()
+    return [{k: v[i] for k, v in arrays.items()} for i in range(count)]
+
+
+def _constants_to_initializers(model: Any) -> int:
+    """Turn top-level Constant nodes into initializers; quantisers only see initializers."""
+    from onnx import numpy_helper
+
+    moved = 0
+    keep = []
+    for node in model.graph.node:
+        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+            array = numpy_helper.to_array(node.attribute[0].t)
+            model.graph.initializer.append(numpy_helper.from_array(array, node.output[0]))
+            moved += 1
+        else:
+            keep.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    return moved
+
+
+def prepare_for_quantisation(source: Path, dest: Path) -> list[str]:
+    """The preparation steps quantisation needs; returns what was done."""
+    import onnx
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from .functions import upgrade_opset
+
+    notes = []
+    model = onnx.load(str(source))
+    moved = _constants_to_initializers(model)
+    if moved:
+        notes.append(f"{moved} Constant nodes turned into initializers")
+    model, raised = upgrade_opset(model)
+    if raised:
+        notes.append(raised)
+    staged = dest.with_suffix(".staged.onnx")
+    onnx.save(model, str(staged))
+    try:
+        quant_pre_process(str(staged), str(dest), skip_symbolic_shape=False)
+        notes.append("onnxruntime quantisation pre-processing (shape inference, constant folding)")
+    except Exception as exc:  # it is an optimisation: quantise the unprocessed model instead
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        staged.replace(dest)
+        notes.append(f"onnxruntime quantisation pre-processing skipped: {first}")
+    staged.unlink(missing_ok=True)
+    return notes
+
+
+def _fp16(source: Path, dest: Path, calibration: Path | None) -> list[str]:
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    converted = convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
+    onnx.save(converted, str(dest))
+    return ["converted with onnxruntime.transformers.float16 (keep_io_types=True)"]
+
+
+def _int8_dynamic(source: Path, dest: Path, calibration: Path | None) -> list[str]:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    prepared = dest.with_suffix(".prepared.onnx")
+    notes = prepare_for_quantisation(source, prepared)
+    quantize_dynamic(str(prepared), str(dest), weight_type=QuantType.QInt8, per_channel=True)
+    prepared.unlink()
+    return notes + ["quantize_dynamic: int8 weights, per channel"]
+
+
+def _int8_static(source: Path, dest: Path, calibration: Path | None) -> list[str]:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    if calibration is None:
+        raise VariantError("int8-static needs calibration samples (the spec's `calibration`); it never calibrates"
+                           " on random data")
+    samples = load_calibration(calibration)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._iter = iter(samples)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self._iter, None)
+
+    prepared = dest.with_suffix(".prepared.onnx")
+    notes = prepare_for_quantisation(source, prepared)
+    quantize_static(str(prepared), str(dest), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    prepared.unlink()
+    return notes + [f"quantize_static: QDQ, per-channel int8 weights, uint8 activations,"
+                    f" calibrated on {len(samples)} samples"]
+
+
+TRANSFORMS: dict[str, Callable[[Path, Path, Path | None], list[str]]] = {
+    "fp16": _fp16, "int8-dynamic": _int8_dynamic, "int8-static": _int8_static,
+}
+
+
+def transform(name: str, source: Path, dest: Path, calibration: Path | None) -> list[str]:
+    """Run a variant's ONNX transform (in a worker process: quantisers can crash)."""
+    try:
+        return TRANSFORMS[name](source, dest, calibration)
+    except VariantError:
+        raise
+    except Exception as exc:  # quantisers raise anything; the candidate fails with the reason
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise VariantError(f"{name} transform failed: {type(exc).__name__}: {first}") from None
+
+
+def top1_agreement(outputs: list[np.ndarray], reference: list[np.ndarray]) -> float:
+    """Fraction of samples whose arg-max (last axis) matches the reference's."""
+    same = [np.array_equal(np.argmax(o, axis=-1), np.argmax(r, axis=-1)) for o, r in zip(outputs, reference)]
+    return float(np.mean(same)) if same else 0.0
