@@ -321,7 +321,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         np.savez(stream, **outputs)
     Path(partial).replace(out)
     for name, value in outputs.items():
-        _out(f"{name}: {value.dtype}{list(value.shape)}")
+        dtype = "string" if value.dtype.kind == "U" else str(value.dtype)
+        shown = f" = {value.tolist()}" if value.size <= 10 else ""  # labels, top-k, a few boxes
+        _out(f"{name}: {dtype}{list(value.shape)}{shown}")
     _out(f"wrote {out}")
     return EXIT_OK
 

@@ -55,6 +55,23 @@ def make_two_tower(seed: int = 7) -> onnx.ModelProto:
     return model
 
 
+def smooth_images(shape: list[int], count: int, seed: int) -> np.ndarray:
+    """Low-frequency colour fields with a few bright blobs: image-like activations."""
+    rng = np.random.default_rng(seed)
+    _, c, h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    out = np.empty((count, 1, c, h, w), np.float32)
+    for i in range(count):
+        for ch in range(c):
+            a, b, p = rng.uniform(-3, 3, 3)
+            field = np.sin(a * xx * 6 + p) * np.cos(b * yy * 6)
+            for _ in range(3):
+                cy, cx, r = rng.uniform(0, 1), rng.uniform(0, 1), rng.uniform(0.05, 0.2)
+                field += 1.5 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / r ** 2)
+            out[i, 0, ch] = field
+    return out
+
+
 def save(model: onnx.ModelProto, path: Path) -> Path:
     onnx.save(model, str(path))
     return path
@@ -63,6 +80,7 @@ def save(model: onnx.ModelProto, path: Path) -> Path:
 #: real networks that ship inside PyPI wheels: (distribution, version, member in the wheel)
 PYPI_MODELS = {
     "ppocr_cls": ("rapidocr-onnxruntime", "1.4.4", "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx"),
+    "ppocr_det": ("rapidocr-onnxruntime", "1.4.4", "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx"),
     "silero_vad": ("silero-vad", "6.2.3", "silero_vad/data/silero_vad_16k_op15.onnx"),
     "silero_vad_sequence": ("silero-vad", "6.2.3", "silero_vad/data/silero_vad_16k_sequence.onnx"),
     "yolov8n": ("nudenet", "3.4.2", "nudenet/320n.onnx"),

@@ -156,11 +156,36 @@ def _int8_static(source: Path, dest: Path, calibration: Path | None) -> list[str
 
     prepared = dest.with_suffix(".prepared.onnx")
     notes = prepare_for_quantisation(source, prepared)
+    kept = output_nodes(prepared)
     quantize_static(str(prepared), str(dest), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=kept)
     prepared.unlink()
     return notes + [f"quantize_static: QDQ, per-channel int8 weights, uint8 activations,"
-                    f" calibrated on {len(samples)} samples"]
+                    f" calibrated on {len(samples)} samples; {len(kept)} output node(s) kept in float"]
+
+
+def output_nodes(path: Path) -> list[str]:
+    """Names of the nodes that produce the network's outputs (and the fused functions).
+
+    They stay in float: one per-tensor activation scale over an output that mixes ranges
+    (a detector's box coordinates in pixels next to class scores in [0, 1]) rounds the
+    small values to zero. Nodes without names are named so they can be excluded.
+    """
+    import onnx
+
+    from .functions import FUNCTION_PREFIX
+
+    model = onnx.load(str(path))
+    outputs = {o.name for o in model.graph.output}
+    kept = []
+    for index, node in enumerate(model.graph.node):
+        if not node.name:
+            node.name = f"modelpack_node_{index}"
+        if (outputs & set(node.output) or node.name.startswith(FUNCTION_PREFIX)
+                or any(o.startswith(FUNCTION_PREFIX + "raw_") for o in node.output)):
+            kept.append(node.name)
+    onnx.save(model, str(path))
+    return kept
 
 
 TRANSFORMS: dict[str, Callable[[Path, Path, Path | None], list[str]]] = {

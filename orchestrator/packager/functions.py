@@ -33,7 +33,7 @@ DETECTION_FORMATS = {
     "xyxy": ("channels_last", "xyxy", False),
 }
 MIN_OPSET = 13
-_PREFIX = "modelpack_fn/"
+FUNCTION_PREFIX = _PREFIX = "modelpack_fn/"
 
 
 class FunctionError(ValueError):
