@@ -214,3 +214,36 @@ def test_a_whole_classifier_pipeline_image_in_labels_out():
         np.testing.assert_allclose(got["scores"], want["scores"], atol=1e-5)
         assert list(apply_post(got, resolved.runtime)["labels"]) == list(want["labels"])
         assert set(want["labels"]) <= set(labels) and len(want["labels"]) == 3
+
+
+def test_quantisation_preparation_handles_constant_weights_and_old_opsets(tmp_path):
+    """PaddleOCR-style exports keep weights as Constant nodes at opset 11; int8-static must
+    prepare them (and say so) rather than fail."""
+    from onnx import numpy_helper
+
+    from orchestrator.packager.accelerate import prepare_for_quantisation, transform
+
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w")
+    nodes = [helper.make_node("Constant", [], ["w"], value=weight),
+             helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["y"])]
+    graph = helper.make_graph(nodes, "paddle_like", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 8, 8])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
+    model.ir_version = 7
+    source = tmp_path / "paddle_like.onnx"
+    onnx.save(model, str(source))
+    notes = prepare_for_quantisation(source, tmp_path / "prepared.onnx")
+    assert "1 Constant nodes turned into initializers" in notes and "opset raised from 11 to 13" in notes
+    prepared = onnx.load(str(tmp_path / "prepared.onnx"))
+    assert not [n for n in prepared.graph.node if n.op_type == "Constant"]
+    calibration = rng.uniform(0, 1, (4, 1, 3, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "calibration.npz", x=calibration)
+    notes = transform("int8-static", source, tmp_path / "int8.onnx", tmp_path / "calibration.npz")
+    quantised = onnx.load(str(tmp_path / "int8.onnx"))
+    assert any(n.op_type == "QuantizeLinear" for n in quantised.graph.node)
+    assert any("calibrated on 4 samples" in n for n in notes)
+    x = calibration[0]  # within the calibrated range: int8 error is a few % of it
+    want = run(model, {"x": x})["y"]
+    np.testing.assert_allclose(run(quantised, {"x": x})["y"], want, atol=0.05 * float(want.max()))

@@ -1,0 +1,48 @@
+"""An engine whose converter cannot hold the fused functions: the spec's fallback decides
+whether the runtime applies them in NumPy or the candidate is dropped (local transport,
+real onnxruntime and ncnn; ncnn has no TopK)."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+
+import numpy as np
+import pytest
+
+from orchestrator.cli import main
+from orchestrator.runtime import load
+from orchestrator.runtime.archive import extract
+
+FUNCTIONS = {"pre": [{"image": {"size": [32, 32]}}, {"normalize": {"scale": 0.02, "mean": 2.5}}],
+             "post": ["softmax", {"topk": {"k": 3}}]}
+
+
+@pytest.mark.parametrize("fallback", ["runtime", "drop"])
+def test_fallback_runtime_or_drop(capsys, write_spec, local_hosts, tmp_path, fallback):
+    spec = write_spec(compilers=["onnxruntime", "ncnn"], functions={**FUNCTIONS, "fallback": fallback},
+                      select={"engine": "ncnn"} if fallback == "runtime" else {"benchmark_s": 0.05})
+    out = tmp_path / "out"
+    code = main(["build", str(spec), "--hosts", str(local_hosts), "--out", str(out), "--quiet"])
+    capsys.readouterr()
+    assert code == 0
+    [package] = out.glob("*.tar.gz")
+    with tarfile.open(package) as tar:
+        manifest = json.load(tar.extractfile("manifest.json"))
+    rows = {c["id"]: c for c in manifest["candidates"]}
+    assert rows["ncnn"]["status"] in ("failed", "crashed") and rows["ncnn"]["functions"] == "graph"
+    if fallback == "drop":
+        assert "ncnn (functions in runtime)" not in rows
+        assert manifest["functions"]["applied_by"] == "graph"
+        return
+    retried = rows["ncnn (functions in runtime)"]
+    assert retried["status"] == "selected" and retried["functions"] == "runtime"
+    assert manifest["functions"]["applied_by"] == "runtime"
+    assert manifest["artifacts"][0]["runtime"]["functions"]["post"][0]["op"] == "softmax"
+    # the package takes the image and gives top-k, with NumPy doing what ncnn could not
+    extract(package, tmp_path / "pkg")
+    session = load(tmp_path / "pkg")
+    image = np.random.default_rng(3).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    got = session.run({"image": image})
+    assert got["indices"].shape == (3,) and got["scores"].dtype == np.float32
+    assert np.all(np.diff(got["scores"]) <= 0) and 0 < got["scores"].sum() <= 1.0 + 1e-6
