@@ -21,6 +21,7 @@ import numpy as np
 
 from . import __version__
 from .errors import InputError
+from .execute import StageTimeouts
 
 EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -111,7 +112,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     run_id = uuid.uuid4().hex[:12]
     scheduler = Scheduler(
         jobs, eligible, transports, out_dir, staging,
-        run_labels={"org.modelpack.run": run_id}, timeout=args.timeout, disabled=down,
+        run_labels={"org.modelpack.run": run_id}, disabled=down,
+        timeouts=StageTimeouts(args.connect_timeout, args.push_timeout, args.timeout, args.pull_timeout),
         max_parallel=args.jobs, cache=cache, cache_key_for=key_for, rebuild=args.rebuild,
     )
     console = ConsoleEvents(scheduler.records, sys.stdout, verbosity=args.verbosity)
@@ -425,7 +427,14 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--rebuild", action="store_true", help="build even when cached, and refresh the cache")
     b.add_argument("--cache-dir", type=Path, help="package cache (default: $MODELPACK_CACHE or ~/.cache/modelpack)")
     b.add_argument("--json", help="write the run summary to this file")
-    b.add_argument("--timeout", type=float, default=1800.0, help="packaging time limit per job, seconds")
+    b.add_argument("--timeout", type=float, default=StageTimeouts.package,
+                   help="packaging time limit per attempt, seconds")
+    b.add_argument("--connect-timeout", type=float, default=StageTimeouts.connect,
+                   help="time limit to open a workspace on a host (container, SSH session), seconds")
+    b.add_argument("--push-timeout", type=float, default=StageTimeouts.push,
+                   help="time limit to send the model and the packager to a host, seconds")
+    b.add_argument("--pull-timeout", type=float, default=StageTimeouts.pull,
+                   help="time limit to fetch the package back, seconds")
     b.add_argument("--compare", type=Path, metavar="PREVIOUS_SUMMARY", help="flag regressions against a previous summary.json")
     b.add_argument("--fail-on-regression", action="store_true", help="exit 1 when --compare finds regressions")
     _verbosity(b)

@@ -15,10 +15,11 @@ import collections
 import json
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from . import __version__
 from .collect import VerificationError, verify_archive
@@ -30,6 +31,73 @@ LOG_TAIL = 200
 
 INFRASTRUCTURE = "infrastructure"
 PACKAGE = "package"
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class StageTimeouts:
+    """Time limits per stage of an attempt, seconds. Exceeding one is an infrastructure
+    failure: the workspace is destroyed (container removed, channel dropped) and the job
+    moves to another host."""
+
+    connect: float = 120.0
+    push: float = 600.0
+    package: float = 1800.0
+    pull: float = 600.0
+
+
+def within(limit: float, what: str, action: Callable[[], T], abort: Callable[[], None]) -> T:
+    """Run ``action``; after ``limit`` seconds call ``abort`` (which makes a blocked
+    action fail) and report the stage as timed out rather than whatever broke."""
+    fired = threading.Event()
+
+    def expire() -> None:
+        fired.set()
+        abort()
+
+    timer = threading.Timer(limit, expire)
+    timer.daemon = True
+    timer.start()
+    try:
+        result = action()
+    except Exception:
+        if fired.is_set():
+            raise TransportError(f"{what} exceeded its {limit:g} s limit") from None
+        raise
+    finally:
+        timer.cancel()
+    if fired.is_set():
+        raise TransportError(f"{what} exceeded its {limit:g} s limit")
+    return result
+
+
+def open_within(transport: Transport, environment: str, labels: dict[str, str], limit: float) -> Workspace:
+    """``transport.open`` with a time limit. Opening cannot be interrupted from outside,
+    so it runs in a helper thread; a workspace that arrives after the limit is closed."""
+    box: dict[str, Any] = {}
+    done = threading.Event()
+    gave_up = threading.Event()
+
+    def attempt() -> None:
+        try:
+            box["workspace"] = transport.open(environment, labels)
+        except BaseException as exc:  # handed to the waiting thread
+            box["error"] = exc
+        finally:
+            done.set()
+            if gave_up.is_set() and "workspace" in box:
+                box["workspace"].close()
+
+    threading.Thread(target=attempt, daemon=True, name=f"open-{transport.name}").start()
+    if not done.wait(limit):
+        gave_up.set()
+        if done.is_set() and "workspace" in box:  # it arrived just now
+            box["workspace"].close()
+        raise TransportError(f"{transport.name}: connect exceeded its {limit:g} s limit")
+    if "error" in box:
+        raise box["error"]
+    return box["workspace"]
 
 
 @dataclass
@@ -58,7 +126,7 @@ def run_attempt(
     job: Job,
     transport: Transport,
     staging: Path,
-    timeout: float,
+    timeouts: StageTimeouts,
     labels: dict[str, str],
     on_stage: Callable[[str], None],
     on_open: Callable[[Workspace], None] = lambda ws: None,
@@ -88,17 +156,18 @@ def run_attempt(
     workspace: Workspace | None = None
     try:
         stage("connect")
-        workspace = transport.open(job.target.environment, labels)
+        workspace = open_within(transport, job.target.environment, labels, timeouts.connect)
         on_open(workspace)
+        opened = workspace
         provenance = {"host": transport.name, "transport": type(transport).__name__.removesuffix("Transport").lower(),
                       "controller_version": __version__, **workspace.provenance()}
         job_file = own / "job.json"
         job_file.write_text(job.packager_job(provenance).to_json())
         payload = {**packager_code(), **job.inputs(), "in/job.json": job_file}
         stage("push", _size(sum(p.stat().st_size for p in payload.values())))
-        workspace.push(payload)
+        within(timeouts.push, f"{transport.name}: push", lambda: opened.push(payload), opened.close)
         stage("package")
-        code, result = run_packager(workspace, ["build", "in/job.json"], timeout, on_line,
+        code, result = run_packager(workspace, ["build", "in/job.json"], timeouts.package, on_line,
                                     own / "result.json")
         stage("pull")
         attempt.packager_timings = result.get("timings", {}) if result else {}
@@ -111,7 +180,8 @@ def run_attempt(
             raise TransportError(f"packager reported success but its result names {result and result.get('package')!r}")
         staged = own / job.package_filename
         on_stage(f"pull {_size(result.get('size', 0))}")
-        workspace.pull(f"out/{job.package_filename}", staged)
+        within(timeouts.pull, f"{transport.name}: pull",
+               lambda: opened.pull(f"out/{job.package_filename}", staged), opened.close)
         stage("verify")
         attempt.manifest = verify_archive(staged, result["sha256"])
         attempt.staged, attempt.sha256 = staged, result["sha256"]

@@ -20,7 +20,7 @@ from typing import Any, Callable, Protocol
 
 from .cache import PackageCache
 from .collect import publish
-from .execute import INFRASTRUCTURE, PACKAGE, Attempt, run_attempt
+from .execute import INFRASTRUCTURE, PACKAGE, Attempt, StageTimeouts, run_attempt
 from .inventory import Host
 from .plan import Job
 from .transports.base import Transport, Workspace
@@ -126,7 +126,7 @@ class Scheduler:
         staging: Path,
         run_labels: dict[str, str],
         events: Events | None = None,
-        timeout: float = 1800.0,
+        timeouts: StageTimeouts = StageTimeouts(),
         max_attempts: int = 3,
         max_parallel: int | None = None,
         disabled: dict[str, str] | None = None,
@@ -143,7 +143,7 @@ class Scheduler:
         #: receives progress; may be set after construction (the console needs the records)
         self.events: Events = events or _NoEvents()
         self._labels = run_labels
-        self._timeout = timeout
+        self._timeouts = timeouts
         self._max_attempts = max_attempts
         self._cache = cache
         self._key_for = cache_key_for or (lambda job, host: None)
@@ -241,7 +241,7 @@ class Scheduler:
                 attempt: Attempt | None = None
                 try:
                     attempt = run_attempt(
-                        job, state.transport, self._staging, self._timeout, labels,
+                        job, state.transport, self._staging, self._timeouts, labels,
                         on_stage=lambda s, n=name: self.events.job_update(record, n, s),
                         on_log=lambda line, n=name: self.events.job_log(record, n, line),
                         on_open=self._track,

@@ -20,6 +20,7 @@ from orchestrator.collect import staging_dir
 from orchestrator.images import image_tag
 from orchestrator.inventory import Host, load_inventory
 from orchestrator.plan import plan
+from orchestrator.execute import StageTimeouts
 from orchestrator.scheduler import Scheduler
 from orchestrator.spec import load_spec
 from orchestrator.transports.base import TransportError
@@ -87,7 +88,8 @@ def _scheduler(spec_path: Path, hosts: Path, out: Path, timeout: float = 600.0) 
     jobs = plan([load_spec(spec_path)])
     transports = {h.name: DockerTransport(h) for h in inventory.hosts}
     return Scheduler(jobs, {j.id: inventory.hosts for j in jobs}, transports, out, staging_dir(out),
-                     run_labels={f"{LABEL}.run": f"test-{os.getpid()}-{time.monotonic_ns()}"}, timeout=timeout)
+                     run_labels={f"{LABEL}.run": f"test-{os.getpid()}-{time.monotonic_ns()}"},
+                     timeouts=StageTimeouts(package=timeout))
 
 
 def test_container_killed_mid_job_is_retried_on_another_host(docker_client, docker_hosts, tmp_path):

@@ -8,6 +8,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from orchestrator.collect import staging_dir
@@ -133,3 +134,99 @@ def test_slots_are_never_oversubscribed(tmp_path):
     assert a.peak <= 2 and b.peak <= 1
     assert a.peak == 2, "free slots should be used"
     assert a.opened + b.opened == 6
+
+
+def test_load_100_jobs_over_4_hosts_with_2_slots_never_oversubscribes(tmp_path):
+    """The recorded timeline (every attempt's start and end on its host) must never show
+    more than a host's slots at once, and the run must finish (no deadlock)."""
+    import random
+
+    from orchestrator.transports.simulated import SimulatedTransport
+    from tests.models import TINYCNN
+
+    base = load_spec(specs(tmp_path, TINYCNN, 1)[0].path)
+    loaded = [type(base)(base.path, base.spec.model_copy(update={"name": f"job{i:03d}"}), base.model, None)
+              for i in range(100)]
+    jobs = plan(loaded)
+    rng = random.Random(7)
+    durations = {j.spec.spec.name: rng.uniform(0.01, 0.08) for j in jobs}
+    hosts = [Host(name=f"h{i}", transport="local", targets=["linux-x86_64"], slots=2) for i in range(4)]
+    transports = [SimulatedTransport(h, lambda job, host: durations[job.name]) for h in hosts]
+    out = tmp_path / "out"
+    sched = Scheduler(jobs, {j.id: hosts for j in jobs}, {t.name: t for t in transports}, out, staging_dir(out),
+                      run_labels={})
+    done = threading.Event()
+    records: list = []
+    runner = threading.Thread(target=lambda: (records.extend(sched.run()), done.set()), daemon=True)
+    runner.start()
+    assert done.wait(120), "the scheduler deadlocked"
+    assert [r.status for r in records] == ["built"] * 100
+    assert len(list(out.glob("*.tar.gz"))) == 100
+    for h in hosts:
+        events = sorted([(a.started_at, 1) for r in records for a in r.attempts if a.host == h.name]
+                        + [(a.ended_at, -1) for r in records for a in r.attempts if a.host == h.name],
+                        key=lambda e: (e[0], e[1]))  # an end before a start at the same instant
+        running = peak = 0
+        for _, delta in events:
+            running += delta
+            peak = max(peak, running)
+        assert peak <= h.slots, f"{h.name} ran {peak} jobs at once with {h.slots} slots"
+        assert any(a.host == h.name for r in records for a in r.attempts), f"{h.name} got no work"
+
+
+class StallingTransport:
+    """A host that stalls in one stage until its workspace is destroyed (the abort)."""
+
+    def __init__(self, name: str, stall: str) -> None:
+        from orchestrator.transports.simulated import SimulatedTransport
+
+        self.inner = SimulatedTransport(host(name), lambda job, h: 0.0)
+        self.host, self.name, self.stall = self.inner.host, name, stall
+        self.closed = threading.Event()
+
+    def probe(self, environment):
+        return self.inner.probe(environment)
+
+    def open(self, environment, labels):
+        if self.stall == "connect":
+            time.sleep(30)
+        workspace = self.inner.open(environment, labels)
+        transport = self
+
+        class Stalling(type(workspace)):
+            def push(self, files):
+                if transport.stall == "push":
+                    transport.closed.wait(30)
+                    raise TransportError("the connection was torn down")
+                super().push(files)
+
+            def close(self):
+                transport.closed.set()
+                super().close()
+
+        workspace.__class__ = Stalling
+        return workspace
+
+
+@pytest.mark.parametrize("stall", ["connect", "push"])
+def test_a_stalled_stage_fails_over_at_its_own_timeout(tmp_path, stall):
+    from orchestrator.execute import StageTimeouts
+    from orchestrator.transports.simulated import SimulatedTransport
+    from tests.models import TINYCNN
+
+    jobs = plan(specs(tmp_path, TINYCNN, 1))
+    stuck = StallingTransport("stuck", stall)
+    good = SimulatedTransport(host("good", speed=0.1), lambda job, h: 0.0)  # slower: tried second
+    out = tmp_path / "out"
+    sched = Scheduler(jobs, {jobs[0].id: [stuck.host, good.host]}, {"stuck": stuck, "good": good}, out,
+                      staging_dir(out), run_labels={},
+                      timeouts=StageTimeouts(connect=0.5, push=0.5, package=60, pull=60))
+    started = time.monotonic()
+    [record] = sched.run()
+    assert time.monotonic() - started < 10
+    assert record.status == "built"
+    first = record.attempts[0]
+    assert first.host == "stuck" and first.status == "infrastructure"
+    assert f"{stall} exceeded its 0.5 s limit" in first.reason
+    if stall == "push":
+        assert stuck.closed.is_set(), "the stalled workspace was destroyed"
