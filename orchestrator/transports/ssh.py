@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 WINDOW = 1 << 27  # 128 MiB: paramiko's small default window caps throughput
 PACKET = 1 << 15
 MAX_PULL_BYTES = 16 << 30
+#: in a workspace: the process group of the command running there
+PID_FILE = ".modelpack-pid"
 
 
 def fingerprint(key: paramiko.PKey) -> str:
@@ -290,7 +292,11 @@ class SshWorkspace(Workspace):
 
     def run(self, argv: list[str], env: Mapping[str, str], timeout: float, on_line: LineSink) -> int:
         pending, status = b"", []
-        for chunk in self._transport.stream(self._shell.command(argv, env, cwd=str(self.root)), timeout, status):
+        # sshd starts each command in a session of its own: the shell's pid is the
+        # process group of everything the packager starts, which close() can stop
+        command = f"echo $$ > {self._shell.quote(str(self.root / PID_FILE))} && " \
+                  + self._shell.command(argv, env, cwd=str(self.root))
+        for chunk in self._transport.stream(command, timeout, status):
             pending += chunk
             *lines, pending = pending.split(b"\n")
             for line in lines:
@@ -314,8 +320,10 @@ class SshWorkspace(Workspace):
         if self._closed:
             return
         self._closed = True
+        pid_file = self._shell.quote(str(self.root / PID_FILE))
+        stop = f"if [ -f {pid_file} ]; then kill -TERM -- -\"$(cat {pid_file})\" 2>/dev/null; fi; "
         try:
-            self._transport.execute(self._shell.command(["rm", "-rf", "--", str(self.root)]), timeout=60)
+            self._transport.execute(stop + self._shell.command(["rm", "-rf", "--", str(self.root)]), timeout=60)
         except TransportError as exc:  # the host is gone; `hosts clean` finds it later
             log.warning("could not remove %s on %s: %s", self.root, self._transport.name, exc)
 

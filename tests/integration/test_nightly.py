@@ -16,6 +16,41 @@ from tests.models import REPO
 SPEC = REPO / "examples" / "tinycnn" / "modelpack.yaml"
 
 
+def test_sigint_during_an_ssh_build_leaves_no_remote_work_directory(sshd, client_key, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    address, host_key, container, _ = sshd
+    hosts = tmp_path / "hosts.yaml"
+    hosts.write_text(
+        "hosts:\n"
+        f"  - {{name: ssh, transport: ssh, address: {address}, user: root, key: {client_key[0]},"
+        f" host_key: \"{host_key}\", python: {PYTHON}, targets: [linux-x86_64]}}\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "build", str(SPEC), "--out", str(tmp_path / "out"),
+         "--hosts", str(hosts), "--no-cache", "--verbose"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "stage=package: " in line:
+            break
+    remote = container.exec_run(["sh", "-c", "ls -d /tmp/modelpack.* 2>/dev/null"]).output.split()
+    assert remote, "a remote work directory should exist while the packager runs: " + "".join(seen)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    code = proc.wait(timeout=15)
+    assert code == 130, "".join(seen) + proc.stdout.read()
+    assert time.monotonic() - started < 10
+    running = container.exec_run(["sh", "-c", "pgrep -f [o]rchestrator.packager || true"]).output.split()
+    assert running == [], "the remote packager and its workers must be stopped"
+    left = container.exec_run(["sh", "-c", "ls -d /tmp/modelpack.* 2>/dev/null"]).output.split()
+    assert left == [], f"remote work directories left behind: {left}"
+
+
 def test_ssh_host_cut_off_mid_job_is_retried_on_another_host(capsys, sshd, client_key, docker_client, tmp_path):
     address, host_key, container, network = sshd
     hosts = tmp_path / "hosts.yaml"

@@ -142,12 +142,9 @@ def test_load_100_jobs_over_4_hosts_with_2_slots_never_oversubscribes(tmp_path):
     import random
 
     from orchestrator.transports.simulated import SimulatedTransport
-    from tests.models import TINYCNN
+    from tests.models import TINYCNN, renamed_specs
 
-    base = load_spec(specs(tmp_path, TINYCNN, 1)[0].path)
-    loaded = [type(base)(base.path, base.spec.model_copy(update={"name": f"job{i:03d}"}), base.model, None)
-              for i in range(100)]
-    jobs = plan(loaded)
+    jobs = plan(renamed_specs(specs(tmp_path, TINYCNN, 1)[0], 100))
     rng = random.Random(7)
     durations = {j.spec.spec.name: rng.uniform(0.01, 0.08) for j in jobs}
     hosts = [Host(name=f"h{i}", transport="local", targets=["linux-x86_64"], slots=2) for i in range(4)]
