@@ -107,8 +107,9 @@ class _HostState:
     transport: Transport
     running: int = 0
     disabled: str | None = None
-    #: until one attempt succeeds or fails on its own merits, a host gets one job at a
-    #: time: a dead host then costs exactly one attempt, however many slots it declares
+    #: until one attempt has reached the packaging stage (connected, files pushed), a host
+    #: gets one job at a time: a dead host then costs exactly one attempt, however many
+    #: slots it declares
     proven: bool = False
 
     @property
@@ -184,6 +185,15 @@ class Scheduler:
                 state.proven = True
             self._cond.notify_all()
 
+    def _on_stage(self, record: JobRecord, host: str, state: _HostState, stage: str) -> None:
+        """A host that has taken a workspace and the job's files is alive: from then on
+        it gets all its slots, without waiting for the first job to finish."""
+        if stage.startswith("package") and not state.proven:
+            with self._cond:
+                state.proven = True
+                self._cond.notify_all()
+        self.events.job_update(record, host, stage)
+
     # -- workspaces ----------------------------------------------------------------
     def _track(self, workspace: Workspace) -> None:
         with self._cond:
@@ -242,7 +252,7 @@ class Scheduler:
                 try:
                     attempt = run_attempt(
                         job, state.transport, self._staging, self._timeouts, labels,
-                        on_stage=lambda s, n=name: self.events.job_update(record, n, s),
+                        on_stage=lambda s, n=name, st=state: self._on_stage(record, n, st, s),
                         on_log=lambda line, n=name: self.events.job_log(record, n, line),
                         on_open=self._track,
                     )
