@@ -39,6 +39,8 @@ class Host(BaseModel):
     mandatory_features: list[str] = Field(
         default_factory=list, description="the host only takes jobs that require all of these")
     enabled: bool = Field(True, description="false keeps the host listed but never used")
+    min_free_gb: float = Field(
+        2.0, ge=0, description="preflight: the host is disabled for the run when its work area has less free disk")
     # docker
     docker_host: str | None = Field(None, description="Docker engine URL (unix://, tcp://, ssh://); default: the local engine")
     platform: str | None = Field(None, description="container platform, e.g. linux/amd64")

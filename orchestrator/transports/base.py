@@ -75,6 +75,16 @@ class Workspace(ABC):
         self.close()
 
 
+def disk_problem(host: "Host", free_bytes: int | None, where: str) -> str | None:
+    """Why a host's free disk fails the preflight, or None. A package build writes the
+    model several times over (candidates, variants, archives): a full disk mid-night is
+    an infrastructure failure better found before the first job."""
+    if free_bytes is None or free_bytes >= host.min_free_gb * (1 << 30):
+        return None
+    return (f"only {free_bytes / (1 << 30):.2f} GB free in {where}, below min_free_gb={host.min_free_gb:g};"
+            f" free some space or lower min_free_gb in hosts.yaml")
+
+
 class Transport(ABC):
     name: str
     host: "Host"

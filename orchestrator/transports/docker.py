@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import socket
 import threading
 from pathlib import Path, PurePosixPath
@@ -26,7 +27,7 @@ from .. import images
 from ..inventory import Host
 from ..runtime.archive import ArchiveError
 from ..runtime.platforms import normalise_arch
-from .base import CommandTimeout, HostStatus, LineSink, Transport, TransportError, Workspace
+from .base import CommandTimeout, HostStatus, LineSink, Transport, TransportError, Workspace, disk_problem
 from .seccomp import SECURITY_OPT
 from .tarstream import pack, unpack_single_file
 
@@ -103,6 +104,9 @@ class DockerTransport(Transport):
                     return HostStatus(False, f"engine answers but image {image} is missing; run scripts/build-images",
                                       arch=arch)
                 image_arch = normalise_arch(found.attrs.get("Architecture", arch))
+                problem = disk_problem(self.host, _local_free_bytes(client, info), "the engine's data root")
+                if problem:
+                    return HostStatus(False, problem, arch=arch)
                 return HostStatus(True, f"Docker {info.get('ServerVersion', '?')}, image {image}", arch=arch,
                                   emulated=image_arch != arch,
                                   facts={"image": image, "image_id": found.id, "image_arch": image_arch,
@@ -253,3 +257,15 @@ class DockerWorkspace(Workspace):
         image_arch = normalise_arch(image.attrs.get("Architecture", engine_arch))
         return {"image": self._image, "image_id": image.id, "image_arch": image_arch,
                 "emulated": image_arch != engine_arch}
+
+
+def _local_free_bytes(client: docker.DockerClient, info: Mapping[str, Any]) -> int | None:
+    """Free space under the engine's data root when the engine runs on this machine;
+    None for a remote engine (the Docker API does not report free space)."""
+    root = info.get("DockerRootDir")
+    if not root or not client.api.base_url.startswith(("http+docker://localhost", "http+unix://")):
+        return None
+    try:
+        return shutil.disk_usage(root).free
+    except OSError:  # the root is not visible from here (rootless engine, another namespace)
+        return None

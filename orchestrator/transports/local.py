@@ -22,7 +22,7 @@ from ..inventory import Host
 from ..packager.platform import TOOLCHAIN
 from ..runtime.engines import installed_version
 from ..runtime.platforms import this_machine
-from .base import CommandTimeout, HostStatus, LineSink, Transport, TransportError, Workspace
+from .base import CommandTimeout, HostStatus, LineSink, Transport, TransportError, Workspace, disk_problem
 
 
 class LocalTransport(Transport):
@@ -31,6 +31,9 @@ class LocalTransport(Transport):
         self.name = host.name
 
     def probe(self, environment: str) -> HostStatus:
+        problem = disk_problem(self.host, shutil.disk_usage(tempfile.gettempdir()).free, tempfile.gettempdir())
+        if problem:
+            return HostStatus(False, problem)
         os_name, arch = this_machine()
         # the environment is this interpreter and its engines: their versions identify it
         versions = {name: installed_version(name) for name in TOOLCHAIN}

@@ -24,7 +24,7 @@ import paramiko
 
 from ..inventory import Host
 from ..runtime.archive import ArchiveError
-from .base import CommandTimeout, HostStatus, LineSink, Transport, TransportError, Workspace
+from .base import CommandTimeout, HostStatus, LineSink, Transport, TransportError, Workspace, disk_problem
 from .shells import DETECT_PROBE, DIALECTS, PosixShell, Shell, detect
 from .tarstream import pack, unpack_single_file
 
@@ -236,14 +236,19 @@ class SshTransport(Transport):
             shell = self.shell()
             python = self.host.python
             code, output = self.execute(
-                shell.command([python, "-c", "import sys, onnxruntime, numpy;"
-                               "print(sys.version.split()[0], onnxruntime.__version__, numpy.__version__)"]),
+                shell.command([python, "-c", "import sys, shutil, tempfile, onnxruntime, numpy;"
+                               "print(sys.version.split()[0], onnxruntime.__version__, numpy.__version__);"
+                               "print(shutil.disk_usage(tempfile.gettempdir()).free)"]),
                 timeout=60)
         except TransportError as exc:
             return HostStatus(False, str(exc))
         text = output.decode("utf-8", "replace").strip()
         if code != 0:
             return HostStatus(False, f"{python} cannot import the engines: {text.splitlines()[-1:] or code}")
+        text, _, free = text.partition("\n")  # the versions identify the environment; free space does not
+        problem = disk_problem(self.host, int(free) if free.strip().isdigit() else None, "its temporary folder")
+        if problem:
+            return HostStatus(False, problem)
         return HostStatus(True, f"ssh {self.host.address} ({shell.name}), Python/onnxruntime/numpy {text}",
                           emulated=False,
                           facts={"environment_id": "ssh:" + hashlib.sha256(text.encode()).hexdigest()})

@@ -56,3 +56,24 @@ def test_longest_jobs_go_first_and_unknown_ones_before_them(tmp_path):
     history = DurationHistory(tmp_path / "d.json")
     order = [j.id for j in history.longest_first([J("a"), J("b"), J("c"), J("new")])]
     assert order == ["new", "b", "a", "c"]
+
+
+def test_preflight_disables_a_host_short_of_disk_and_builds_elsewhere(capsys, write_spec, tmp_path):
+    import shutil
+    import tempfile
+
+    free_gb = shutil.disk_usage(tempfile.gettempdir()).free / (1 << 30)
+    hosts = tmp_path / "hosts.yaml"
+    hosts.write_text(
+        "hosts:\n"
+        f"  - {{name: full, transport: local, targets: [linux-x86_64], speed: 100, min_free_gb: {free_gb * 2 + 1:.0f}}}\n"
+        "  - {name: roomy, transport: local, targets: [linux-x86_64], min_free_gb: 0.001}\n")
+    assert main(["hosts", "check", "--hosts", str(hosts)]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL full" in out and "GB free in" in out and "below min_free_gb" in out and "ok   roomy" in out
+    code = main(["build", str(write_spec()), "--hosts", str(hosts), "--out", str(tmp_path / "d"), "--no-cache",
+                 "--json", str(tmp_path / "s.json")])
+    assert code == 0
+    assert "host full failed its preflight check" in capsys.readouterr().err
+    job = json.loads((tmp_path / "s.json").read_text())["jobs"][0]
+    assert [a["host"] for a in job["attempts"]] == ["roomy"]
