@@ -98,6 +98,13 @@ def cmd_build(args: argparse.Namespace) -> int:
             for leftover in transport.reap():
                 print(f"modelpack: removed {leftover} left by a crashed earlier run on {name}", file=sys.stderr)
     environment_ids = {(name, env): status.facts.get("environment_id") for (name, env), status in health.items()}
+    emulated = {pair for pair, status in health.items() if status.reachable and status.emulated}
+    for job in jobs:  # emulation only where the inventory allows it
+        allowed = [h for h in eligible[job.id] if h.allow_emulation or (h.name, job.target.environment) not in emulated]
+        if not allowed:
+            raise InputError(inventory.source, "hosts", f"{job.id}: every host for {job.target.name} would run it"
+                             f" under emulation and none has allow_emulation: true")
+        eligible[job.id] = allowed
     cache = None if args.no_cache else PackageCache(args.cache_dir or default_root())
     history = DurationHistory((args.cache_dir or default_root()) / "durations.json")
     jobs = history.longest_first(jobs)
@@ -114,7 +121,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         jobs, eligible, transports, out_dir, staging,
         run_labels={"org.modelpack.run": run_id}, disabled=down,
         timeouts=StageTimeouts(args.connect_timeout, args.push_timeout, args.timeout, args.pull_timeout),
-        max_parallel=args.jobs, cache=cache, cache_key_for=key_for, rebuild=args.rebuild,
+        max_parallel=args.jobs, cache=cache, cache_key_for=key_for, rebuild=args.rebuild, emulated=emulated,
     )
     console = ConsoleEvents(scheduler.records, sys.stdout, verbosity=args.verbosity)
     scheduler.events = console

@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import logging
+import platform
 import shutil
 import subprocess
 import sys
@@ -23,6 +24,8 @@ from pathlib import Path
 
 import docker
 import docker.errors
+
+from .runtime.platforms import normalise_arch
 
 IMAGES_DIR = Path(__file__).resolve().parent.parent / "images"
 CACHE_DIR = Path(__file__).resolve().parent.parent / ".cache"
@@ -48,6 +51,17 @@ class Environment:
     wheel_platforms: tuple[str, ...]
     #: another environment this one builds FROM (its image instead of a bare root filesystem)
     parent: str | None = None
+    #: another environment whose Dockerfile and requirements this one uses for its own
+    #: architecture (one list of pins for every architecture)
+    files_from: str | None = None
+
+    def files(self) -> list[Path]:
+        """The build context's files: this folder's, plus the shared ones it names."""
+        own = {p.name: p for p in self.folder.iterdir() if p.is_file()}
+        if self.files_from:
+            shared = IMAGES_DIR / self.files_from
+            own = {**{p.name: p for p in shared.iterdir() if p.is_file() and p.name != "image.json"}, **own}
+        return [own[name] for name in sorted(own)]
 
     @classmethod
     def load(cls, name: str) -> "Environment":
@@ -61,14 +75,15 @@ class Environment:
             return cls(name, folder, parent.suite, parent.arch, parent.platform, parent.debian_packages,
                        parent.python_version, parent.wheel_platforms, parent=parent.name)
         return cls(name, folder, data["suite"], data["arch"], data["platform"],
-                   tuple(data["debian_packages"]), data["python_version"], tuple(data["wheel_platforms"]))
+                   tuple(data["debian_packages"]), data["python_version"], tuple(data["wheel_platforms"]),
+                   files_from=data.get("files_from"))
 
     def inputs_sha256(self) -> str:
         digest = hashlib.sha256()
         if self.parent:
             digest.update(Environment.load(self.parent).inputs_sha256().encode())
-        for path in sorted(p for p in self.folder.rglob("*") if p.is_file()):
-            digest.update(path.relative_to(self.folder).as_posix().encode() + b"\0")
+        for path in self.files():
+            digest.update(path.name.encode() + b"\0")
             digest.update(hashlib.sha256(path.read_bytes()).digest())
         return digest.hexdigest()
 
@@ -122,8 +137,9 @@ def _build_base(client: docker.DockerClient, env: Environment) -> None:
 def _wheelhouse(env: Environment) -> Path:
     """Download (once) the wheels for the image's platform and Python into a cache.
     ``requirements-nodeps.txt`` lists packages taken without their declared dependencies."""
-    lists = [(env.folder / name, nodeps) for name, nodeps in
-             (("requirements.txt", False), ("requirements-nodeps.txt", True)) if (env.folder / name).is_file()]
+    files = {p.name: p for p in env.files()}
+    lists = [(files[name], nodeps) for name, nodeps in
+             (("requirements.txt", False), ("requirements-nodeps.txt", True)) if name in files]
     key = hashlib.sha256(b"".join(p.read_bytes() for p, _ in lists) + json.dumps(env.wheel_platforms).encode())
     house = CACHE_DIR / "wheelhouse" / f"{env.name}-{key.hexdigest()[:16]}"
     if (house / ".complete").exists():
@@ -147,7 +163,7 @@ def _wheelhouse(env: Environment) -> Path:
 def _context(env: Environment, wheelhouse: Path | None) -> io.BytesIO:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for path in sorted(env.folder.iterdir()):
+        for path in env.files():
             tar.add(path, arcname=path.name)
         for wheel in sorted(wheelhouse.glob("*.whl")) if wheelhouse else []:
             tar.add(wheel, arcname=f"wheelhouse/{wheel.name}")
@@ -179,13 +195,37 @@ def build(client: docker.DockerClient, name: str) -> tuple[str, bool]:
     return tag, True
 
 
+_DEBIAN_TO_MACHINE = {"amd64": "x86_64", "arm64": "aarch64"}
+
+
+def cannot_run_here(name: str) -> str | None:
+    """Why this machine cannot run (and so cannot build) environment ``name``, or None:
+    a foreign architecture needs qemu registered with binfmt_misc."""
+    arch = _DEBIAN_TO_MACHINE.get(Environment.load(name).arch, Environment.load(name).arch)
+    if arch == normalise_arch(platform.machine()):
+        return None
+    entry = Path(f"/proc/sys/fs/binfmt_misc/qemu-{arch}")
+    try:
+        if entry.read_text().startswith("enabled"):
+            return None
+    except OSError:
+        pass
+    return f"{arch} binaries cannot run here (no qemu-{arch} in binfmt_misc; run scripts/setup-emulation as root)"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m orchestrator.images [ENV...]``: build the named (default: all) images."""
+    """``python -m orchestrator.images [ENV...]``: build the named (default: all that
+    can run here) images."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    names = (argv if argv is not None else sys.argv[1:]) or available()
+    named = argv if argv is not None else sys.argv[1:]
+    names = named or available()
     client = docker.from_env()
     try:
         for name in names:
+            reason = cannot_run_here(name)
+            if reason and not named:
+                print(f"{name}: skipped: {reason}")
+                continue
             tag, built = build(client, name)
             print(f"{name}: {tag} ({'built' if built else 'up to date'})")
     except ImageError as exc:

@@ -115,6 +115,9 @@ def default_inventory(docker_answers: bool) -> LoadedInventory:
     target = local_target()
     if docker_answers:
         hosts.append(Host(name="local-docker", transport="docker", targets=["linux-x86_64"], slots=2))
+        # arm64 on the same engine, natively on an arm64 machine or else under emulation
+        hosts.append(Host(name="local-docker-arm64", transport="docker", targets=["linux-aarch64", "android-arm64"],
+                          platform="linux/arm64"))
     if target is not None:
         hosts.append(Host(name="localhost", transport="local", targets=[target.name]))
     if not hosts:

@@ -14,7 +14,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -24,6 +24,10 @@ from .execute import INFRASTRUCTURE, PACKAGE, Attempt, StageTimeouts, run_attemp
 from .inventory import Host
 from .plan import Job
 from .transports.base import Transport, Workspace
+
+
+#: how much longer a packaging stage may take on an emulated host
+EMULATION_SLOWDOWN = 10
 
 
 @dataclass
@@ -134,6 +138,7 @@ class Scheduler:
         cache: PackageCache | None = None,
         cache_key_for: Callable[[Job, str], str | None] | None = None,
         rebuild: bool = False,
+        emulated: set[tuple[str, str]] | None = None,
     ) -> None:
         self.records = [JobRecord(job) for job in jobs]
         self._eligible = eligible
@@ -149,6 +154,9 @@ class Scheduler:
         self._cache = cache
         self._key_for = cache_key_for or (lambda job, host: None)
         self._rebuild = rebuild
+        #: (host, environment) pairs that run under emulation: used only when no native
+        #: host is free, and given longer to package
+        self._emulated = emulated or set()
         total_slots = sum(h.host.slots for h in self._hosts.values())
         self._parallel = max(1, min(len(jobs), total_slots, max_parallel or total_slots))
         self._cond = threading.Condition()
@@ -170,11 +178,16 @@ class Scheduler:
                 if not candidates:
                     return None
                 free = [c for c in candidates if c.running < c.capacity]
+                native_free = [c for c in free if not self._is_emulated(c.host.name, job)]
                 if free:
-                    best = min(free, key=lambda c: (c.running / c.host.slots / c.host.speed, -c.host.speed))
+                    pool = native_free or free  # a free native host first; emulation rather than waiting
+                    best = min(pool, key=lambda c: (c.running / c.host.slots / c.host.speed, -c.host.speed))
                     best.running += 1
                     return best
                 self._cond.wait()
+
+    def _is_emulated(self, host: str, job: Job) -> bool:
+        return (host, job.target.environment) in self._emulated
 
     def _release(self, state: _HostState, failure: str | None) -> None:
         with self._cond:
@@ -250,8 +263,11 @@ class Scheduler:
                 labels = {**self._labels, "org.modelpack.job": job.id}
                 attempt: Attempt | None = None
                 try:
+                    timeouts = self._timeouts
+                    if self._is_emulated(name, job):  # qemu runs the engines 5-50x slower
+                        timeouts = replace(timeouts, package=timeouts.package * EMULATION_SLOWDOWN)
                     attempt = run_attempt(
-                        job, state.transport, self._staging, self._timeouts, labels,
+                        job, state.transport, self._staging, timeouts, labels,
                         on_stage=lambda s, n=name, st=state: self._on_stage(record, n, st, s),
                         on_log=lambda line, n=name: self.events.job_log(record, n, line),
                         on_open=self._track,

@@ -176,7 +176,8 @@ class Spec(_Strict):
                     raise ValueError(f"accelerate variant {variant!r} needs calibration samples (the `calibration`"
                                      f" key); it never calibrates on random data")
         if self.select and self.select.engine:
-            engines = {known[c.name].engine for c in calls} | {c.name for c in calls}
+            engines = ({known[c.name].engine for c in calls} | {c.name for c in calls}
+                       | {f"{c.name}+{c.variant}" for c in self.variant_calls()})
             if self.select.engine not in engines:
                 raise ValueError(f"select.engine {self.select.engine!r} is not among the compilers ({', '.join(sorted(engines))})")
         return self

@@ -76,6 +76,23 @@ def _tensor(name: str, array: np.ndarray, dynamic: list[int | str] | None = None
     return {"name": name, "dtype": "string" if array.dtype.kind == "U" else array.dtype.name, "shape": shape}
 
 
+#: lowest Android API level of each engine's official Android build (its AAR or SDK)
+ANDROID_MIN_API = {"onnxruntime": 24, "mnn": 21, "ncnn": 24}
+
+
+def android_facts(engine: str, version: str | None) -> dict[str, Any]:
+    """What an Android integrator needs, and what was not done: no device ran the package."""
+    return {
+        "abi": "arm64-v8a",
+        "min_api_level": ANDROID_MIN_API.get(engine),
+        "runtime": {"engine": engine, "version": version,
+                    "note": f"the app needs {engine} {version} for Android (same major.minor)"},
+        "checked_on": "linux/aarch64 with the same engine versions (numerical self-test)",
+        "device_tested": False,
+        "note": "no Android device ran this package; its model files were checked numerically on Linux arm64",
+    }
+
+
 def _evaluation_set(in_dir: Path, job: Job, runner: Any, work: Path) -> dict[str, str] | None:
     """The calibration samples and the fp32 reference's outputs on them, for task-level gates."""
     if not job.gate or not job.calibration:
@@ -279,6 +296,8 @@ def build(job: Job, in_dir: Path, out_dir: Path, stage: Callable[[str], None]) -
             "always_applied": ALWAYS_APPLIED,
             "gate": job.gate or {"tolerance": {"atol": job.atol, "rtol": job.rtol}},
         }
+    if job.target.os == "android":
+        manifest["android"] = android_facts(winner.engine, winner.version)
     if resolved:
         applied = "runtime" if winner.functions == "runtime" else "graph"
         manifest["functions"] = {

@@ -20,6 +20,7 @@ from typing import Any, Iterator, Mapping
 
 import docker
 import docker.errors
+import docker.types
 import requests.exceptions
 from docker.utils.socket import frames_iter
 
@@ -28,6 +29,7 @@ from ..inventory import Host
 from ..runtime.archive import ArchiveError
 from ..runtime.platforms import normalise_arch
 from .base import CommandTimeout, HostStatus, LineSink, Transport, TransportError, Workspace, disk_problem
+from .emulation import QEMU_CPU, cpuinfo_file
 from .seccomp import SECURITY_OPT
 from .tarstream import pack, unpack_single_file
 
@@ -89,6 +91,28 @@ class DockerTransport(Transport):
 
     def image_for(self, environment: str) -> str:
         return self.host.image or images.image_tag(environment)
+
+    def architectures(self, image: str) -> tuple[str, str]:
+        """(engine architecture, image architecture); they differ under emulation."""
+        client = self.client()
+        engine_arch = normalise_arch(client.info().get("Architecture", ""))
+        found = client.images.get(image)
+        return engine_arch, normalise_arch(found.attrs.get("Architecture", engine_arch))
+
+    def emulation_settings(self, image: str) -> dict[str, Any]:
+        """Container settings an emulated image needs (see emulation.py); none when native.
+        Emulation is detected from the architectures, never taken from a flag."""
+        engine_arch, image_arch = self.architectures(image)
+        if engine_arch == image_arch:
+            return {}
+        if image_arch not in QEMU_CPU:
+            raise TransportError(f"{self.name}: no known way to run {image_arch} images on a {engine_arch} engine")
+        if not _is_local_engine(self.client()):
+            raise TransportError(f"{self.name}: emulated {image_arch} builds need the engine on this machine (the"
+                                 f" cpuinfo file is bind-mounted from here); use a native {image_arch} engine")
+        cpuinfo = str(cpuinfo_file(image_arch))
+        return {"environment": {"QEMU_CPU": QEMU_CPU[image_arch]},
+                "mounts": [docker.types.Mount("/proc/cpuinfo", cpuinfo, type="bind", read_only=True)]}
 
     def probe(self, environment: str) -> HostStatus:
         try:
@@ -154,6 +178,7 @@ class DockerWorkspace(Workspace):
                     platform=transport.host.platform,
                     working_dir=str(self.root),
                     pids_limit=4096,
+                    **transport.emulation_settings(image),
                 )
                 self._container.start()
         except BaseException:
@@ -252,18 +277,20 @@ class DockerWorkspace(Workspace):
         """Image identity, and whether the container runs under emulation: an image
         whose architecture differs from the engine's runs through qemu, and timings
         measured there must not pass for native ones."""
-        image = self._container.image
-        engine_arch = normalise_arch(self._transport.client().info().get("Architecture", ""))
-        image_arch = normalise_arch(image.attrs.get("Architecture", engine_arch))
-        return {"image": self._image, "image_id": image.id, "image_arch": image_arch,
+        engine_arch, image_arch = self._transport.architectures(self._image)
+        return {"image": self._image, "image_id": self._container.image.id, "image_arch": image_arch,
                 "emulated": image_arch != engine_arch}
+
+
+def _is_local_engine(client: docker.DockerClient) -> bool:
+    return client.api.base_url.startswith(("http+docker://localhost", "http+unix://"))
 
 
 def _local_free_bytes(client: docker.DockerClient, info: Mapping[str, Any]) -> int | None:
     """Free space under the engine's data root when the engine runs on this machine;
     None for a remote engine (the Docker API does not report free space)."""
     root = info.get("DockerRootDir")
-    if not root or not client.api.base_url.startswith(("http+docker://localhost", "http+unix://")):
+    if not root or not _is_local_engine(client):
         return None
     try:
         return shutil.disk_usage(root).free

@@ -25,7 +25,7 @@ from orchestrator.scheduler import Scheduler
 from orchestrator.spec import load_spec
 from orchestrator.transports.base import TransportError
 from orchestrator.transports.docker import DockerTransport
-from tests.models import REPO, make_two_tower, save
+from tests.models import REPO, make_two_tower, renamed_specs, save
 
 LABEL = "org.modelpack"
 
@@ -83,34 +83,44 @@ def test_second_network_with_user_samples_in_docker(capsys, docker_client, docke
     assert "built   two-tower/linux-x86_64" in out
 
 
-def _scheduler(spec_path: Path, hosts: Path, out: Path, timeout: float = 600.0) -> Scheduler:
+def _scheduler(spec_path: Path, hosts: Path, out: Path, timeout: float = 600.0, copies: int = 1) -> Scheduler:
     inventory = load_inventory(hosts)
-    jobs = plan([load_spec(spec_path)])
+    base = load_spec(spec_path)
+    jobs = plan([base] if copies == 1 else renamed_specs(base, copies))
     transports = {h.name: DockerTransport(h) for h in inventory.hosts}
     return Scheduler(jobs, {j.id: inventory.hosts for j in jobs}, transports, out, staging_dir(out),
                      run_labels={f"{LABEL}.run": f"test-{os.getpid()}-{time.monotonic_ns()}"},
                      timeouts=StageTimeouts(package=timeout))
 
 
-def test_container_killed_mid_job_is_retried_on_another_host(docker_client, docker_hosts, tmp_path):
-    scheduler = _scheduler(REPO / "examples" / "tinycnn" / "modelpack.yaml", docker_hosts, tmp_path / "out")
+def test_container_killed_mid_job_is_retried_on_another_host(docker_client, tmp_path):
+    hosts = tmp_path / "three.yaml"
+    hosts.write_text("hosts:\n" + "".join(
+        f"  - {{name: dock-{n}, transport: docker, targets: [linux-x86_64], slots: 1}}\n" for n in "abc"))
+    scheduler = _scheduler(REPO / "examples" / "tinycnn" / "modelpack.yaml", hosts, tmp_path / "out", copies=3)
     run = scheduler._labels[f"{LABEL}.run"]
-    killed: list[str] = []
+    killed: list[tuple[str, str]] = []
+    lock = threading.Lock()
 
-    class KillFirstPackager:
+    class KillOnePackager:
         def job_update(self, record, host, stage):
-            if stage.startswith("package: ") and not killed:
+            with lock:
+                if not stage.startswith("package: ") or killed:
+                    return
                 for container in labelled(docker_client, run):
-                    container.kill()
-                    killed.append(host)
+                    if container.labels.get(f"{LABEL}.job") == record.job.id:
+                        container.kill()
+                        killed.append((record.job.id, host))
 
-    scheduler.events = KillFirstPackager()
-    [record] = scheduler.run()
+    scheduler.events = KillOnePackager()
+    records = scheduler.run()
     assert killed, "the test must have killed a build container"
-    assert record.status == "built"
-    assert [a.status for a in record.attempts] == ["infrastructure", "ok"]
-    assert record.attempts[0].host == killed[0] != record.attempts[1].host
-    assert "died" in record.attempts[0].reason
+    assert [r.status for r in records] == ["built"] * 3, [r.reason for r in records]
+    [victim] = [r for r in records if r.job.id == killed[0][0]]
+    assert [a.status for a in victim.attempts] == ["infrastructure", "ok"]
+    assert victim.attempts[0].host == killed[0][1] != victim.attempts[1].host
+    assert "died" in victim.attempts[0].reason
+    assert all(len(r.attempts) == 1 for r in records if r is not victim)
     assert labelled(docker_client, run) == []
 
 

@@ -227,3 +227,40 @@ def test_a_stalled_stage_fails_over_at_its_own_timeout(tmp_path, stall):
     assert f"{stall} exceeded its 0.5 s limit" in first.reason
     if stall == "push":
         assert stuck.closed.is_set(), "the stalled workspace was destroyed"
+
+
+def test_native_hosts_are_preferred_and_emulated_ones_get_longer_to_package(tmp_path):
+    from orchestrator.execute import StageTimeouts
+    from orchestrator.transports.simulated import SimulatedTransport
+    from tests.models import TINYCNN
+
+    jobs = plan(specs(tmp_path, TINYCNN, 1))
+    env = jobs[0].target.environment
+    seen: dict[str, float] = {}
+
+    class Recording(SimulatedTransport):
+        def open(self, environment, labels):
+            workspace = super().open(environment, labels)
+            original = workspace.run
+
+            def run(argv, env_vars, timeout, on_line):
+                seen[self.name] = timeout
+                return original(argv, env_vars, timeout, on_line)
+
+            workspace.run = run
+            return workspace
+
+    emulated = Recording(host("emulated", speed=50.0), lambda job, h: 0.0)
+    native = Recording(host("native", speed=0.1), lambda job, h: 0.0)
+    out = tmp_path / "out"
+
+    def run(hosts: list) -> list:
+        sched = Scheduler(jobs, {jobs[0].id: [h.host for h in hosts]}, {h.name: h for h in hosts}, out,
+                          staging_dir(out), run_labels={}, timeouts=StageTimeouts(package=60),
+                          emulated={("emulated", env)}, cache=None)
+        return sched.run()
+
+    [record] = run([emulated, native])
+    assert [a.host for a in record.attempts] == ["native"], "a free native host wins over a faster emulated one"
+    [record] = run([emulated])
+    assert record.status == "built" and seen == {"native": 60, "emulated": 600}

@@ -19,6 +19,8 @@ from ..job import JobTarget
 from . import Artifact, BaseCompiler, CompileContext, CompileResult, CompilerError, choice, converter_failed
 
 _LEVELS = ("basic", "extended")
+#: target operating systems whose onnxruntime builds are the reduced mobile ones
+MOBILE = ("android", "ios")
 _ORT_PLATFORM = {"x86_64": "amd64", "aarch64": "arm"}
 
 
@@ -64,7 +66,20 @@ class OnnxRuntimeCompiler(BaseCompiler):
         if options.ort_format:
             ort_artifacts, reproducible = self._ort_format(optimised, out_dir, target)
             artifacts += ort_artifacts
+        if target.os in MOBILE:
+            artifacts.append(self._mobile_usability(optimised, out_dir))
         return CompileResult(artifacts, reproducible=reproducible)
+
+    def _mobile_usability(self, optimised: Path, out_dir: Path) -> Artifact:
+        """onnxruntime's own report on how much of the model NNAPI (Android) and CoreML
+        (iOS) can take, shipped so that whoever integrates the package can decide."""
+        proc = subprocess.run([sys.executable, "-m", "onnxruntime.tools.check_onnx_model_mobile_usability",
+                               optimised.name], cwd=str(out_dir), capture_output=True, text=True)
+        lines = [line.removeprefix("INFO:  ").rstrip() for line in (proc.stdout + proc.stderr).splitlines()]
+        if proc.returncode != 0 or not any("NNAPI" in line for line in lines):
+            raise converter_failed("the ORT mobile usability check", proc.returncode, proc.stdout + proc.stderr)
+        (out_dir / "mobile_usability.txt").write_text("\n".join(lines).strip() + "\n")
+        return Artifact("model/mobile_usability.txt", "ort-mobile-usability", self.engine, "auxiliary")
 
     def _ort_format(self, optimised: Path, out_dir: Path, target: JobTarget) -> tuple[list[Artifact], bool]:
         # Fixed paths (not tempfile names) keep the converter's heap layout, and so its
