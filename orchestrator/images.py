@@ -3,7 +3,7 @@
 An image is named ``modelpack/<environment>:<hash>``, where the hash covers every file
 in ``images/<environment>/`` (Dockerfile, pinned requirements, base recipe). A changed
 input means a new tag; an unchanged one means the build is a no-op. The base root
-filesystem comes from Debian via mmdebstrap and ``docker import``; wheels come from a
+filesystem comes from Debian via mmdebstrap, added onto an empty image; wheels come from a
 wheelhouse downloaded on this machine for the image's platform and Python version.
 """
 
@@ -120,7 +120,6 @@ def _build_base(client: docker.DockerClient, env: Environment) -> None:
         return
     if shutil.which("mmdebstrap") is None:
         raise ImageError("mmdebstrap is not installed (apt-get install mmdebstrap); it makes the base root filesystem")
-    repository, tag = env.base_tag.split(":")
     with tempfile.TemporaryDirectory(prefix="modelpack-rootfs-") as tmp:
         rootfs = Path(tmp) / "rootfs.tar"
         argv = ["mmdebstrap", "--variant=apt", f"--architectures={env.arch}",
@@ -129,9 +128,24 @@ def _build_base(client: docker.DockerClient, env: Environment) -> None:
         proc = subprocess.run(argv, capture_output=True, text=True)
         if proc.returncode != 0:
             raise ImageError(f"mmdebstrap failed: {proc.stderr.strip().splitlines()[-1:]}")
-        client.api.import_image_from_file(str(rootfs), repository=repository, tag=tag)
+        # `ADD rootfs.tar /` onto scratch rather than `docker import`: a build records the
+        # platform, an import records the engine's own (an arm64 tree would pass for amd64)
+        dockerfile = b"FROM scratch\nADD rootfs.tar /\nCMD [\"/bin/bash\"]\n"
+        context = Path(tmp) / "context.tar"
+        with tarfile.open(context, "w") as tar:
+            info = tarfile.TarInfo("Dockerfile")
+            info.size = len(dockerfile)
+            tar.addfile(info, io.BytesIO(dockerfile))
+            tar.add(rootfs, arcname="rootfs.tar")
+        rootfs.unlink()
+        with open(context, "rb") as stream:
+            try:
+                client.images.build(fileobj=stream, custom_context=True, tag=env.base_tag, platform=env.platform,
+                                    rm=True, forcerm=True, network_mode="none")
+            except docker.errors.BuildError as exc:
+                raise ImageError(f"importing the root filesystem for {env.base_tag} failed: {exc}") from None
     if not _exists(client, env.base_tag):
-        raise ImageError(f"docker import did not produce {env.base_tag}")
+        raise ImageError(f"the base image {env.base_tag} was not produced")
 
 
 def _wheelhouse(env: Environment) -> Path:
