@@ -51,6 +51,14 @@ def local_hosts(tmp_path: Path) -> Path:
     return path
 
 
+def unavailable(problem: str, required_by: str) -> None:
+    """Skip a test whose real environment is missing, or fail it where ``required_by``
+    is set to 1 (CI sets MODELPACK_REQUIRE_DOCKER), so a broken setup cannot pass as skips."""
+    if os.environ.get(required_by) == "1":
+        pytest.fail(problem)
+    pytest.skip(problem)
+
+
 @pytest.fixture
 def docker_client():
     """The real Docker engine with the build image present. Skipped when absent, unless
@@ -67,7 +75,5 @@ def docker_client():
     except Exception as exc:  # any reason the engine or image is not usable
         problem = f"Docker engine or build image unavailable ({exc}); run scripts/build-images"
     if problem:
-        if os.environ.get("MODELPACK_REQUIRE_DOCKER") == "1":
-            pytest.fail(problem)
-        pytest.skip(problem)
+        unavailable(problem, "MODELPACK_REQUIRE_DOCKER")
     return client

@@ -21,6 +21,7 @@ from orchestrator.images import cannot_run_here, image_tag
 from orchestrator.inventory import Host
 from orchestrator.runtime.archive import extract
 from orchestrator.transports.docker import DockerTransport
+from tests.conftest import unavailable
 from tests.models import TINYCNN, pypi_model
 
 LABEL = "org.modelpack"
@@ -36,9 +37,7 @@ def arm_image(docker_client_module) -> str:
         except Exception:
             reason = f"the arm64 build image {tag} is missing; run scripts/build-images"
     if reason:
-        if os.environ.get("MODELPACK_REQUIRE_ARM") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
+        unavailable(reason, "MODELPACK_REQUIRE_ARM")
     return tag
 
 
