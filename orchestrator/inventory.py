@@ -20,7 +20,7 @@ from .errors import InputError
 from .runtime.platforms import this_machine
 from .targets import TARGETS, Target, known_target
 
-_DOCKER_KEYS = ("docker_host", "platform", "image", "allow_emulation")
+_DOCKER_KEYS = ("docker_host", "platform", "image", "allow_emulation", "tls_ca", "tls_cert", "tls_key")
 _SSH_KEYS = ("address", "user", "port", "key", "host_key", "known_hosts", "shell", "workdir", "python",
              "liveness_timeout")
 SUPPORTED_TRANSPORTS = ("docker", "local", "ssh")
@@ -46,6 +46,9 @@ class Host(BaseModel):
     platform: str | None = Field(None, description="container platform, e.g. linux/amd64")
     image: str | None = Field(None, description="build image to use instead of the one built by scripts/build-images")
     allow_emulation: bool = Field(True, description="allow builds under emulation on this engine")
+    tls_ca: str | None = Field(None, description="docker tcp://: CA certificate the engine's certificate must chain to")
+    tls_cert: str | None = Field(None, description="docker tcp://: client certificate (with tls_key)")
+    tls_key: str | None = Field(None, description="docker tcp://: client private key")
     # ssh
     address: str | None = Field(None, description="ssh: host name or address")
     user: str | None = Field(None, description="ssh: login user")
@@ -71,6 +74,11 @@ class Host(BaseModel):
             raise ValueError(f"{', '.join(wrong)} do not apply to a {self.transport} host")
         if self.transport == "ssh" and not self.address:
             raise ValueError("an ssh host needs an address")
+        tls = [k for k in ("tls_ca", "tls_cert", "tls_key") if k in given]
+        if tls and not (self.docker_host or "").startswith("tcp://"):
+            raise ValueError(f"{', '.join(tls)} apply to a docker_host: tcp://... engine")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
         return self
 
 

@@ -20,6 +20,7 @@ from typing import Any, Iterator, Mapping
 
 import docker
 import docker.errors
+import docker.tls
 import docker.types
 import requests.exceptions
 from docker.utils.socket import frames_iter
@@ -84,10 +85,27 @@ class DockerTransport(Transport):
             if self._client is None:
                 with _infrastructure(f"connecting to the Docker engine of {self.name}"):
                     if self.host.docker_host:
-                        self._client = docker.DockerClient(base_url=self.host.docker_host, timeout=self._api_timeout)
+                        self._client = docker.DockerClient(base_url=self.host.docker_host, timeout=self._api_timeout,
+                                                           tls=self._tls())
                     else:
                         self._client = docker.from_env(timeout=self._api_timeout)
             return self._client
+
+    def _tls(self) -> docker.tls.TLSConfig | bool:
+        """TLS for a tcp:// engine: the engine's certificate is always verified (against
+        tls_ca, else the system's CAs), never accepted blindly. ssh:// engines go through
+        docker-py's paramiko client, which checks ~/.ssh/known_hosts and rejects unknown keys."""
+        if not (self.host.docker_host or "").startswith("tcp://"):
+            return False
+        if not (self.host.tls_ca or self.host.tls_cert):
+            return False  # plain tcp:// (e.g. a local socket proxy); TLS is opt-in by giving certificates
+        cert = (str(Path(self.host.tls_cert).expanduser()), str(Path(self.host.tls_key).expanduser())) \
+            if self.host.tls_cert and self.host.tls_key else None
+        try:
+            return docker.tls.TLSConfig(client_cert=cert, verify=str(Path(self.host.tls_ca).expanduser())
+                                        if self.host.tls_ca else True)
+        except docker.errors.TLSParameterError as exc:
+            raise TransportError(f"{self.name}: TLS settings: {exc}") from None
 
     def image_for(self, environment: str) -> str:
         return self.host.image or images.image_tag(environment)

@@ -125,6 +125,13 @@ def test_unknown_key_in_hosts_yaml(capsys, write_spec, out_dir, tmp_path):
         ("{name: a, transport: docker, targets: [linux-x86_64], address: x}", ("address do not apply to a docker host",)),
         ("{name: a, transport: ssh, targets: [windows-x86_64]}", ("needs an address",)),
         ("{name: a, transport: local, targets: [plan9]}", ("hosts[0].targets", "unknown target 'plan9'")),
+        ("{name: a, transport: docker, targets: [linux-x86_64], tls_ca: ca.pem}",
+         ("tls_ca apply to a docker_host: tcp://... engine",)),
+        ("{name: a, transport: docker, targets: [linux-x86_64], docker_host: 'tcp://b:2376', tls_cert: c.pem}",
+         ("tls_cert and tls_key go together",)),
+        ("{name: a, transport: ssh, address: x, targets: [linux-x86_64], tls_key: k.pem}",
+         ("tls_key do not apply to a ssh host",)),
+        ("{name: a, transport: local, targets: [linux-x86_64], min_free_gb: -1}", ("hosts[0].min_free_gb",)),
     ],
 )
 def test_invalid_host_fields(capsys, write_spec, out_dir, tmp_path, host, needles):

@@ -1,0 +1,131 @@
+"""A Docker engine reached over tcp:// with TLS, as a real arm64 server would be: here the
+local engine behind a TLS endpoint that demands a client certificate (a small proxy to
+its socket), with certificates made for the test. The engine's certificate must verify
+against the configured CA; a wrong CA or a missing client certificate is refused."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import socket
+import ssl
+import threading
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from orchestrator.inventory import Host
+from orchestrator.transports.docker import DockerTransport
+
+DOCKER_SOCKET = "/var/run/docker.sock"
+
+
+def _certificate(name: str, key, issuer_name: str, issuer_key, ca: bool, ip: str | None = None):
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (x509.CertificateBuilder()
+               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+               .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer_name)]))
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    if ip:
+        builder = builder.add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))]),
+                                        critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _write(folder: Path, name: str, cert, key) -> tuple[Path, Path]:
+    cert_path, key_path = folder / f"{name}.pem", folder / f"{name}-key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> dict[str, Path]:
+    files: dict[str, Path] = {}
+    for ca_name in ("ca", "other-ca"):
+        ca_key = ec.generate_private_key(ec.SECP256R1())
+        ca_cert = _certificate(ca_name, ca_key, ca_name, ca_key, ca=True)
+        files[ca_name], _ = _write(tmp_path, ca_name, ca_cert, ca_key)
+        if ca_name == "ca":
+            for role, ip in (("server", "127.0.0.1"), ("client", None)):
+                key = ec.generate_private_key(ec.SECP256R1())
+                files[role], files[f"{role}-key"] = _write(tmp_path, role, _certificate(role, key, "ca", ca_key,
+                                                                                        ca=False, ip=ip), key)
+    return files
+
+
+@pytest.fixture
+def tls_engine(pki, docker_client) -> int:
+    """127.0.0.1:PORT speaking TLS (client certificate required) to the local engine."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pki["server"], pki["server-key"])
+    context.load_verify_locations(pki["ca"])
+    context.verify_mode = ssl.CERT_REQUIRED
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def pipe(source: socket.socket, dest: socket.socket) -> None:
+        try:
+            while data := source.recv(1 << 16):
+                dest.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (source, dest):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def serve() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                raw, _ = listener.accept()
+            except TimeoutError:
+                continue
+            try:
+                secure = context.wrap_socket(raw, server_side=True)
+            except (ssl.SSLError, OSError):
+                raw.close()
+                continue
+            engine = socket.socket(socket.AF_UNIX)
+            engine.connect(DOCKER_SOCKET)
+            threading.Thread(target=pipe, args=(secure, engine), daemon=True).start()
+            threading.Thread(target=pipe, args=(engine, secure), daemon=True).start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1]
+    stop.set()
+    thread.join(5)
+    listener.close()
+
+
+def remote(port: int, **tls) -> DockerTransport:
+    return DockerTransport(Host(name="remote", transport="docker", targets=["linux-x86_64"],
+                                docker_host=f"tcp://127.0.0.1:{port}", **{k: str(v) for k, v in tls.items()}))
+
+
+@pytest.mark.skipif(not os.path.exists(DOCKER_SOCKET), reason="needs the engine's unix socket to put TLS in front")
+def test_tls_engine_builds_only_with_the_right_ca_and_a_client_certificate(pki, tls_engine):
+    good = remote(tls_engine, tls_ca=pki["ca"], tls_cert=pki["client"], tls_key=pki["client-key"])
+    status = good.probe("linux-x86_64")
+    assert status.reachable, status.detail
+    with good.open("linux-x86_64", {"org.modelpack.run": f"tls-{os.getpid()}"}) as ws:
+        lines: list[str] = []
+        assert ws.run(["python", "-c", "print('over tls')"], {}, 60, lines.append) == 0
+        assert lines == ["over tls"]
+    wrong_ca = remote(tls_engine, tls_ca=pki["other-ca"], tls_cert=pki["client"], tls_key=pki["client-key"])
+    refused = wrong_ca.probe("linux-x86_64")
+    assert not refused.reachable and "CERTIFICATE_VERIFY_FAILED" in refused.detail.upper().replace(" ", "_")
+    no_client_cert = remote(tls_engine, tls_ca=pki["ca"])
+    assert not no_client_cert.probe("linux-x86_64").reachable
