@@ -273,8 +273,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     for kind in ("inputs", "outputs"):
         for tensor in manifest[kind]:
             _out(f"  {kind[:-1]:6} {tensor['name']}: {tensor['dtype']}{tensor['shape']}")
+    functions = manifest.get("functions")
+    if functions:
+        steps = " > ".join(s["op"] for s in functions["pre"] + functions["post"] + functions["runtime"])
+        _out(f"  functions     {steps} (in the {functions['applied_by']}; labels in the runtime)"
+             if functions["runtime"] else f"  functions     {steps} (in the {functions['applied_by']})")
     c = manifest["compiler"]
-    _out(f"  compiler      {c['name']} {c['version']} {json.dumps(c['options'], sort_keys=True)}")
+    variant = f" variant {c['variant']}" if c.get("variant") else ""
+    _out(f"  compiler      {c['name']} {c['version']} {json.dumps(c['options'], sort_keys=True)}{variant}")
     for artifact in manifest["artifacts"]:
         _out(f"  artifact      {artifact['path']} ({artifact['format']}, {artifact['role']})")
     selection = manifest.get("selection", {})
