@@ -19,9 +19,11 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Iterator, Mapping
 
 import docker
+import docker.constants
 import docker.errors
 import docker.tls
 import docker.types
+import paramiko
 import requests.exceptions
 from docker.utils.socket import frames_iter
 
@@ -58,7 +60,8 @@ def _owner_gone(owner: str) -> bool:
         return False
     return False
 MAX_PULL_BYTES = 16 << 30
-_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException, OSError)
+#: what the engine, its HTTP link or an ssh:// link (docker-py drives paramiko) can raise
+_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException, OSError, paramiko.SSHException)
 
 
 @contextlib.contextmanager
@@ -85,11 +88,27 @@ class DockerTransport(Transport):
             if self._client is None:
                 with _infrastructure(f"connecting to the Docker engine of {self.name}"):
                     if self.host.docker_host:
-                        self._client = docker.DockerClient(base_url=self.host.docker_host, timeout=self._api_timeout,
-                                                           tls=self._tls())
+                        self._client = self._remote_client()
                     else:
                         self._client = docker.from_env(timeout=self._api_timeout)
             return self._client
+
+    def _remote_client(self) -> docker.DockerClient:
+        settings = {"base_url": self.host.docker_host, "timeout": self._api_timeout, "tls": self._tls()}
+        if not self.host.tls_ca:
+            return docker.DockerClient(**settings)
+        # requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override a session's CA, which
+        # would verify the engine against the system CAs instead of tls_ca; the SDK asks
+        # for the API version while constructing, so that first call is made by hand
+        first = docker.DockerClient(version=docker.constants.MINIMUM_DOCKER_API_VERSION, **settings)
+        first.api.trust_env = False
+        try:
+            version = first.version()["ApiVersion"]
+        finally:
+            first.close()
+        client = docker.DockerClient(version=version, **settings)
+        client.api.trust_env = False
+        return client
 
     def _tls(self) -> docker.tls.TLSConfig | bool:
         """TLS for a tcp:// engine: the engine's certificate is always verified (against
@@ -102,8 +121,8 @@ class DockerTransport(Transport):
         cert = (str(Path(self.host.tls_cert).expanduser()), str(Path(self.host.tls_key).expanduser())) \
             if self.host.tls_cert and self.host.tls_key else None
         try:
-            return docker.tls.TLSConfig(client_cert=cert, verify=str(Path(self.host.tls_ca).expanduser())
-                                        if self.host.tls_ca else True)
+            ca = str(Path(self.host.tls_ca).expanduser()) if self.host.tls_ca else None
+            return docker.tls.TLSConfig(client_cert=cert, ca_cert=ca, verify=True)
         except docker.errors.TLSParameterError as exc:
             raise TransportError(f"{self.name}: TLS settings: {exc}") from None
 

@@ -29,23 +29,29 @@ def client_key(tmp_path_factory) -> tuple[Path, str]:
 
 @pytest.fixture(scope="module")
 def sshd(docker_client_module, client_key):
-    """A running sshd container on its own network; yields (address, pinned host key, container)."""
-    client = docker_client_module
+    """A running sshd container on its own network; yields (address, pinned host key, container, network)."""
+    yield from start_sshd(docker_client_module, client_key)
+
+
+def start_sshd(client, client_key, files: dict[str, tuple[bytes, int]] | None = None, **create):
+    """Run an sshd container (authorised for ``client_key``, with extra ``files`` as
+    {path: (bytes, mode)}) on a private network, and remove both afterwards."""
     try:
         image = image_tag("sshd-test")
         client.images.get(image)
     except Exception as exc:  # built by scripts/build-images
         pytest.fail(f"sshd test image missing ({exc}); run scripts/build-images")
-    network = client.networks.create(f"modelpack-ssh-{os.getpid()}", driver="bridge",
+    network = client.networks.create(f"modelpack-ssh-{os.getpid()}-{time.monotonic_ns()}", driver="bridge",
                                       labels={"org.modelpack.test": "1"})
-    container = client.containers.create(image, labels={"org.modelpack.test": "1"}, network=network.name)
+    container = client.containers.create(image, labels={"org.modelpack.test": "1"}, network=network.name, **create)
     data = io.BytesIO()
     with tarfile.open(fileobj=data, mode="w") as tar:
-        blob = (client_key[1] + "\n").encode()
-        info = tarfile.TarInfo("root")
-        info.size, info.mode = len(blob), 0o600
-        tar.addfile(info, io.BytesIO(blob))
-    container.put_archive("/etc/ssh/authorized", data.getvalue())
+        for path, (blob, mode) in {"etc/ssh/authorized/root": ((client_key[1] + "\n").encode(), 0o600),
+                                   **(files or {})}.items():
+            info = tarfile.TarInfo(path.lstrip("/"))
+            info.size, info.mode = len(blob), mode
+            tar.addfile(info, io.BytesIO(blob))
+    container.put_archive("/", data.getvalue())
     container.start()
     try:
         container.reload()

@@ -129,3 +129,45 @@ def test_tls_engine_builds_only_with_the_right_ca_and_a_client_certificate(pki, 
     assert not refused.reachable and "CERTIFICATE_VERIFY_FAILED" in refused.detail.upper().replace(" ", "_")
     no_client_cert = remote(tls_engine, tls_ca=pki["ca"])
     assert not no_client_cert.probe("linux-x86_64").reachable
+
+
+@pytest.fixture
+def sshd_with_docker(docker_client, client_key):
+    """An sshd host whose `docker` CLI talks to the local engine: what an arm64 build
+    server reached as docker_host: ssh://user@host looks like."""
+    import shutil
+
+    cli = shutil.which("docker")
+    if cli is None or not os.path.exists(DOCKER_SOCKET):
+        pytest.skip("needs the docker CLI and the engine's unix socket on this machine")
+    from tests.integration.conftest import start_sshd
+
+    files = {"/usr/local/bin/docker": (Path(cli).read_bytes(), 0o755)}
+    yield from start_sshd(docker_client, client_key, files=files,
+                          volumes={DOCKER_SOCKET: {"bind": "/var/run/docker.sock", "mode": "rw"}})
+
+
+def test_ssh_engine_needs_a_known_host_key(sshd_with_docker, client_key, tmp_path, monkeypatch):
+    """docker_host: ssh://... goes through docker-py's paramiko client: ~/.ssh/config gives
+    the key, ~/.ssh/known_hosts must hold the host key, and an unknown key is refused."""
+    address, host_key, _, _ = sshd_with_docker
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "config").write_text(f"Host {address}\n  IdentityFile {client_key[0]}\n  User root\n")
+    (home / ".ssh" / "known_hosts").write_text("")
+    monkeypatch.setenv("HOME", str(home))
+
+    def engine() -> DockerTransport:
+        return DockerTransport(Host(name="arm-box", transport="docker", targets=["linux-x86_64"],
+                                    docker_host=f"ssh://root@{address}"))
+
+    unknown = engine().probe("linux-x86_64")
+    assert not unknown.reachable and "not found in known_hosts" in unknown.detail
+    (home / ".ssh" / "known_hosts").write_text(f"{address} {host_key}\n")
+    known = engine()
+    status = known.probe("linux-x86_64")
+    assert status.reachable, status.detail
+    with known.open("linux-x86_64", {"org.modelpack.run": f"ssh-engine-{os.getpid()}"}) as ws:
+        lines: list[str] = []
+        assert ws.run(["python", "-c", "print('over ssh')"], {}, 60, lines.append) == 0
+        assert lines == ["over ssh"]
