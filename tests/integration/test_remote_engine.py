@@ -110,6 +110,16 @@ def tls_engine(pki, docker_client) -> int:
     listener.close()
 
 
+def assert_builds_through(engine: DockerTransport) -> None:
+    """The engine passes the preflight and runs a command in a build container."""
+    status = engine.probe("linux-x86_64")
+    assert status.reachable, status.detail
+    with engine.open("linux-x86_64", {"org.modelpack.run": f"remote-{os.getpid()}"}) as ws:
+        lines: list[str] = []
+        assert ws.run(["python", "-c", "print('through', 'the', 'engine')"], {}, 60, lines.append) == 0
+        assert lines == ["through the engine"]
+
+
 def remote(port: int, **tls) -> DockerTransport:
     return DockerTransport(Host(name="remote", transport="docker", targets=["linux-x86_64"],
                                 docker_host=f"tcp://127.0.0.1:{port}", **{k: str(v) for k, v in tls.items()}))
@@ -117,13 +127,7 @@ def remote(port: int, **tls) -> DockerTransport:
 
 @pytest.mark.skipif(not os.path.exists(DOCKER_SOCKET), reason="needs the engine's unix socket to put TLS in front")
 def test_tls_engine_builds_only_with_the_right_ca_and_a_client_certificate(pki, tls_engine):
-    good = remote(tls_engine, tls_ca=pki["ca"], tls_cert=pki["client"], tls_key=pki["client-key"])
-    status = good.probe("linux-x86_64")
-    assert status.reachable, status.detail
-    with good.open("linux-x86_64", {"org.modelpack.run": f"tls-{os.getpid()}"}) as ws:
-        lines: list[str] = []
-        assert ws.run(["python", "-c", "print('over tls')"], {}, 60, lines.append) == 0
-        assert lines == ["over tls"]
+    assert_builds_through(remote(tls_engine, tls_ca=pki["ca"], tls_cert=pki["client"], tls_key=pki["client-key"]))
     wrong_ca = remote(tls_engine, tls_ca=pki["other-ca"], tls_cert=pki["client"], tls_key=pki["client-key"])
     refused = wrong_ca.probe("linux-x86_64")
     assert not refused.reachable and "CERTIFICATE_VERIFY_FAILED" in refused.detail.upper().replace(" ", "_")
@@ -164,10 +168,4 @@ def test_ssh_engine_needs_a_known_host_key(sshd_with_docker, client_key, tmp_pat
     unknown = engine().probe("linux-x86_64")
     assert not unknown.reachable and "not found in known_hosts" in unknown.detail
     (home / ".ssh" / "known_hosts").write_text(f"{address} {host_key}\n")
-    known = engine()
-    status = known.probe("linux-x86_64")
-    assert status.reachable, status.detail
-    with known.open("linux-x86_64", {"org.modelpack.run": f"ssh-engine-{os.getpid()}"}) as ws:
-        lines: list[str] = []
-        assert ws.run(["python", "-c", "print('over ssh')"], {}, 60, lines.append) == 0
-        assert lines == ["over ssh"]
+    assert_builds_through(engine())
