@@ -60,16 +60,15 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
 ALWAYS_APPLIED = {"simplify": "onnxslim runs on every candidate's model during normalisation"}
 
 
-def load_calibration(path: Path) -> list[dict[str, np.ndarray]]:
-    """Calibration samples: an .npz keyed by input name (or an .npy for one input) whose
-    arrays carry the samples along a leading axis. Returned one feed dict per sample."""
+def load_calibration(path: Path | str) -> list[dict[str, np.ndarray]]:
+    """Samples stored as an .npz keyed by tensor name, each array carrying the samples
+    along its leading axis (the spec's calibration set, and the evaluation sets the
+    packager writes): one feed dict per sample. The controller checked the layout."""
     with np.load(path, allow_pickle=False) as data:
-        arrays = {k: data[k] for k in data.files} if hasattr(data, "files") else None
-    if arrays is None:
-        raise VariantError("calibration must be an .npz keyed by input name")
+        arrays = {k: data[k] for k in data.files}
     counts = {len(v) for v in arrays.values()}
     if len(counts) != 1:
-        raise VariantError(f"calibration arrays have different sample counts {sorted(counts)}")
+        raise VariantError(f"{Path(path).name}: arrays have different sample counts {sorted(counts)}")
     count = counts.pop()
     return [{k: v[i] for k, v in arrays.items()} for i in range(count)]
 

@@ -290,7 +290,7 @@ def build(job: Job, in_dir: Path, out_dir: Path, stage: Callable[[str], None]) -
         },
         "provenance": {**job.provenance, "packager_version": __version__, "build_platform": env.to_json()},
     }
-    if job.compilers and any(c.variant for c in job.compilers) or job.gate:
+    if any(c.variant for c in job.compilers) or job.gate:
         manifest["acceleration"] = {
             "variants": [c.variant for c in job.compilers if c.variant],
             "always_applied": ALWAYS_APPLIED,
@@ -306,10 +306,9 @@ def build(job: Job, in_dir: Path, out_dir: Path, stage: Callable[[str], None]) -
             "preparation": fusion_notes,
             "check": function_check.to_json() if function_check else None,
         }
-        labels = {s["file"]: s["labels"] for s in resolved.runtime if s["op"] == "labels"}
-        for step in resolved.runtime:
-            (root / "labels.txt").write_text("\n".join(step["labels"]) + "\n", encoding="utf-8")
-        if labels:
+        labels = next((s["labels"] for s in resolved.runtime if s["op"] == "labels"), None)
+        if labels:  # at most one top-k step, so at most one label list
+            (root / "labels.txt").write_text("\n".join(labels) + "\n", encoding="utf-8")
             manifest["functions"]["labels_file"] = "labels.txt"
     write_manifest(root, manifest)
 

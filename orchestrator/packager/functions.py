@@ -320,10 +320,15 @@ class _Graph:
         self.constants.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
         return name
 
-    def op(self, kind: str, inputs: list[str], out: str | None = None, outputs: int = 1, **attrs: Any) -> Any:
+    def op(self, kind: str, inputs: list[str], out: str | list[str] | None = None, outputs: int = 1,
+           **attrs: Any) -> Any:
+        """Add a node; ``out`` names its output(s), otherwise fresh names are made."""
         from onnx import helper
 
-        names = [out] if out else [self.name(kind.lower()) for _ in range(outputs)]
+        if isinstance(out, list):
+            names = out
+        else:
+            names = [out] if out else [self.name(kind.lower()) for _ in range(outputs)]
         self.nodes.append(helper.make_node(kind, inputs, names, name=self.name(kind), **attrs))
         return names[0] if outputs == 1 else names
 
@@ -387,8 +392,7 @@ def _build_post(g: _Graph, steps: list[Step], source: str, final_name: str) -> d
             flat = g.op("Reshape", [x, g.const([-1], np.int64)])
             k = g.op("Min", [g.op("Shape", [flat]), g.const([step["k"]], np.int64)])
             if step["threshold"] is None:
-                g.op("TopK", [flat, k], out=None, outputs=2, axis=-1, largest=1, sorted=1)
-                g.nodes[-1].output[:] = [step["scores"], step["indices"]]
+                g.op("TopK", [flat, k], out=[step["scores"], step["indices"]], axis=-1, largest=1, sorted=1)
             else:
                 values, indices = g.op("TopK", [flat, k], outputs=2, axis=-1, largest=1, sorted=1)
                 keep = g.op("GreaterOrEqual", [values, g.const(step["threshold"], np.float32)])
@@ -421,9 +425,8 @@ def _build_detections(g: _Graph, step: Step, raw: str) -> dict[str, tuple[int, l
     chosen_scores = g.op("GatherND", [per_class, selected])
     chosen_boxes = g.op("Gather", [g.squeeze(boxes, [0]), which], axis=0)
     k = g.op("Min", [g.op("Shape", [chosen_scores]), g.const([step["max_detections"]], np.int64)])
-    g.op("TopK", [chosen_scores, k], outputs=2, axis=-1, largest=1, sorted=1)
     order = g.name("order")
-    g.nodes[-1].output[:] = [step["scores"], order]
+    g.op("TopK", [chosen_scores, k], out=[step["scores"], order], axis=-1, largest=1, sorted=1)
     g.op("Gather", [chosen_boxes, order], out=step["boxes"], axis=0)
     g.op("Gather", [classes, order], out=step["classes"], axis=0)
     f, i64 = onnx.TensorProto.FLOAT, onnx.TensorProto.INT64
@@ -490,12 +493,10 @@ def fuse(model: Any, resolved: Resolved) -> tuple[Any, list[str]]:
         new_outputs = _build_post(post, resolved.post, raw, source)
         position = [o.name for o in graph.output].index(source)
         kept_outputs = list(graph.output)
-        if new_outputs:
+        if new_outputs:  # (softmax/sigmoid only: the output keeps its name and shape)
             del kept_outputs[position]
             for offset, (name, (elem, dims)) in enumerate(new_outputs.items()):
                 kept_outputs.insert(position + offset, helper.make_tensor_value_info(name, elem, dims))
-        else:  # softmax/sigmoid only: the output keeps its name and shape
-            pass
         del graph.output[:]
         graph.output.extend(kept_outputs)
     nodes = [*pre.nodes, *graph.node, *post.nodes]

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..runtime.checks import compare_outputs
 from ..runtime.engines import open_artifact
-from .accelerate import VARIANTS, top1_agreement, transform
+from .accelerate import VARIANTS, load_calibration, top1_agreement, transform
 from .compilers import CompileContext, parse_options, registry
 from .job import JobTarget
 
@@ -85,19 +85,12 @@ def measure_candidate(request: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def _samples(path: str) -> list[dict[str, np.ndarray]]:
-    with np.load(path, allow_pickle=False) as data:
-        arrays = {k: data[k] for k in data.files}
-    count = len(next(iter(arrays.values())))
-    return [{k: v[i] for k, v in arrays.items()} for i in range(count)]
-
-
 def task_gate(runner: Any, gate: dict[str, Any], evaluation: dict[str, str],
               metric_file: str | None) -> dict[str, Any]:
     """A task-level criterion over the evaluation samples, instead of per-output tolerance:
     top-1 agreement with the fp32 reference, or the drop of the user's metric."""
-    inputs = _samples(evaluation["inputs"])
-    reference = _samples(evaluation["reference"])
+    inputs = load_calibration(evaluation["inputs"])
+    reference = load_calibration(evaluation["reference"])
     outputs = [runner.run(feed) for feed in inputs]
     if "top1_agreement" in gate:
         name = gate.get("output") or next(iter(reference[0]))
