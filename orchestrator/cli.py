@@ -50,12 +50,10 @@ def _local_docker_answers() -> bool:
         return False
 
 
-def _probe_all(hosts: list[Any], environments: dict[str, list[str]]) -> dict[tuple[str, str], Any]:
-    """Probe every (host, environment) pair in parallel; a dead host costs one timeout."""
-    from .transports import make_transport
-
-    transports = {h.name: make_transport(h) for h in hosts}
-    pairs = [(h.name, env) for h in hosts for env in environments[h.name]]
+def _probe_all(transports: dict[str, Any], environments: dict[str, list[str]]) -> dict[tuple[str, str], Any]:
+    """Probe every (host, environment) pair in parallel; a dead host costs one timeout.
+    The transports are the run's own, so an SSH host's connection serves the whole run."""
+    pairs = [(name, env) for name in transports for env in environments[name]]
     with ThreadPoolExecutor(max_workers=max(1, min(8, len(pairs)))) as pool:
         statuses = list(pool.map(lambda p: transports[p[0]].probe(p[1]), pairs))
     return dict(zip(pairs, statuses))
@@ -75,6 +73,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     from .scheduler import Scheduler
     from .spec import load_spec
     from .transports import make_transport
+    from .transports.base import TransportError
 
     specs = [load_spec(p) for p in _spec_files(args.spec)]
     inventory = _inventory(args.hosts)
@@ -82,21 +81,26 @@ def cmd_build(args: argparse.Namespace) -> int:
     eligible = {job.id: eligible_hosts(inventory, job.target, job.required_features) for job in jobs}
     used = {h.name: h for hosts in eligible.values() for h in hosts}
     transports = {name: make_transport(host) for name, host in used.items()}
+    for transport in transports.values():
+        transport.keep_workspaces = args.keep
 
     environments: dict[str, list[str]] = {name: [] for name in used}
     for job in jobs:
         for host in eligible[job.id]:
             if job.target.environment not in environments[host.name]:
                 environments[host.name].append(job.target.environment)
-    health = _probe_all(list(used.values()), environments)
+    health = _probe_all(transports, environments)
     down = {name: status.detail for (name, _), status in health.items() if not status.reachable}
     for name, detail in down.items():
         print(f"modelpack: host {name} failed its preflight check and is disabled for this run: {detail}",
               file=sys.stderr)
     for name, transport in transports.items():
         if name not in down:
-            for leftover in transport.reap():
-                print(f"modelpack: removed {leftover} left by a crashed earlier run on {name}", file=sys.stderr)
+            try:
+                for leftover in transport.reap():
+                    print(f"modelpack: removed {leftover} left by an earlier run on {name}", file=sys.stderr)
+            except TransportError as exc:  # leftovers are untidy, not fatal; the build goes on
+                print(f"modelpack: could not look for leftovers on {name}: {exc}", file=sys.stderr)
     environment_ids = {(name, env): status.facts.get("environment_id") for (name, env), status in health.items()}
     emulated = {pair for pair, status in health.items() if status.reachable and status.emulated}
     for job in jobs:  # emulation only where the inventory allows it
@@ -206,6 +210,11 @@ def cmd_hosts(args: argparse.Namespace) -> int:
     from .targets import TARGETS
 
     inventory = _inventory(args.hosts)
+    chosen = _chosen_hosts(inventory, args.names)
+    if args.action == "bootstrap":
+        return _bootstrap_hosts(inventory, chosen, args.wheelhouse)
+    if args.action == "clean":
+        return _clean_hosts(chosen)
     rows: list[dict[str, Any]] = []
     if args.action == "list":
         rows = [h.model_dump(exclude_defaults=True) for h in inventory.hosts]
@@ -224,7 +233,10 @@ def cmd_hosts(args: argparse.Namespace) -> int:
     hosts = [h for h in inventory.hosts if h.enabled]
     environments = {h.name: sorted({TARGETS[t].environment for t in h.targets}) for h in hosts}
     ready_hosts = [h for h in hosts if all(rejection(h, TARGETS[t]) is None for t in h.targets)]
-    health = _probe_all(ready_hosts, {h.name: environments[h.name] for h in ready_hosts})
+    from .transports import make_transport
+
+    health = _probe_all({h.name: make_transport(h) for h in ready_hosts},
+                        {h.name: environments[h.name] for h in ready_hosts})
     for host in inventory.hosts:
         for target in host.targets:
             why_not = rejection(host, TARGETS[target])
@@ -243,6 +255,59 @@ def cmd_hosts(args: argparse.Namespace) -> int:
             emulated = " (emulated)" if row["emulated"] else ""
             _out(f"{mark} {row['host']:20} {row['target']:16} {row['detail']}{emulated}")
     return EXIT_OK if all(r["ready"] for r in rows) else EXIT_FAILED
+
+
+def _chosen_hosts(inventory: Any, names: list[str]) -> list[Any]:
+    known = {h.name: h for h in inventory.hosts}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise InputError(inventory.source, "hosts", f"no host named {', '.join(unknown)} (have: {', '.join(known)})")
+    return [known[n] for n in names] if names else [h for h in inventory.hosts if h.enabled]
+
+
+def _bootstrap_hosts(inventory: Any, hosts: list[Any], wheelhouse: Path | None) -> int:
+    from .bootstrap import BootstrapError, bootstrap
+    from .transports import make_transport
+    from .transports.base import TransportError
+
+    not_ssh = [h.name for h in hosts if h.transport != "ssh"]
+    if not_ssh:
+        raise InputError(inventory.source, "hosts", f"{', '.join(not_ssh)}: only ssh hosts are bootstrapped"
+                         " (Docker hosts use the images from scripts/build-images)")
+    if wheelhouse is not None and not wheelhouse.is_dir():
+        raise InputError(wheelhouse, None, "--wheelhouse is not a folder")
+    failed = False
+    for host in hosts:
+        try:
+            done = bootstrap(make_transport(host), wheelhouse, lambda step: _out(f"{host.name}: {step}"))
+        except (BootstrapError, TransportError) as exc:
+            _out(f"FAIL {host.name}: {exc}")
+            failed = True
+            continue
+        how = "reused" if done.reused else f"created ({_mb(done.sent_bytes)} sent)"
+        _out(f"ok   {host.name}: {done.environment} environment {done.env_hash[:12]} {how},"
+             f" {done.wheels} wheels, builds use {done.python}")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
+
+
+def _clean_hosts(hosts: list[Any]) -> int:
+    from .transports import make_transport
+    from .transports.base import TransportError
+
+    failed = False
+    for host in hosts:
+        try:
+            removed = make_transport(host).reap()
+        except TransportError as exc:
+            _out(f"FAIL {host.name}: {exc}")
+            failed = True
+            continue
+        _out(f"ok   {host.name}: removed {len(removed)}" + "".join(f"\n       {item}" for item in removed))
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 # -- package commands --------------------------------------------------------------------
@@ -448,6 +513,9 @@ def parser() -> argparse.ArgumentParser:
                    help="time limit to send the model and the packager to a host, seconds")
     b.add_argument("--pull-timeout", type=float, default=StageTimeouts.pull,
                    help="time limit to fetch the package back, seconds")
+    b.add_argument("--keep", action="store_true",
+                   help="leave each attempt's work directory on SSH and local hosts (Docker containers are"
+                        " always removed); `hosts clean` removes kept SSH ones once their lease expires")
     b.add_argument("--compare", type=Path, metavar="PREVIOUS_SUMMARY", help="flag regressions against a previous summary.json")
     b.add_argument("--fail-on-regression", action="store_true", help="exit 1 when --compare finds regressions")
     _verbosity(b)
@@ -473,8 +541,12 @@ def parser() -> argparse.ArgumentParser:
     it.add_argument("--force", action="store_true", help="overwrite an existing spec")
     it.set_defaults(func=cmd_init)
 
-    h = sub.add_parser("hosts", help="list or check the inventory")
-    h.add_argument("action", choices=["list", "check"])
+    h = sub.add_parser("hosts", help="list, check, bootstrap or clean the build hosts")
+    h.add_argument("action", choices=["list", "check", "bootstrap", "clean"],
+                   help="bootstrap: install the pinned engines into a venv on SSH hosts;"
+                        " clean: remove expired workspaces and stale files from hosts")
+    h.add_argument("names", nargs="*", metavar="HOST", help="only these hosts (bootstrap: required)")
+    h.add_argument("--wheelhouse", type=Path, help="bootstrap: install these wheels instead of downloading the pins")
     h.add_argument("--hosts", type=Path)
     h.add_argument("--json", action="store_true")
     h.set_defaults(func=cmd_hosts)

@@ -148,30 +148,48 @@ def _build_base(client: docker.DockerClient, env: Environment) -> None:
         raise ImageError(f"the base image {env.base_tag} was not produced")
 
 
-def _wheelhouse(env: Environment) -> Path:
-    """Download (once) the wheels for the image's platform and Python into a cache.
-    ``requirements-nodeps.txt`` lists packages taken without their declared dependencies."""
-    files = {p.name: p for p in env.files()}
-    lists = [(files[name], nodeps) for name, nodeps in
-             (("requirements.txt", False), ("requirements-nodeps.txt", True)) if name in files]
-    key = hashlib.sha256(b"".join(p.read_bytes() for p, _ in lists) + json.dumps(env.wheel_platforms).encode())
-    house = CACHE_DIR / "wheelhouse" / f"{env.name}-{key.hexdigest()[:16]}"
+def requirement_lists(folder: Path, extra: list[Path] = ()) -> list[tuple[list[Path], bool]]:
+    """The pinned requirement files of an environment folder: ``requirements.txt`` (plus
+    ``extra``, resolved together so shared dependencies agree), and
+    ``requirements-nodeps.txt``, whose packages are taken without their declared
+    dependencies. Each entry is (files, no_deps)."""
+    lists = [([folder / "requirements.txt", *extra], False)]
+    if (folder / "requirements-nodeps.txt").is_file():
+        lists.append(([folder / "requirements-nodeps.txt"], True))
+    return lists
+
+
+def download_wheelhouse(name: str, lists: list[tuple[list[Path], bool]], python_version: str,
+                        platforms: tuple[str, ...]) -> Path:
+    """Download (once) the wheels for a platform and Python version into a cache folder
+    named by everything that decides its content, so a changed pin means a new folder."""
+    key = hashlib.sha256(json.dumps([python_version, list(platforms)]).encode())
+    for files, nodeps in lists:
+        key.update(b"nodeps" if nodeps else b"deps")
+        for path in files:
+            key.update(path.read_bytes())
+    house = CACHE_DIR / "wheelhouse" / f"{name}-{key.hexdigest()[:16]}"
     if (house / ".complete").exists():
         return house
     if house.exists():
         shutil.rmtree(house)
     house.mkdir(parents=True)
-    log.info("downloading wheels for %s", env.name)
-    for requirements, nodeps in lists:
+    log.info("downloading wheels for %s (Python %s, %s)", name, python_version, ", ".join(platforms))
+    for files, nodeps in lists:
         argv = [sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:",
-                "--python-version", env.python_version, "--implementation", "cp",
-                *[arg for p in env.wheel_platforms for arg in ("--platform", p)],
-                *(["--no-deps"] if nodeps else []), "-r", str(requirements), "-d", str(house)]
+                "--python-version", python_version, "--implementation", "cp",
+                *[arg for p in platforms for arg in ("--platform", p)],
+                *(["--no-deps"] if nodeps else []), *[arg for f in files for arg in ("-r", str(f))], "-d", str(house)]
         proc = subprocess.run(argv, capture_output=True, text=True)
         if proc.returncode != 0:
-            raise ImageError(f"pip download for {env.name} failed: {proc.stderr.strip()[-500:]}")
+            raise ImageError(f"pip download for {name} failed: {proc.stderr.strip()[-500:]}")
     (house / ".complete").touch()
     return house
+
+
+def _wheelhouse(env: Environment) -> Path:
+    shared = IMAGES_DIR / env.files_from if env.files_from else env.folder
+    return download_wheelhouse(env.name, requirement_lists(shared), env.python_version, env.wheel_platforms)
 
 
 def _context(env: Environment, wheelhouse: Path | None) -> io.BytesIO:

@@ -22,7 +22,7 @@ from .targets import TARGETS, Target, known_target
 
 _DOCKER_KEYS = ("docker_host", "platform", "image", "allow_emulation", "tls_ca", "tls_cert", "tls_key")
 _SSH_KEYS = ("address", "user", "port", "key", "host_key", "known_hosts", "shell", "workdir", "python",
-             "liveness_timeout")
+             "liveness_timeout", "lease_ttl", "blob_ttl")
 SUPPORTED_TRANSPORTS = ("docker", "local", "ssh")
 
 
@@ -58,8 +58,15 @@ class Host(BaseModel):
     known_hosts: str | None = Field(None, description="ssh: known_hosts file (default ~/.ssh/known_hosts)")
     shell: Literal["sh", "powershell", "cmd"] | None = Field(
         None, description="ssh: remote shell dialect; detected when absent")
-    workdir: str | None = Field(None, description="ssh: remote work directory")
-    python: str = Field("python3", description="ssh: the interpreter with the engines on the host")
+    workdir: str | None = Field(
+        None, description="ssh: the host's work directory for blobs, workspaces and environments (default ~/.modelpack)")
+    python: str = Field(
+        "python3", description="ssh: the host's interpreter (default python3; python on Windows hosts);"
+                               " a bootstrapped environment takes over for builds")
+    lease_ttl: float = Field(
+        86400.0, gt=0, description="ssh: seconds a workspace is leased; `hosts clean` removes it after that")
+    blob_ttl: float = Field(
+        14 * 86400.0, gt=0, description="ssh: stored files unused this many seconds are removed by `hosts clean`")
     liveness_timeout: float = Field(
         20.0, gt=0, description="ssh: seconds a silent connection may go unanswered before the host counts as lost")
 

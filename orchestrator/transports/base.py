@@ -88,6 +88,10 @@ def disk_problem(host: "Host", free_bytes: int | None, where: str) -> str | None
 class Transport(ABC):
     name: str
     host: "Host"
+    #: ``build --keep``: leave work directories on the host for inspection (SSH and local
+    #: hosts; Docker containers are always removed). A kept SSH workspace still carries
+    #: its lease, so ``hosts clean`` removes it once that expires.
+    keep_workspaces: bool = False
 
     @abstractmethod
     def probe(self, environment: str) -> HostStatus:
@@ -98,5 +102,6 @@ class Transport(ABC):
         """Create a fresh workspace for the build environment ``environment``."""
 
     def reap(self) -> list[str]:
-        """Remove workspaces that a crashed earlier run left behind; name them."""
+        """Remove workspaces that a crashed earlier run left behind; name them. Raises
+        :class:`TransportError` when the host cannot be asked."""
         return []

@@ -181,15 +181,12 @@ class DockerTransport(Transport):
     def reap(self) -> list[str]:
         """Remove modelpack containers whose controller process on this machine died."""
         removed = []
-        try:
-            with _infrastructure("listing leftover containers"):
-                for container in self.client().containers.list(all=True, filters={"label": LABEL}):
-                    owner = container.labels.get(OWNER, "")
-                    if _owner_gone(owner):
-                        container.remove(force=True)
-                        removed.append(f"container {container.short_id} ({owner})")
-        except TransportError as exc:
-            log.warning("%s: %s", self.name, exc)
+        with _infrastructure("listing leftover containers"):
+            for container in self.client().containers.list(all=True, filters={"label": LABEL}):
+                owner = container.labels.get(OWNER, "")
+                if _owner_gone(owner):
+                    container.remove(force=True)
+                    removed.append(f"container {container.short_id} ({owner})")
         return removed
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -24,6 +25,7 @@ from ..runtime.engines import installed_version
 from ..runtime.platforms import this_machine
 from .base import CommandTimeout, HostStatus, LineSink, Transport, TransportError, Workspace, disk_problem
 
+log = logging.getLogger(__name__)
 
 class LocalTransport(Transport):
     def __init__(self, host: Host) -> None:
@@ -42,14 +44,15 @@ class LocalTransport(Transport):
                           arch=arch, emulated=False, facts={"environment_id": f"local:{identity}"})
 
     def open(self, environment: str, labels: Mapping[str, str]) -> "LocalWorkspace":
-        return LocalWorkspace()
+        return LocalWorkspace(keep=self.keep_workspaces)
 
 
 class LocalWorkspace(Workspace):
     python = sys.executable
 
-    def __init__(self) -> None:
+    def __init__(self, keep: bool = False) -> None:
         self._dir = Path(tempfile.mkdtemp(prefix="modelpack-ws-"))
+        self._keep = keep
         self.root = PurePosixPath(self._dir.as_posix())
 
     def push(self, files: Mapping[str, Path]) -> None:
@@ -103,6 +106,9 @@ class LocalWorkspace(Workspace):
         shutil.copyfile(source, dest)
 
     def close(self) -> None:
+        if self._keep:
+            log.warning("kept %s (--keep)", self._dir)
+            return
         shutil.rmtree(self._dir, ignore_errors=True)
 
     def provenance(self) -> dict[str, Any]:

@@ -2,39 +2,47 @@
 
 Host keys are verified, never accepted blindly: against known_hosts or a key pinned in
 hosts.yaml, and an unknown key is refused with its fingerprint and how to pin it. One
-connection per host serves a whole run. Files travel as tar streams over exec channels
-with a large window; commands run through the host's shell dialect (see shells.py) with
-stdout and stderr drained together, so large output cannot deadlock. Keepalive alone
+connection per host serves a whole run. Everything on the host is done by its own Python
+running hostside.py (one portable implementation for sh, PowerShell and cmd.exe hosts,
+whose dialect only has to quote one argv, see shells.py). Files are content-addressed:
+the host keeps them by sha256, so only what it lacks crosses the link, raw over an exec
+channel with a large window. Output is drained while commands run (stdout and stderr
+together), so large output cannot deadlock. Keepalive alone
 does not notice a peer that vanished from the network, so modelpack asks the server to
 answer within a liveness timeout whenever a channel has been silent that long.
 """
 
 from __future__ import annotations
 
+import ast
 import base64
+import functools
 import hashlib
+import json
 import logging
 import socket
 import threading
 import time
+import zlib
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import paramiko
 
 from ..inventory import Host
-from ..runtime.archive import ArchiveError
+from ..runtime.checks import sha256_file
+from . import hostside
 from .base import CommandTimeout, HostStatus, LineSink, Transport, TransportError, Workspace, disk_problem
 from .shells import DETECT_PROBE, DIALECTS, PosixShell, Shell, detect
-from .tarstream import pack, unpack_single_file
 
 log = logging.getLogger(__name__)
 
 WINDOW = 1 << 27  # 128 MiB: paramiko's small default window caps throughput
 PACKET = 1 << 15
 MAX_PULL_BYTES = 16 << 30
-#: in a workspace: the process group of the command running there
-PID_FILE = ".modelpack-pid"
+CHUNK = 1 << 20
+#: writes a command's stdin through the callable it is given
+Feed = Callable[[Callable[[bytes], None]], None]
 
 
 def fingerprint(key: paramiko.PKey) -> str:
@@ -61,6 +69,7 @@ class SshTransport(Transport):
         self.liveness_timeout = liveness_timeout or host.liveness_timeout
         self._client: paramiko.SSHClient | None = None
         self._shell: Shell | None = None
+        self._facts: dict[str, Any] | None = None
         self._lock = threading.Lock()
 
     # -- connection ------------------------------------------------------------------
@@ -146,20 +155,6 @@ class SshTransport(Transport):
                 raise TransportError(f"{self.name}: the host stopped answering before reporting an exit status")
         return channel.recv_exit_status()
 
-    def guard_progress(self, progressed: threading.Event, finished: threading.Event) -> None:
-        """Drop the connection when an upload stops moving and the host does not answer.
-
-        A peer that vanished mid-upload leaves the sender blocked inside paramiko's
-        socket write until TCP gives up, which takes about 15 minutes; no timeout on the
-        channel reaches it. Closing the connection from here makes that write fail at once.
-        """
-        while not finished.wait(self.liveness_timeout):
-            if progressed.is_set():
-                progressed.clear()
-            elif not self.alive():
-                self.drop()
-                return
-
     def drop(self) -> None:
         with self._lock:
             if self._client is not None:
@@ -189,17 +184,21 @@ class SshTransport(Transport):
         channel.settimeout(self.liveness_timeout)
         return channel
 
-    def stream(self, command: str, timeout: float, status: list[int]) -> Iterator[bytes]:
-        """Run ``command`` and yield its combined output as it comes; its exit code is
-        appended to ``status`` at the end. Silence longer than the liveness timeout
-        triggers a liveness check."""
+    def stream(self, command: str, timeout: float, status: list[int], feed: Feed | None = None,
+               combine: bool = True, errors: list[bytes] | None = None) -> Iterator[bytes]:
+        """Run ``command`` and yield its output as it comes (stdout and stderr together
+        unless ``combine`` is false, in which case stderr is appended to ``errors``); its
+        exit code is appended to ``status`` at the end. ``feed`` writes the command's stdin
+        first. Silence longer than the liveness timeout triggers a liveness check."""
         channel = self.channel()
-        channel.set_combine_stderr(True)
-        channel.settimeout(1.0)
+        channel.set_combine_stderr(combine)
         channel.exec_command(command)
         deadline = time.monotonic() + timeout
-        silent_since = time.monotonic()
         try:
+            if feed is not None:
+                self._feed(channel, feed)
+            channel.settimeout(1.0)
+            silent_since = time.monotonic()
             while True:
                 try:
                     data = channel.recv(1 << 16)
@@ -219,118 +218,241 @@ class SshTransport(Transport):
                 silent_since = time.monotonic()
                 yield data
             status.append(self.exit_status(channel))
+            if errors is not None:
+                while channel.recv_stderr_ready():
+                    errors.append(channel.recv_stderr(1 << 16))
         except (OSError, EOFError, paramiko.SSHException) as exc:
             self.drop()
-            raise TransportError(f"{self.name}: connection lost: {exc}") from exc
+            raise TransportError(f"{self.name}: connection lost: {exc or type(exc).__name__}") from exc
         finally:
             channel.close()
+
+    def _feed(self, channel: paramiko.Channel, feed: Feed) -> None:
+        """Write a command's stdin, then close it. A peer that vanished mid-upload leaves
+        the sender blocked inside paramiko's socket write until TCP gives up (about 15
+        minutes; no channel timeout reaches it), so a watchdog drops the connection when
+        the upload stops moving and the host does not answer a liveness check."""
+        progressed, finished = threading.Event(), threading.Event()
+
+        def send(block: bytes) -> None:
+            channel.sendall(block)
+            progressed.set()
+
+        def guard() -> None:
+            while not finished.wait(self.liveness_timeout):
+                if progressed.is_set():
+                    progressed.clear()
+                elif not self.alive():
+                    self.drop()
+                    return
+
+        watchdog = threading.Thread(target=guard, daemon=True, name=f"upload-watchdog-{self.name}")
+        watchdog.start()
+        try:
+            feed(send)
+            channel.shutdown_write()
+        finally:
+            finished.set()
 
     def execute(self, command: str, timeout: float) -> tuple[int, bytes]:
         status: list[int] = []
         output = b"".join(self.stream(command, timeout, status))
         return status[0], output
 
+    # -- the host side (hostside.py) ---------------------------------------------------
+    @property
+    def python(self) -> str:
+        """The interpreter that runs host-side operations: hosts.yaml's, else the usual
+        name on the host's platform."""
+        if "python" in self.host.model_fields_set or isinstance(self.shell(), PosixShell):
+            return self.host.python
+        return "python"
+
+    def hostside_command(self, operation: str) -> str:
+        return self.shell().command([self.python, "-c", HOSTSIDE_BOOT, operation])
+
+    def call(self, operation: str, params: dict[str, Any], timeout: float = 120.0,
+             payload: Feed | None = None) -> Any:
+        """Run one host-side operation and return its answer."""
+        line = json.dumps({"workdir": self.host.workdir, **params}).encode() + b"\n"
+
+        def feed(send: Callable[[bytes], None]) -> None:
+            send(line)
+            if payload is not None:
+                payload(send)
+
+        status: list[int] = []
+        output = b"".join(self.stream(self.hostside_command(operation), timeout, status, feed))
+        text = output.decode("utf-8", "replace")
+        for row in reversed(text.splitlines()):
+            if row.startswith(hostside.ERROR):
+                raise TransportError(f"{self.name}: {operation} refused: {row[len(hostside.ERROR):]}")
+            if row.startswith(hostside.RESULT) and status == [0]:
+                return json.loads(row[len(hostside.RESULT):])
+        tail = " | ".join(text.strip().splitlines()[-3:]) or "no output"
+        raise TransportError(f"{self.name}: {operation} failed (exit {status[0] if status else '?'}): {tail}")
+
+    def facts(self) -> dict[str, Any]:
+        """The host's platform, Python and work directory (asked once per run)."""
+        if self._facts is None:
+            self._facts = self.call("facts", {}, timeout=60)
+        return self._facts
+
+    def forget_facts(self) -> None:
+        """Ask again next time (after a bootstrap changed the environment)."""
+        self._facts = None
+
+    def packager_python(self) -> str:
+        """The bootstrapped environment's interpreter when there is one, else the host's."""
+        return self.facts().get("env_python") or self.python
+
     # -- Transport ---------------------------------------------------------------------
     def probe(self, environment: str) -> HostStatus:
         try:
-            shell = self.shell()
-            python = self.host.python
+            facts = self.facts()
+            python = self.packager_python()
             code, output = self.execute(
-                shell.command([python, "-c", "import sys, shutil, tempfile, onnxruntime, numpy;"
-                               "print(sys.version.split()[0], onnxruntime.__version__, numpy.__version__);"
-                               "print(shutil.disk_usage(tempfile.gettempdir()).free)"]),
+                self.shell().command([python, "-c", "import sys, onnxruntime, numpy;"
+                                      "print(sys.version.split()[0], onnxruntime.__version__, numpy.__version__)"]),
                 timeout=60)
         except TransportError as exc:
             return HostStatus(False, str(exc))
         text = output.decode("utf-8", "replace").strip()
         if code != 0:
-            return HostStatus(False, f"{python} cannot import the engines: {text.splitlines()[-1:] or code}")
-        text, _, free = text.partition("\n")  # the versions identify the environment; free space does not
-        problem = disk_problem(self.host, int(free) if free.strip().isdigit() else None, "its temporary folder")
+            hint = "" if facts.get("env_hash") else "; run `modelpack hosts bootstrap " + self.name + "`"
+            return HostStatus(False, f"{python} cannot import the engines: {text.splitlines()[-1:] or code}{hint}")
+        problem = disk_problem(self.host, facts.get("free_bytes"), f"{facts['workdir']}")
         if problem:
             return HostStatus(False, problem)
-        return HostStatus(True, f"ssh {self.host.address} ({shell.name}), Python/onnxruntime/numpy {text}",
-                          emulated=False,
-                          facts={"environment_id": "ssh:" + hashlib.sha256(text.encode()).hexdigest()})
+        identity = facts.get("env_hash") or text  # the bootstrap hash pins every wheel
+        return HostStatus(True, f"ssh {self.host.address} ({self.shell().name}, {facts['os']}/{facts['machine']}),"
+                                f" Python/onnxruntime/numpy {text}" + (f", environment {facts['env_hash'][:12]}"
+                                                                        if facts.get("env_hash") else ""),
+                          emulated=False, arch=facts.get("machine"),
+                          facts={"environment_id": "ssh:" + hashlib.sha256(identity.encode()).hexdigest()})
 
     def open(self, environment: str, labels: Mapping[str, str]) -> "SshWorkspace":
-        shell = self.shell()
-        if not isinstance(shell, PosixShell):
-            raise TransportError(f"{self.name}: workspaces on {shell.name} hosts are not supported yet")
-        code, output = self.execute(shell.mktemp("modelpack"), timeout=60)
-        root = output.decode().strip()
-        if code != 0 or not root.startswith("/"):
-            raise TransportError(f"{self.name}: cannot create a work directory: {root[-200:]}")
-        return SshWorkspace(self, PurePosixPath(root), shell)
+        run = labels.get("org.modelpack.run", "")
+        answer = self.call("open_workspace", {"prefix": run or "adhoc", "ttl": self.host.lease_ttl,
+                                              "controller": socket.gethostname(), "run": run})
+        return SshWorkspace(self, PurePosixPath(answer["root"]))
+
+    def reap(self) -> list[str]:
+        """Workspaces whose lease expired (a crashed run's, or one kept with --keep)."""
+        answer = self.call("clean", {"blob_ttl": self.host.blob_ttl})
+        return [f"{self.host.workdir or '~/.modelpack'}/{name}" for name in answer["removed"]]
+
+
+def _hostside_boot() -> str:
+    """``python -c`` text that runs hostside.py. Docstrings are dropped and the rest is
+    compressed to stay well under cmd.exe's 8191-character command line; base64
+    survives every shell dialect as it is."""
+    tree = ast.parse(Path(hostside.__file__).read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+            body[0] = ast.Pass()
+    source = zlib.compress(ast.unparse(tree).encode(), 9)
+    return f"import base64,zlib;exec(zlib.decompress(base64.b64decode('{base64.b64encode(source).decode()}')))"
+
+
+HOSTSIDE_BOOT = _hostside_boot()
+
+
+@functools.lru_cache(maxsize=4096)
+def _digest(path: Path, size: int, mtime_ns: int) -> str:
+    return sha256_file(path)
+
+
+def content_address(path: Path) -> str:
+    """sha256 of a local file, computed once per version of the file in a run."""
+    stat = path.stat()
+    return _digest(path, stat.st_size, stat.st_mtime_ns)
 
 
 class SshWorkspace(Workspace):
-    def __init__(self, transport: SshTransport, root: PurePosixPath, shell: Shell) -> None:
+    def __init__(self, transport: SshTransport, root: PurePosixPath) -> None:
         self._transport = transport
         self.root = root
-        self.python = transport.host.python
-        self._shell = shell
+        self.python = transport.packager_python()
         self._closed = False
+        #: bytes actually sent by push(): what the host did not hold already
+        self.sent_bytes = 0
 
     def push(self, files: Mapping[str, Path]) -> None:
+        """Send only what the host lacks: files are stored there by sha256 and linked into
+        the workspace, so an unchanged model or packager crosses the link once."""
         t = self._transport
-        channel = t.channel()
-        progressed, finished = threading.Event(), threading.Event()
-        watchdog = threading.Thread(target=t.guard_progress, args=(progressed, finished), daemon=True)
-        watchdog.start()
+        names = {name: content_address(path) for name, path in files.items()}
+        missing = set(t.call("place", {"root": str(self.root), "files": names})["missing"])
+        if not missing:
+            return
+        send_list = sorted({sha: files[name] for name, sha in names.items() if sha in missing}.items())
+        blobs = [{"sha256": sha, "size": path.stat().st_size} for sha, path in send_list]
+
+        def payload(send: Callable[[bytes], None]) -> None:
+            for _, path in send_list:
+                with open(path, "rb") as data:
+                    while block := data.read(CHUNK):
+                        send(block)
+
         try:
-            channel.exec_command(self._shell.command(["tar", "-x", "-f", "-", "-C", str(self.root)]))
-            with pack(files) as stream:
-                while block := stream.read(1 << 18):
-                    channel.sendall(block)
-                    progressed.set()
-            channel.shutdown_write()
-            status = t.exit_status(channel)
-        except (OSError, EOFError, paramiko.SSHException) as exc:
-            t.drop()
-            raise TransportError(f"{t.name}: upload broke off: {exc or type(exc).__name__}") from exc
-        finally:
-            finished.set()
-            channel.close()
-        if status != 0:
-            raise TransportError(f"{t.name}: tar could not unpack the upload (exit {status})")
+            t.call("receive", {"root": str(self.root), "files": names, "blobs": blobs},
+                   timeout=3600, payload=payload)
+        except TransportError as exc:
+            raise TransportError(f"upload broke off: {exc}") from None
+        self.sent_bytes += sum(blob["size"] for blob in blobs)
 
     def run(self, argv: list[str], env: Mapping[str, str], timeout: float, on_line: LineSink) -> int:
+        t = self._transport
+        line = json.dumps({"workdir": t.host.workdir, "root": str(self.root), "argv": argv, "env": dict(env)})
         pending, status = b"", []
-        # sshd starts each command in a session of its own: the shell's pid is the
-        # process group of everything the packager starts, which close() can stop
-        command = f"echo $$ > {self._shell.quote(str(self.root / PID_FILE))} && " \
-                  + self._shell.command(argv, env, cwd=str(self.root))
-        for chunk in self._transport.stream(command, timeout, status):
+        feed: Feed = lambda send: send(line.encode() + b"\n")  # noqa: E731
+        for chunk in t.stream(t.hostside_command("supervise"), timeout, status, feed):
             pending += chunk
             *lines, pending = pending.split(b"\n")
-            for line in lines:
-                on_line(line.decode("utf-8", "replace"))
+            for raw in lines:
+                on_line(raw.decode("utf-8", "replace").rstrip("\r"))
         if pending:
             on_line(pending.decode("utf-8", "replace"))
         return status[0]
 
     def pull(self, relative: str, dest: Path) -> None:
-        path = PurePosixPath(relative)
-        command = self._shell.command(["tar", "-c", "-f", "-", "-C", str(self.root / path.parent), path.name])
+        """Copy one file back, raw; what a host sends is bounded in size here and checked
+        against the packager's sha256 by the caller."""
+        t = self._transport
+        line = json.dumps({"workdir": t.host.workdir, "root": str(self.root), "name": relative}).encode() + b"\n"
         status: list[int] = []
-        try:
-            unpack_single_file(self._transport.stream(command, 3600, status), path.name, dest, MAX_PULL_BYTES)
-        except ArchiveError as exc:
-            raise TransportError(f"refusing what {self._transport.name} sent: {exc}") from None
+        errors: list[bytes] = []
+        total = 0
+        with open(dest, "xb") as out:
+            for chunk in t.stream(t.hostside_command("send"), 3600, status, lambda send: send(line),
+                                  combine=False, errors=errors):
+                total += len(chunk)
+                if total > MAX_PULL_BYTES:
+                    raise TransportError(f"refusing what {t.name} sent: {relative} exceeds {MAX_PULL_BYTES} bytes")
+                out.write(chunk)
         if status != [0]:
-            raise TransportError(f"{self._transport.name}: {relative} could not be read")
+            dest.unlink(missing_ok=True)
+            why = b"".join(errors).decode("utf-8", "replace").strip().removeprefix(hostside.ERROR)
+            raise TransportError(f"{t.name}: {relative} could not be read: {why[-300:] or status}")
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        pid_file = self._shell.quote(str(self.root / PID_FILE))
-        stop = f"if [ -f {pid_file} ]; then kill -TERM -- -\"$(cat {pid_file})\" 2>/dev/null; fi; "
+        keep = self._transport.keep_workspaces
         try:
-            self._transport.execute(stop + self._shell.command(["rm", "-rf", "--", str(self.root)]), timeout=60)
-        except TransportError as exc:  # the host is gone; `hosts clean` finds it later
+            self._transport.call("close", {"root": str(self.root), "keep": keep})
+            if keep:
+                log.warning("kept %s on %s (--keep); `modelpack hosts clean` removes it once its lease expires",
+                            self.root, self._transport.name)
+        except TransportError as exc:  # the host is gone; its lease lets `hosts clean` find it later
             log.warning("could not remove %s on %s: %s", self.root, self._transport.name, exc)
 
     def provenance(self) -> dict[str, Any]:
-        return {"address": self._transport.host.address, "shell": self._shell.name, "emulated": False}
+        facts = self._transport.facts()
+        return {"address": self._transport.host.address, "shell": self._transport.shell().name, "emulated": False,
+                "host_os": facts.get("os"), "host_platform": facts.get("platform"),
+                "environment_hash": facts.get("env_hash")}

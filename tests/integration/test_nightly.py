@@ -38,7 +38,7 @@ def test_sigint_during_an_ssh_build_leaves_no_remote_work_directory(sshd, client
         seen.append(line)
         if "stage=package: " in line:
             break
-    remote = container.exec_run(["sh", "-c", "ls -d /tmp/modelpack.* 2>/dev/null"]).output.split()
+    remote = container.exec_run(["sh", "-c", "ls -d /root/.modelpack/runs/* 2>/dev/null"]).output.split()
     assert remote, "a remote work directory should exist while the packager runs: " + "".join(seen)
     started = time.monotonic()
     proc.send_signal(signal.SIGINT)
@@ -47,7 +47,7 @@ def test_sigint_during_an_ssh_build_leaves_no_remote_work_directory(sshd, client
     assert time.monotonic() - started < 10
     running = container.exec_run(["sh", "-c", "pgrep -f [o]rchestrator.packager || true"]).output.split()
     assert running == [], "the remote packager and its workers must be stopped"
-    left = container.exec_run(["sh", "-c", "ls -d /tmp/modelpack.* 2>/dev/null"]).output.split()
+    left = container.exec_run(["sh", "-c", "ls -d /root/.modelpack/runs/* 2>/dev/null"]).output.split()
     assert left == [], f"remote work directories left behind: {left}"
 
 
@@ -73,7 +73,7 @@ def test_ssh_host_cut_off_mid_job_is_retried_on_another_host(capsys, sshd, clien
         # cut the ssh host off as soon as its workspace exists (the upload follows at once)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            code, out = container.exec_run(["sh", "-c", "ls -d /tmp/modelpack.* 2>/dev/null"])
+            code, out = container.exec_run(["sh", "-c", "ls -d /root/.modelpack/runs/* 2>/dev/null"])
             if code == 0 and out.strip():
                 network.disconnect(container, force=True)
                 cut.append(time.monotonic())

@@ -1,0 +1,104 @@
+"""``modelpack hosts bootstrap``: make an SSH build host ready when it has only Python.
+
+The host gets the same pinned engines as the Docker images (``images/<environment>/``),
+as wheels for its own platform and Python version downloaded on the controller, pushed
+content-addressed (a wheel the host already holds is not sent again), and installed with
+``--no-index`` into a venv in the host's work directory. The environment is named by a
+hash of the host's Python and every wheel's sha256: while that hash is unchanged a
+bootstrap reuses it in seconds, and builds use it (the hash is also the host's
+environment id in the package cache key). Changing a pin changes the hash, and the next
+bootstrap builds a fresh environment beside the old one before switching to it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .images import IMAGES_DIR, ImageError, download_wheelhouse, requirement_lists
+from .runtime.checks import sha256_file
+from .transports.base import TransportError
+from .transports.ssh import SshTransport
+
+#: (os, machine) as the host's Python reports them → the environment that defines its pins
+ENVIRONMENTS = {
+    ("linux", "x86_64"): "linux-x86_64", ("linux", "amd64"): "linux-x86_64",
+    ("linux", "aarch64"): "linux-aarch64", ("linux", "arm64"): "linux-aarch64",
+    ("windows", "amd64"): "windows-x86_64", ("windows", "x86_64"): "windows-x86_64",
+    ("darwin", "arm64"): "macos-arm64",
+}
+
+
+class BootstrapError(RuntimeError):
+    """The host cannot be bootstrapped; the message says why."""
+
+
+@dataclass(frozen=True)
+class Bootstrapped:
+    host: str
+    environment: str
+    env_hash: str
+    reused: bool
+    wheels: int
+    sent_bytes: int
+    python: str
+
+
+def environment_for(facts: dict[str, Any]) -> str:
+    key = (facts["os"], facts["machine"])
+    if key not in ENVIRONMENTS:
+        known = ", ".join(f"{o}/{m}" for o, m in ENVIRONMENTS)
+        raise BootstrapError(f"no build environment for a {key[0]}/{key[1]} host (known: {known})")
+    return ENVIRONMENTS[key]
+
+
+def wheelhouse_for(facts: dict[str, Any]) -> Path:
+    """The wheels a host needs: its environment's pins, for its platform and Python."""
+    name = environment_for(facts)
+    folder = IMAGES_DIR / name
+    recipe_file = folder / "image.json" if (folder / "image.json").is_file() else folder / "host.json"
+    recipe = json.loads(recipe_file.read_text(encoding="utf-8"))
+    shared = IMAGES_DIR / recipe.get("files_from", name)
+    extra = [folder / "requirements-extra.txt"] if (folder / "requirements-extra.txt").is_file() else []
+    try:
+        return download_wheelhouse(f"{name}-py{facts['python_version']}", requirement_lists(shared, extra),
+                                   facts["python_version"], tuple(recipe["wheel_platforms"]))
+    except ImageError as exc:
+        raise BootstrapError(str(exc)) from None
+
+
+def environment_hash(facts: dict[str, Any], wheels: list[Path]) -> str:
+    """Names an environment by everything that decides it: the host's Python and
+    platform, and each wheel's name and content."""
+    digest = hashlib.sha256(json.dumps([facts["python_version"], facts["platform"]]).encode())
+    for wheel in sorted(wheels, key=lambda p: p.name):
+        digest.update(wheel.name.encode() + b"\0" + bytes.fromhex(sha256_file(wheel)))
+    return digest.hexdigest()
+
+
+def bootstrap(transport: SshTransport, wheelhouse: Path | None = None,
+              on_step: Callable[[str], None] = lambda text: None) -> Bootstrapped:
+    """Make ``transport``'s host ready, reusing its environment when the hash matches."""
+    facts = transport.facts()
+    environment = environment_for(facts)
+    if wheelhouse is None:
+        on_step(f"wheels for {environment}, Python {facts['python_version']}")
+    house = wheelhouse or wheelhouse_for(facts)
+    wheels = sorted(house.glob("*.whl"))
+    if not wheels:
+        raise BootstrapError(f"{house}: no .whl files in the wheelhouse")
+    env_hash = environment_hash(facts, wheels)
+    if facts.get("env_hash") == env_hash:
+        return Bootstrapped(transport.name, environment, env_hash, True, len(wheels), 0, facts["env_python"])
+    on_step(f"pushing {len(wheels)} wheels")
+    with transport.open(environment, {"org.modelpack.run": "bootstrap"}) as workspace:
+        workspace.push({f"wheels/{w.name}": w for w in wheels})
+        on_step(f"creating environment {env_hash[:12]}")
+        answer = transport.call("make_env", {"hash": env_hash, "wheels": f"{workspace.root}/wheels"}, timeout=3600)
+        sent = workspace.sent_bytes
+    transport.forget_facts()
+    return Bootstrapped(transport.name, environment, env_hash, answer["reused"], len(wheels), sent, answer["python"])
+

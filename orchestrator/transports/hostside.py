@@ -1,0 +1,315 @@
+"""The host side of the SSH transport: small operations run by the build host's Python.
+
+Why Python and not shell commands: a build host already needs Python to run the
+packager, and Python behaves the same on Linux, macOS and Windows, whereas ``mkdir -p``,
+``tar``, ``kill`` and ``rm -rf`` each need a different spelling in sh, PowerShell and
+cmd.exe. The controller sends this file's source on the command line (compressed and
+base64-encoded, so it survives every shell dialect unchanged) with the operation's name;
+the operation's parameters arrive as one JSON line on stdin, followed by any payload.
+Its answer is one JSON line after :data:`RESULT`; a failure is one line after
+:data:`ERROR` on stderr and exit code 3. Standard library only, Python 3.8 or later.
+
+Layout of the host's work directory (``workdir`` in hosts.yaml, default ``~/.modelpack``)::
+
+    blobs/<sha256>           files by content: a model already here is not sent again
+    runs/<run>-<random>/     one job attempt's workspace, with a lease file
+    envs/<hash>/             environments made by ``modelpack hosts bootstrap``
+    envs/current             the hash of the environment builds use
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+RESULT = "MODELPACK-RESULT "
+ERROR = "MODELPACK-ERROR "
+LEASE = ".modelpack-lease"
+PID_FILE = ".modelpack-pid"
+ENV_MARKER = ".modelpack-env"
+#: a workspace whose lease file never got written counts as expired after this long
+UNLEASED_GRACE = 86400.0
+WINDOWS = os.name == "nt"
+
+
+class Refused(Exception):
+    """A request this side will not carry out; the message goes back to the controller."""
+
+
+def _workdir(params):
+    return os.path.abspath(os.path.expanduser(params.get("workdir") or os.path.join("~", ".modelpack")))
+
+
+def _inside(root, relative):
+    """``root/relative`` for a relative, '..'-free name; anything else is refused."""
+    parts = relative.replace("\\", "/").split("/")
+    if not relative or relative.startswith("/") or ":" in relative or any(p in ("", ".", "..") for p in parts):
+        raise Refused("unsafe path in request: %r" % relative)
+    return os.path.join(root, *parts)
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as data:
+        for block in iter(lambda: data.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _python(env_dir):
+    return os.path.join(env_dir, "Scripts", "python.exe") if WINDOWS else os.path.join(env_dir, "bin", "python")
+
+
+def facts(params, stdin):
+    """What the controller needs to know before it builds here."""
+    import platform
+    import sysconfig
+
+    work = _workdir(params)
+    os.makedirs(work, exist_ok=True)
+    env_hash, python = None, None
+    try:
+        with open(os.path.join(work, "envs", "current")) as current:
+            candidate = current.read().strip()
+        if os.path.isfile(os.path.join(work, "envs", candidate, ENV_MARKER)):
+            env_hash, python = candidate, _python(os.path.join(work, "envs", candidate))
+    except OSError:
+        pass
+    return {
+        "os": platform.system().lower(), "machine": platform.machine().lower(),
+        "python_version": "%d.%d" % sys.version_info[:2], "platform": sysconfig.get_platform(),
+        "workdir": work.replace("\\", "/"), "free_bytes": shutil.disk_usage(work).free,
+        "env_hash": env_hash, "env_python": python.replace("\\", "/") if python else None,
+    }
+
+
+def open_workspace(params, stdin):
+    """A new run folder with its lease: when it expires, ``hosts clean`` may remove it."""
+    runs = os.path.join(_workdir(params), "runs")
+    os.makedirs(runs, exist_ok=True)
+    root = tempfile.mkdtemp(prefix=params["prefix"] + "-", dir=runs)
+    now = time.time()
+    lease = {"created": now, "expires": now + float(params["ttl"]), "controller": params.get("controller"),
+             "run": params.get("run")}
+    with open(os.path.join(root, LEASE), "w") as out:
+        json.dump(lease, out)
+    return {"root": root.replace("\\", "/")}
+
+
+def place(params, stdin):
+    """Link (or copy) blobs into a workspace; report the ones this host does not have."""
+    blobs = os.path.join(_workdir(params), "blobs")
+    os.makedirs(blobs, exist_ok=True)
+    root = params["root"]
+    missing = []
+    for name, sha in sorted(params["files"].items()):
+        blob = _inside(blobs, sha)
+        if not os.path.isfile(blob):
+            missing.append(sha)
+            continue
+        dest = _inside(root, name)
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        if os.path.lexists(dest):
+            os.remove(dest)
+        try:
+            os.link(blob, dest)
+        except OSError:  # another filesystem, or no hard links there
+            shutil.copyfile(blob, dest)
+        os.utime(blob)  # recently used: `hosts clean` keeps it
+    return {"missing": sorted(set(missing))}
+
+
+def receive(params, stdin):
+    """Store the blobs that follow on stdin (sizes as announced), each checked against its
+    sha256 before it becomes visible, then place the workspace's files."""
+    blobs = os.path.join(_workdir(params), "blobs")
+    os.makedirs(blobs, exist_ok=True)
+    for item in params["blobs"]:
+        sha, remaining = item["sha256"], int(item["size"])
+        final = _inside(blobs, sha)
+        digest = hashlib.sha256()
+        handle, partial = tempfile.mkstemp(prefix=sha[:16] + ".", suffix=".part", dir=blobs)
+        try:
+            with os.fdopen(handle, "wb") as out:
+                while remaining:
+                    block = stdin.read(min(remaining, 1 << 20))
+                    if not block:
+                        raise Refused("upload ended early: %d bytes of %s missing" % (remaining, sha))
+                    digest.update(block)
+                    out.write(block)
+                    remaining -= len(block)
+            if digest.hexdigest() != sha:
+                raise Refused("upload corrupted: content of %s does not match its sha256" % sha)
+            os.replace(partial, final)
+        finally:
+            if os.path.exists(partial):
+                os.remove(partial)
+    result = place(params, stdin)
+    if result["missing"]:
+        raise Refused("blobs still missing after upload: %s" % ", ".join(result["missing"]))
+    return result
+
+
+def send(params, stdin):
+    """Write one regular file of a workspace to stdout, raw; the controller checks it."""
+    path = _inside(params["root"], params["name"])
+    if os.path.islink(path) or not os.path.isfile(path):
+        raise Refused("%s is not a regular file" % params["name"])
+    out = sys.stdout.buffer
+    with open(path, "rb") as data:
+        shutil.copyfileobj(data, out, 1 << 20)
+    out.flush()
+    return None
+
+
+def supervise(params, stdin):
+    """Run the packager in the workspace and record which process to stop on cancel.
+
+    On POSIX this process leads a process group of its own, so stopping the group stops
+    the packager and everything it started; on Windows the process tree is stopped."""
+    if not WINDOWS and os.getpgid(0) != os.getpid():
+        os.setsid()
+    root = params["root"]
+    with open(os.path.join(root, PID_FILE), "w") as out:
+        out.write(str(os.getpid()))
+    env = dict(os.environ)
+    env.update(params.get("env") or {})
+    sys.stdout.flush()
+    code = subprocess.call(params["argv"], cwd=root, env=env, stdin=subprocess.DEVNULL)
+    sys.exit(code)
+
+
+def _stop(root):
+    try:
+        with open(os.path.join(root, PID_FILE)) as data:
+            pid = int(data.read().strip())
+    except (OSError, ValueError):
+        return
+    if pid == os.getpid():
+        return
+    if WINDOWS:
+        subprocess.call(["taskkill", "/T", "/F", "/PID", str(pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return
+    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 0.0)):
+        try:
+            os.killpg(pid, sig)
+        except OSError:  # already gone
+            return
+        deadline = time.time() + wait
+        while time.time() < deadline:
+            try:
+                os.killpg(pid, 0)
+            except OSError:
+                return
+            time.sleep(0.1)
+
+
+def _remove(path):
+    def retry(function, target, excinfo):  # read-only files on Windows
+        os.chmod(target, 0o700)
+        function(target)
+
+    shutil.rmtree(path, onerror=retry)
+
+
+def close(params, stdin):
+    """Stop what still runs in a workspace, and remove it unless asked to keep it."""
+    root = params["root"]
+    runs = os.path.join(_workdir(params), "runs")
+    if os.path.dirname(os.path.abspath(root)) != os.path.abspath(runs):
+        raise Refused("%s is not a workspace under %s" % (root, runs))
+    _stop(root)
+    if not params.get("keep") and os.path.isdir(root):
+        _remove(root)
+    return {"removed": not params.get("keep")}
+
+
+def clean(params, stdin):
+    """Remove workspaces whose lease expired, and blobs unused for ``blob_ttl`` seconds."""
+    work = _workdir(params)
+    now = time.time()
+    removed = []
+    runs = os.path.join(work, "runs")
+    for name in sorted(os.listdir(runs)) if os.path.isdir(runs) else []:
+        root = os.path.join(runs, name)
+        try:
+            with open(os.path.join(root, LEASE)) as data:
+                expires = float(json.load(data)["expires"])
+        except (OSError, ValueError, KeyError, TypeError):
+            expires = os.path.getmtime(root) + UNLEASED_GRACE
+        if expires <= now:
+            _stop(root)
+            _remove(root)
+            removed.append("runs/" + name)
+    blobs = os.path.join(work, "blobs")
+    blob_ttl = params.get("blob_ttl")
+    for name in sorted(os.listdir(blobs)) if blob_ttl is not None and os.path.isdir(blobs) else []:
+        path = os.path.join(blobs, name)
+        if os.path.getmtime(path) + float(blob_ttl) <= now:
+            os.remove(path)
+            removed.append("blobs/" + name)
+    return {"removed": removed}
+
+
+def make_env(params, stdin):
+    """Create the environment ``hash`` from wheels already placed in ``wheels`` (a
+    workspace folder), unless it exists; then make it the current one."""
+    envs = os.path.join(_workdir(params), "envs")
+    os.makedirs(envs, exist_ok=True)
+    env_hash = params["hash"]
+    target = _inside(envs, env_hash)
+    reused = os.path.isfile(os.path.join(target, ENV_MARKER))
+    if not reused:
+        if os.path.isdir(target):
+            _remove(target)
+        building = tempfile.mkdtemp(prefix=env_hash[:16] + ".", suffix=".building", dir=envs)
+        os.rmdir(building)
+        for argv in ([sys.executable, "-m", "venv", building],
+                     [_python(building), "-m", "pip", "install", "--no-index", "--no-cache-dir", "--no-deps",
+                      "--disable-pip-version-check", "--quiet"]
+                     + sorted(os.path.join(params["wheels"], w) for w in os.listdir(params["wheels"]))):
+            proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            if proc.returncode != 0:
+                if os.path.isdir(building):
+                    _remove(building)
+                raise Refused("%s failed: %s" % (os.path.basename(argv[0]) + " " + argv[2],
+                                                 proc.stdout.decode("utf-8", "replace").strip()[-800:]))
+        with open(os.path.join(building, ENV_MARKER), "w") as out:
+            json.dump({"hash": env_hash, "created": time.time()}, out)
+        # venvs hold their own path: build in place under the final name's sibling,
+        # then rename; scripts are not used, only the interpreter
+        os.replace(building, target)
+    with open(os.path.join(envs, "current.tmp"), "w") as out:
+        out.write(env_hash)
+    os.replace(os.path.join(envs, "current.tmp"), os.path.join(envs, "current"))
+    kept = set(params.get("keep") or []) | {env_hash}
+    for name in os.listdir(envs):
+        if name not in kept and name != "current" and os.path.isfile(os.path.join(envs, name, ENV_MARKER)):
+            _remove(os.path.join(envs, name))
+    return {"reused": reused, "python": _python(target).replace("\\", "/")}
+
+
+OPERATIONS = {f.__name__: f for f in (facts, open_workspace, place, receive, send, supervise, close, clean, make_env)}
+
+
+def main(argv):
+    stdin = sys.stdin.buffer
+    try:
+        params = json.loads(stdin.readline().decode("utf-8"))
+        result = OPERATIONS[argv[1]](params, stdin)
+    except (Refused, OSError, KeyError, ValueError) as exc:
+        sys.stderr.write(ERROR + ("%s: %s" % (type(exc).__name__, exc)).replace("\n", " ") + "\n")
+        sys.stderr.flush()
+        sys.exit(3)
+    if result is not None:
+        sys.stdout.write("\n" + RESULT + json.dumps(result) + "\n")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main(sys.argv)

@@ -1,0 +1,219 @@
+"""The host side of the SSH transport (hostside.py), run here exactly as an SSH host runs
+it: the boot text through a real sh, parameters as a JSON line on stdin. Plus the command
+lines a Windows host would receive, checked against the PowerShell and cmd.exe models."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from orchestrator.inventory import Host
+from orchestrator.transports import hostside
+from orchestrator.transports.shells import PosixShell
+from orchestrator.transports.ssh import HOSTSIDE_BOOT, SshTransport
+from tests.unit.test_shells import cmd_phase, msvcrt_split, ps_parse_verbatim
+
+
+def call(work: Path, operation: str, params: dict, payload: bytes = b"", **popen) -> subprocess.CompletedProcess:
+    line = PosixShell().command([sys.executable, "-c", HOSTSIDE_BOOT, operation])
+    request = json.dumps({"workdir": str(work), **params}).encode() + b"\n" + payload
+    return subprocess.run(["sh", "-c", line], input=request, capture_output=True, timeout=60, **popen)
+
+
+def answer(done: subprocess.CompletedProcess) -> dict:
+    assert done.returncode == 0, done.stderr.decode()
+    return json.loads(done.stdout.decode().rsplit(hostside.RESULT, 1)[1])
+
+
+def refusal(done: subprocess.CompletedProcess) -> str:
+    assert done.returncode == 3, done
+    return done.stderr.decode()
+
+
+def workspace(work: Path, ttl: float = 3600) -> Path:
+    return Path(answer(call(work, "open_workspace", {"prefix": "run", "ttl": ttl, "run": "r1"}))["root"])
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_blobs_are_sent_once_and_linked_into_each_workspace(tmp_path):
+    model, code = os.urandom(3000), b"print('packager')\n"
+    files = {"in/model.onnx": sha(model), "orchestrator/x.py": sha(code)}
+    first = workspace(tmp_path)
+    assert sorted(answer(call(tmp_path, "place", {"root": str(first), "files": files}))["missing"]) == sorted(files.values())
+    blobs = [{"sha256": sha(model), "size": len(model)}, {"sha256": sha(code), "size": len(code)}]
+    answer(call(tmp_path, "receive", {"root": str(first), "files": files, "blobs": blobs}, model + code))
+    assert (first / "in" / "model.onnx").read_bytes() == model and (first / "orchestrator" / "x.py").read_bytes() == code
+    second = workspace(tmp_path)
+    assert answer(call(tmp_path, "place", {"root": str(second), "files": files}))["missing"] == []
+    assert (second / "in" / "model.onnx").read_bytes() == model
+
+
+def test_a_corrupted_or_short_upload_never_becomes_a_blob(tmp_path):
+    root = workspace(tmp_path)
+    data = b"real model bytes"
+    files = {"in/model.onnx": sha(data)}
+    blobs = [{"sha256": sha(data), "size": len(data)}]
+    assert "does not match its sha256" in refusal(
+        call(tmp_path, "receive", {"root": str(root), "files": files, "blobs": blobs}, b"fake model bytes"))
+    assert "ended early" in refusal(call(tmp_path, "receive", {"root": str(root), "files": files, "blobs": blobs}, data[:5]))
+    assert list((tmp_path / "blobs").iterdir()) == [], "no blob and no partial file may remain"
+    assert not (root / "in" / "model.onnx").exists()
+
+
+@pytest.mark.parametrize("name", ["../escape", "/etc/passwd", "in/../../x", "C:/Windows/x", "in//x"])
+def test_names_leaving_the_workspace_are_refused(tmp_path, name):
+    data = b"x"
+    root = workspace(tmp_path)
+    answer(call(tmp_path, "receive", {"root": str(root), "files": {"ok": sha(data)},
+                                      "blobs": [{"sha256": sha(data), "size": 1}]}, data))
+    assert "unsafe path" in refusal(call(tmp_path, "place", {"root": str(root), "files": {name: sha(data)}}))
+    assert "unsafe path" in refusal(call(tmp_path, "send", {"root": str(root), "name": name}))
+
+
+def test_send_gives_back_regular_files_only(tmp_path):
+    root = workspace(tmp_path)
+    (root / "out").mkdir()
+    (root / "out" / "pkg.tar.gz").write_bytes(b"\x00\x01package\n\r\n")
+    os.symlink("/etc/passwd", root / "out" / "link")
+    done = call(tmp_path, "send", {"root": str(root), "name": "out/pkg.tar.gz"})
+    assert done.returncode == 0 and done.stdout == b"\x00\x01package\n\r\n"
+    assert "not a regular file" in refusal(call(tmp_path, "send", {"root": str(root), "name": "out/link"}))
+
+
+def test_supervise_passes_argv_and_environment_exactly_and_keeps_the_exit_code(tmp_path):
+    root = workspace(tmp_path)
+    nasty = "it's \"q\" $HOME `id` ; %PATH% & | > \n é ✓"
+    done = call(tmp_path, "supervise", {"root": str(root), "env": {"V": nasty},
+                                         "argv": [sys.executable, "-c", "import os, sys; sys.stdout.write("
+                                                  "repr((sys.argv[1], os.environ['V'], os.getcwd()))); sys.exit(7)",
+                                                  nasty]})
+    assert done.returncode == 7
+    assert done.stdout.decode() == repr((nasty, nasty, str(root)))
+
+
+def test_close_stops_the_whole_process_group_and_removes_the_workspace(tmp_path):
+    root = workspace(tmp_path)
+    script = "import subprocess, sys; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']);" \
+             " print('started', flush=True); time = __import__('time'); time.sleep(120)"
+    runner = subprocess.Popen(
+        ["sh", "-c", PosixShell().command([sys.executable, "-c", HOSTSIDE_BOOT, "supervise"])],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)
+    runner.stdin.write(json.dumps({"root": str(root), "argv": [sys.executable, "-c", script]}).encode() + b"\n")
+    runner.stdin.close()
+    assert runner.stdout.readline() == b"started\n"
+    group = int((root / hostside.PID_FILE).read_text())
+    started = time.monotonic()
+    assert answer(call(tmp_path, "close", {"root": str(root)})) == {"removed": True}
+    assert runner.wait(timeout=15) != 0 and time.monotonic() - started < 10
+    with pytest.raises(ProcessLookupError):
+        os.killpg(group, 0)
+    assert not root.exists()
+
+
+def test_close_keeps_on_request_and_refuses_paths_outside_the_runs_folder(tmp_path):
+    root = workspace(tmp_path)
+    assert answer(call(tmp_path, "close", {"root": str(root), "keep": True})) == {"removed": False}
+    assert root.is_dir()
+    outside = tmp_path / "precious"
+    outside.mkdir()
+    assert "not a workspace" in refusal(call(tmp_path, "close", {"root": str(outside)}))
+    assert "not a workspace" in refusal(call(tmp_path, "close", {"root": str(tmp_path / "runs")}))
+    assert outside.is_dir()
+
+
+def test_clean_removes_expired_leases_and_stale_blobs_only(tmp_path):
+    expired, live = workspace(tmp_path, ttl=0.01), workspace(tmp_path, ttl=3600)
+    data = b"old blob"
+    answer(call(tmp_path, "receive", {"root": str(live), "files": {"m": sha(data)},
+                                      "blobs": [{"sha256": sha(data), "size": len(data)}]}, data))
+    fresh = b"fresh blob"
+    answer(call(tmp_path, "receive", {"root": str(live), "files": {"n": sha(fresh)},
+                                      "blobs": [{"sha256": sha(fresh), "size": len(fresh)}]}, fresh))
+    old = time.time() - 30 * 86400
+    os.utime(tmp_path / "blobs" / sha(data), (old, old))
+    time.sleep(0.05)
+    removed = answer(call(tmp_path, "clean", {"blob_ttl": 14 * 86400}))["removed"]
+    assert sorted(removed) == sorted([f"runs/{expired.name}", f"blobs/{sha(data)}"])
+    assert live.is_dir() and (tmp_path / "blobs" / sha(fresh)).is_file()
+
+
+def test_facts_name_the_bootstrapped_environment_only_when_it_is_complete(tmp_path):
+    facts = answer(call(tmp_path, "facts", {}))
+    assert facts["os"] == sys.platform.rstrip("0123456789") and facts["env_hash"] is None
+    env = tmp_path / "envs" / "abc"
+    env.mkdir(parents=True)
+    (tmp_path / "envs" / "current").write_text("abc")
+    assert answer(call(tmp_path, "facts", {}))["env_hash"] is None, "half-made environments are not used"
+    (env / hostside.ENV_MARKER).write_text("{}")
+    facts = answer(call(tmp_path, "facts", {}))
+    assert facts["env_hash"] == "abc" and facts["env_python"] == str(env / "bin" / "python")
+
+
+# -- the command lines a Windows host gets ------------------------------------------------
+def windows_transport(shell: str) -> SshTransport:
+    return SshTransport(Host(name="win", transport="ssh", targets=["windows-x86_64"], address="win.example",
+                             shell=shell))
+
+
+def test_powershell_hosts_get_the_boot_text_and_operation_byte_exact():
+    transport = windows_transport("powershell")
+    line = transport.hostside_command("facts")
+    assert transport.python == "python", "Windows has no python3 by default"
+    assert "$PSNativeCommandArgumentPassing = 'Standard'" in line
+    call_part = line[line.index("; & ") + 4:line.index("; exit $LASTEXITCODE")]
+    assert [ps_parse_verbatim(token) for token in verbatim_tokens(call_part)] == ["python", "-c", HOSTSIDE_BOOT, "facts"]
+
+
+def verbatim_tokens(text: str) -> list[str]:
+    """Split a run of blank-separated PowerShell verbatim strings: a quote closes one
+    unless the next character is a quote too (the doubled, literal form)."""
+    tokens, i = [], 0
+    while i < len(text):
+        assert text[i] == "'", f"expected a verbatim string at {i}: {text[i:i + 20]!r}"
+        j = i + 1
+        while True:
+            if text[j] == "'" and j + 1 < len(text) and text[j + 1] == "'":
+                j += 2
+            elif text[j] == "'":
+                break
+            else:
+                j += 1
+        tokens.append(text[i:j + 1])
+        i = j + 1
+        assert i == len(text) or text[i] == " "
+        i += 1
+    return tokens
+
+
+def test_cmd_hosts_get_the_boot_text_and_operation_byte_exact():
+    transport = windows_transport("cmd")
+    line = transport.hostside_command("supervise")
+    assert len(line) < 8191, "cmd.exe refuses longer command lines"
+    assert msvcrt_split(cmd_phase(line)) == ["python", "-c", HOSTSIDE_BOOT, "supervise"]
+
+
+def test_boot_text_runs_the_host_side_unchanged():
+    """What the boot text executes is hostside.py itself (docstrings aside)."""
+    done = subprocess.run([sys.executable, "-c", HOSTSIDE_BOOT.replace("exec(", "print(", 1)],
+                          capture_output=True, text=True, check=True)
+    assert "def receive(params, stdin)" in done.stdout and "def supervise(params, stdin)" in done.stdout
+    for name in hostside.OPERATIONS:
+        assert f"def {name}(" in done.stdout
+
+
+def test_windows_paths_on_the_host_side_stay_inside_the_workspace():
+    """hostside's path check, with Windows' separators and drive letters."""
+    for bad in ("..\\x", "C:\\x", "in\\..\\..\\x", "\\\\server\\share"):
+        with pytest.raises(hostside.Refused):
+            hostside._inside("C:/work/runs/r", bad)
+    assert hostside._inside("/w", "in\\model.onnx") == os.path.join("/w", "in", "model.onnx")
