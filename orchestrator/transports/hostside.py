@@ -101,13 +101,10 @@ def open_workspace(params, stdin):
     return {"root": root.replace("\\", "/")}
 
 
-def place(params, stdin):
-    """Link (or copy) blobs into a workspace; report the ones this host does not have."""
-    blobs = os.path.join(_workdir(params), "blobs")
-    os.makedirs(blobs, exist_ok=True)
-    root = params["root"]
+def _place(blobs, root, files):
+    """Link (or copy) blobs into a workspace; return the ones this host does not have."""
     missing = []
-    for name, sha in sorted(params["files"].items()):
+    for name, sha in sorted(files.items()):
         blob = _inside(blobs, sha)
         if not os.path.isfile(blob):
             missing.append(sha)
@@ -121,38 +118,48 @@ def place(params, stdin):
         except OSError:  # another filesystem, or no hard links there
             shutil.copyfile(blob, dest)
         os.utime(blob)  # recently used: `hosts clean` keeps it
-    return {"missing": sorted(set(missing))}
+    return sorted(set(missing))
 
 
-def receive(params, stdin):
-    """Store the blobs that follow on stdin (sizes as announced), each checked against its
-    sha256 before it becomes visible, then place the workspace's files."""
+def _store(blobs, sha, size, stdin):
+    """Store one blob of ``size`` bytes from stdin; it becomes visible under its name
+    only once its content matches its sha256."""
+    final = _inside(blobs, sha)
+    digest = hashlib.sha256()
+    handle, partial = tempfile.mkstemp(prefix=sha[:16] + ".", suffix=".part", dir=blobs)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            while size:
+                block = stdin.read(min(size, 1 << 22))
+                if not block:
+                    raise Refused("upload ended early: %d bytes of %s missing" % (size, sha))
+                digest.update(block)
+                out.write(block)
+                size -= len(block)
+        if digest.hexdigest() != sha:
+            raise Refused("upload corrupted: content of %s does not match its sha256" % sha)
+        os.replace(partial, final)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+
+
+def push(params, stdin):
+    """Put files into a workspace, in one exchange: place what the host already holds,
+    answer with what it lacks, then store those blobs as they arrive (in the order of
+    that answer) and place them too."""
     blobs = os.path.join(_workdir(params), "blobs")
     os.makedirs(blobs, exist_ok=True)
-    for item in params["blobs"]:
-        sha, remaining = item["sha256"], int(item["size"])
-        final = _inside(blobs, sha)
-        digest = hashlib.sha256()
-        handle, partial = tempfile.mkstemp(prefix=sha[:16] + ".", suffix=".part", dir=blobs)
-        try:
-            with os.fdopen(handle, "wb") as out:
-                while remaining:
-                    block = stdin.read(min(remaining, 1 << 20))
-                    if not block:
-                        raise Refused("upload ended early: %d bytes of %s missing" % (remaining, sha))
-                    digest.update(block)
-                    out.write(block)
-                    remaining -= len(block)
-            if digest.hexdigest() != sha:
-                raise Refused("upload corrupted: content of %s does not match its sha256" % sha)
-            os.replace(partial, final)
-        finally:
-            if os.path.exists(partial):
-                os.remove(partial)
-    result = place(params, stdin)
-    if result["missing"]:
-        raise Refused("blobs still missing after upload: %s" % ", ".join(result["missing"]))
-    return result
+    missing = _place(blobs, params["root"], params["files"])
+    sys.stdout.write(RESULT + json.dumps({"missing": missing}) + "\n")
+    sys.stdout.flush()
+    for sha in missing:
+        _store(blobs, sha, int(params["sizes"][sha]), stdin)
+    if missing:
+        still = _place(blobs, params["root"], params["files"])
+        if still:
+            raise Refused("blobs still missing after upload: %s" % ", ".join(still))
+    return {"received": len(missing)}
 
 
 def send(params, stdin):
@@ -294,7 +301,7 @@ def make_env(params, stdin):
     return {"reused": reused, "python": _python(target).replace("\\", "/")}
 
 
-OPERATIONS = {f.__name__: f for f in (facts, open_workspace, place, receive, send, supervise, close, clean, make_env)}
+OPERATIONS = {f.__name__: f for f in (facts, open_workspace, push, send, supervise, close, clean, make_env)}
 
 
 def main(argv):

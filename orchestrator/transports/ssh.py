@@ -40,9 +40,9 @@ log = logging.getLogger(__name__)
 WINDOW = 1 << 27  # 128 MiB: paramiko's small default window caps throughput
 PACKET = 1 << 15
 MAX_PULL_BYTES = 16 << 30
-CHUNK = 1 << 20
-#: writes a command's stdin through the callable it is given
-Feed = Callable[[Callable[[bytes], None]], None]
+CHUNK = 1 << 22
+#: writes a command's stdin with ``send``; may read the command's answers with ``read_line``
+Feed = Callable[[Callable[[bytes], None], Callable[[], str]], None]
 
 
 def fingerprint(key: paramiko.PKey) -> str:
@@ -235,8 +235,27 @@ class SshTransport(Transport):
         progressed, finished = threading.Event(), threading.Event()
 
         def send(block: bytes) -> None:
-            channel.sendall(block)
+            # a memoryview: paramiko's sendall re-slices what is left after each packet,
+            # which copies a bytes object every time (quadratic in the block size)
+            channel.sendall(memoryview(block))
             progressed.set()
+
+        def read_line() -> str:
+            """One line of the command's output (short answers only: byte by byte, so
+            nothing after the line is consumed)."""
+            line = bytearray()
+            while not line.endswith(b"\n"):
+                try:
+                    byte = channel.recv(1)
+                except socket.timeout:
+                    if not self.alive():
+                        self.drop()
+                        raise TransportError(f"{self.name}: the host stopped answering") from None
+                    continue
+                if not byte:
+                    break
+                line += byte
+            return line.decode("utf-8", "replace").rstrip("\r\n")
 
         def guard() -> None:
             while not finished.wait(self.liveness_timeout):
@@ -249,7 +268,7 @@ class SshTransport(Transport):
         watchdog = threading.Thread(target=guard, daemon=True, name=f"upload-watchdog-{self.name}")
         watchdog.start()
         try:
-            feed(send)
+            feed(send, read_line)
             channel.shutdown_write()
         finally:
             finished.set()
@@ -276,10 +295,10 @@ class SshTransport(Transport):
         """Run one host-side operation and return its answer."""
         line = json.dumps({"workdir": self.host.workdir, **params}).encode() + b"\n"
 
-        def feed(send: Callable[[bytes], None]) -> None:
+        def feed(send: Callable[[bytes], None], read_line: Callable[[], str]) -> None:
             send(line)
             if payload is not None:
-                payload(send)
+                payload(send, read_line)
 
         status: list[int] = []
         output = b"".join(self.stream(self.hostside_command(operation), timeout, status, feed))
@@ -382,33 +401,33 @@ class SshWorkspace(Workspace):
 
     def push(self, files: Mapping[str, Path]) -> None:
         """Send only what the host lacks: files are stored there by sha256 and linked into
-        the workspace, so an unchanged model or packager crosses the link once."""
+        the workspace, so an unchanged model or packager crosses the link once. One
+        exchange: the host answers with what it is missing, then those files follow."""
         t = self._transport
         names = {name: content_address(path) for name, path in files.items()}
-        missing = set(t.call("place", {"root": str(self.root), "files": names})["missing"])
-        if not missing:
-            return
-        send_list = sorted({sha: files[name] for name, sha in names.items() if sha in missing}.items())
-        blobs = [{"sha256": sha, "size": path.stat().st_size} for sha, path in send_list]
+        local = {sha: files[name] for name, sha in names.items()}
+        sizes = {sha: path.stat().st_size for sha, path in local.items()}
 
-        def payload(send: Callable[[bytes], None]) -> None:
-            for _, path in send_list:
-                with open(path, "rb") as data:
+        def payload(send: Callable[[bytes], None], read_line: Callable[[], str]) -> None:
+            answer = read_line()
+            if not answer.startswith(hostside.RESULT):
+                raise TransportError(f"{t.name}: push refused: {answer.removeprefix(hostside.ERROR)[-300:]}")
+            for sha in json.loads(answer[len(hostside.RESULT):])["missing"]:
+                with open(local[sha], "rb") as data:
                     while block := data.read(CHUNK):
                         send(block)
+                self.sent_bytes += sizes[sha]
 
         try:
-            t.call("receive", {"root": str(self.root), "files": names, "blobs": blobs},
-                   timeout=3600, payload=payload)
+            t.call("push", {"root": str(self.root), "files": names, "sizes": sizes}, timeout=3600, payload=payload)
         except TransportError as exc:
             raise TransportError(f"upload broke off: {exc}") from None
-        self.sent_bytes += sum(blob["size"] for blob in blobs)
 
     def run(self, argv: list[str], env: Mapping[str, str], timeout: float, on_line: LineSink) -> int:
         t = self._transport
         line = json.dumps({"workdir": t.host.workdir, "root": str(self.root), "argv": argv, "env": dict(env)})
         pending, status = b"", []
-        feed: Feed = lambda send: send(line.encode() + b"\n")  # noqa: E731
+        feed: Feed = lambda send, read_line: send(line.encode() + b"\n")  # noqa: E731
         for chunk in t.stream(t.hostside_command("supervise"), timeout, status, feed):
             pending += chunk
             *lines, pending = pending.split(b"\n")
@@ -427,7 +446,7 @@ class SshWorkspace(Workspace):
         errors: list[bytes] = []
         total = 0
         with open(dest, "xb") as out:
-            for chunk in t.stream(t.hostside_command("send"), 3600, status, lambda send: send(line),
+            for chunk in t.stream(t.hostside_command("send"), 3600, status, lambda send, read_line: send(line),
                                   combine=False, errors=errors):
                 total += len(chunk)
                 if total > MAX_PULL_BYTES:

@@ -45,38 +45,47 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def push(work: Path, root: Path, files: dict[str, bytes], send: list[bytes] | None = None) -> subprocess.CompletedProcess:
+    """The push exchange; ``send`` defaults to every file's bytes, ordered by sha256 as the
+    host asks for them."""
+    names = {name: sha(data) for name, data in files.items()}
+    sizes = {sha(data): len(data) for data in files.values()}
+    payload = send if send is not None else [files[n] for n in sorted(files, key=lambda n: names[n])]
+    return call(work, "push", {"root": str(root), "files": names, "sizes": sizes}, b"".join(payload))
+
+
+def asked_for(done: subprocess.CompletedProcess) -> list[str]:
+    first = done.stdout.decode().split(hostside.RESULT)[1]
+    return json.loads(first.splitlines()[0])["missing"]
+
+
 def test_blobs_are_sent_once_and_linked_into_each_workspace(tmp_path):
     model, code = os.urandom(3000), b"print('packager')\n"
-    files = {"in/model.onnx": sha(model), "orchestrator/x.py": sha(code)}
+    files = {"in/model.onnx": model, "orchestrator/x.py": code}
     first = workspace(tmp_path)
-    assert sorted(answer(call(tmp_path, "place", {"root": str(first), "files": files}))["missing"]) == sorted(files.values())
-    blobs = [{"sha256": sha(model), "size": len(model)}, {"sha256": sha(code), "size": len(code)}]
-    answer(call(tmp_path, "receive", {"root": str(first), "files": files, "blobs": blobs}, model + code))
+    done = push(tmp_path, first, files)
+    assert sorted(asked_for(done)) == sorted([sha(model), sha(code)]) and answer(done) == {"received": 2}
     assert (first / "in" / "model.onnx").read_bytes() == model and (first / "orchestrator" / "x.py").read_bytes() == code
     second = workspace(tmp_path)
-    assert answer(call(tmp_path, "place", {"root": str(second), "files": files}))["missing"] == []
+    done = push(tmp_path, second, files, send=[])
+    assert asked_for(done) == [] and answer(done) == {"received": 0}
     assert (second / "in" / "model.onnx").read_bytes() == model
 
 
 def test_a_corrupted_or_short_upload_never_becomes_a_blob(tmp_path):
     root = workspace(tmp_path)
-    data = b"real model bytes"
-    files = {"in/model.onnx": sha(data)}
-    blobs = [{"sha256": sha(data), "size": len(data)}]
-    assert "does not match its sha256" in refusal(
-        call(tmp_path, "receive", {"root": str(root), "files": files, "blobs": blobs}, b"fake model bytes"))
-    assert "ended early" in refusal(call(tmp_path, "receive", {"root": str(root), "files": files, "blobs": blobs}, data[:5]))
+    files = {"in/model.onnx": b"real model bytes"}
+    assert "does not match its sha256" in refusal(push(tmp_path, root, files, send=[b"fake model bytes"]))
+    assert "ended early" in refusal(push(tmp_path, root, files, send=[b"real"]))
     assert list((tmp_path / "blobs").iterdir()) == [], "no blob and no partial file may remain"
     assert not (root / "in" / "model.onnx").exists()
 
 
 @pytest.mark.parametrize("name", ["../escape", "/etc/passwd", "in/../../x", "C:/Windows/x", "in//x"])
 def test_names_leaving_the_workspace_are_refused(tmp_path, name):
-    data = b"x"
     root = workspace(tmp_path)
-    answer(call(tmp_path, "receive", {"root": str(root), "files": {"ok": sha(data)},
-                                      "blobs": [{"sha256": sha(data), "size": 1}]}, data))
-    assert "unsafe path" in refusal(call(tmp_path, "place", {"root": str(root), "files": {name: sha(data)}}))
+    answer(push(tmp_path, root, {"ok": b"x"}))
+    assert "unsafe path" in refusal(push(tmp_path, root, {name: b"x"}, send=[]))
     assert "unsafe path" in refusal(call(tmp_path, "send", {"root": str(root), "name": name}))
 
 
@@ -133,12 +142,8 @@ def test_close_keeps_on_request_and_refuses_paths_outside_the_runs_folder(tmp_pa
 
 def test_clean_removes_expired_leases_and_stale_blobs_only(tmp_path):
     expired, live = workspace(tmp_path, ttl=0.01), workspace(tmp_path, ttl=3600)
-    data = b"old blob"
-    answer(call(tmp_path, "receive", {"root": str(live), "files": {"m": sha(data)},
-                                      "blobs": [{"sha256": sha(data), "size": len(data)}]}, data))
-    fresh = b"fresh blob"
-    answer(call(tmp_path, "receive", {"root": str(live), "files": {"n": sha(fresh)},
-                                      "blobs": [{"sha256": sha(fresh), "size": len(fresh)}]}, fresh))
+    data, fresh = b"old blob", b"fresh blob"
+    answer(push(tmp_path, live, {"m": data, "n": fresh}))
     old = time.time() - 30 * 86400
     os.utime(tmp_path / "blobs" / sha(data), (old, old))
     time.sleep(0.05)
@@ -206,7 +211,7 @@ def test_boot_text_runs_the_host_side_unchanged():
     """What the boot text executes is hostside.py itself (docstrings aside)."""
     done = subprocess.run([sys.executable, "-c", HOSTSIDE_BOOT.replace("exec(", "print(", 1)],
                           capture_output=True, text=True, check=True)
-    assert "def receive(params, stdin)" in done.stdout and "def supervise(params, stdin)" in done.stdout
+    assert "def push(params, stdin)" in done.stdout and "def supervise(params, stdin)" in done.stdout
     for name in hostside.OPERATIONS:
         assert f"def {name}(" in done.stdout
 
