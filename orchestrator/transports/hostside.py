@@ -88,16 +88,18 @@ def facts(params, stdin):
     }
 
 
+def _lease(root, ttl, run=None, controller=None):
+    now = time.time()
+    with open(os.path.join(root, LEASE), "w") as out:
+        json.dump({"created": now, "expires": now + float(ttl), "controller": controller, "run": run}, out)
+
+
 def open_workspace(params, stdin):
     """A new run folder with its lease: when it expires, ``hosts clean`` may remove it."""
     runs = os.path.join(_workdir(params), "runs")
     os.makedirs(runs, exist_ok=True)
     root = tempfile.mkdtemp(prefix=params["prefix"] + "-", dir=runs)
-    now = time.time()
-    lease = {"created": now, "expires": now + float(params["ttl"]), "controller": params.get("controller"),
-             "run": params.get("run")}
-    with open(os.path.join(root, LEASE), "w") as out:
-        json.dump(lease, out)
+    _lease(root, params["ttl"], params.get("run"), params.get("controller"))
     return {"root": root.replace("\\", "/")}
 
 
@@ -225,13 +227,16 @@ def _remove(path):
 
 
 def close(params, stdin):
-    """Stop what still runs in a workspace, and remove it unless asked to keep it."""
+    """Stop what still runs in a workspace, and remove it unless asked to keep it; a
+    kept one is leased for ``ttl`` seconds from now."""
     root = params["root"]
     runs = os.path.join(_workdir(params), "runs")
     if os.path.dirname(os.path.abspath(root)) != os.path.abspath(runs):
         raise Refused("%s is not a workspace under %s" % (root, runs))
     _stop(root)
-    if not params.get("keep") and os.path.isdir(root):
+    if params.get("keep"):
+        _lease(root, params["ttl"], "kept")
+    elif os.path.isdir(root):
         _remove(root)
     return {"removed": not params.get("keep")}
 

@@ -463,7 +463,8 @@ class SshWorkspace(Workspace):
         self._closed = True
         keep = self._transport.keep_workspaces
         try:
-            self._transport.call("close", {"root": str(self.root), "keep": keep})
+            self._transport.call("close", {"root": str(self.root), "keep": keep,
+                                           "ttl": self._transport.host.lease_ttl})
             if keep:
                 log.warning("kept %s on %s (--keep); `modelpack hosts clean` removes it once its lease expires",
                             self.root, self._transport.name)

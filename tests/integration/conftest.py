@@ -89,3 +89,25 @@ def ssh_host(address: str, key: Path, host_key: str | None, **extra) -> Host:
                 key=str(key), python=PYTHON, **({"host_key": host_key} if host_key else {}), **extra)
 
 
+
+
+def make_wheel(folder: Path, name: str, version: str, source: str) -> Path:
+    """A minimal pure-Python wheel (one module) that pip installs offline."""
+    import base64
+    import hashlib
+    import zipfile
+
+    files = {
+        f"{name}.py": source.encode(),
+        f"{name}-{version}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+        f"{name}-{version}.dist-info/WHEEL":
+            b"Wheel-Version: 1.0\nGenerator: modelpack-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = [f"{path},sha256={base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()},"
+              f"{len(data)}" for path, data in files.items()]
+    files[f"{name}-{version}.dist-info/RECORD"] = ("\n".join(record + [f"{name}-{version}.dist-info/RECORD,,"]) + "\n").encode()
+    path = folder / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as wheel:
+        for member, data in files.items():
+            wheel.writestr(member, data)
+    return path

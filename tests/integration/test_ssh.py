@@ -4,6 +4,8 @@ arguments, large output, and a host that drops off the network mid-transfer."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import tarfile
 import threading
@@ -13,9 +15,10 @@ import paramiko
 import pytest
 
 from orchestrator.cli import main
+from orchestrator.inventory import Host, load_inventory
 from orchestrator.transports.base import TransportError
 from orchestrator.transports.ssh import SshTransport
-from tests.integration.conftest import PYTHON, ssh_host
+from tests.integration.conftest import PYTHON, make_wheel, ssh_host
 from tests.models import REPO
 
 
@@ -82,6 +85,120 @@ def test_arguments_arrive_exact_and_large_output_does_not_deadlock(sshd, client_
         root = ws.root
     status = transport.execute(f"test -e {root}", timeout=30)[0]
     assert status == 1, "the work directory is removed on close"
+
+
+def test_uploads_are_content_addressed_so_unchanged_files_are_not_sent_again(sshd, client_key, tmp_path):
+    address, host_key, container, _ = sshd
+    transport = SshTransport(ssh_host(address, client_key[0], host_key))
+    model, code = tmp_path / "model.onnx", tmp_path / "code.py"
+    model.write_bytes(os.urandom(5 << 20))
+    code.write_bytes(b"print('v1')\n")
+    files = {"in/model.onnx": model, "orchestrator/code.py": code}
+    with transport.open("linux-x86_64", {}) as first:
+        first.push(files)
+        assert first.sent_bytes == model.stat().st_size + code.stat().st_size
+    with transport.open("linux-x86_64", {}) as second:
+        second.push(files)
+        assert second.sent_bytes == 0, "everything was on the host already"
+        got = container.exec_run(["sha256sum", f"{second.root}/in/model.onnx"]).output.split()[0].decode()
+        assert got == hashlib.sha256(model.read_bytes()).hexdigest()
+    code.write_bytes(b"print('v2')\n")
+    with transport.open("linux-x86_64", {}) as third:
+        third.push(files)
+        assert third.sent_bytes == code.stat().st_size, "only the changed file travels"
+        assert container.exec_run(["cat", f"{third.root}/orchestrator/code.py"]).output == b"print('v2')\n"
+
+
+def test_build_keep_leaves_the_workspace_until_its_lease_expires_and_hosts_clean_removes_it(
+        capsys, sshd, client_key, tmp_path):
+    address, host_key, container, _ = sshd
+    hosts = tmp_path / "hosts.yaml"
+    entry = (f"transport: ssh, address: {address}, user: root, key: {client_key[0]}, host_key: \"{host_key}\","
+             f" python: {PYTHON}, targets: [linux-x86_64], workdir: /root/lease-test")
+    hosts.write_text(f"hosts:\n  - {{name: short, lease_ttl: 3, {entry}}}\n")
+    spec = REPO / "examples" / "tinycnn" / "modelpack.yaml"
+    assert main(["build", str(spec), "--hosts", str(hosts), "--out", str(tmp_path / "d"), "--no-cache", "--keep"]) == 0
+    kept = container.exec_run(["sh", "-c", "ls -d /root/lease-test/runs/*"]).output.decode().split()
+    assert len(kept) == 1
+    assert container.exec_run(["sh", "-c", f"ls {kept[0]}/out/*.tar.gz"]).exit_code == 0, "the work is there to inspect"
+    # a long-leased workspace of another run stays
+    other = SshTransport(Host(**{**ssh_host(address, client_key[0], host_key).model_dump(exclude_unset=True),
+                                  "workdir": "/root/lease-test", "lease_ttl": 3600}))
+    other.keep_workspaces = True
+    with other.open("linux-x86_64", {}) as live:
+        pass
+    capsys.readouterr()
+    assert main(["hosts", "clean", "--hosts", str(hosts)]) == 0
+    assert "removed 0" in capsys.readouterr().out, "nothing has expired yet"
+    time.sleep(3.5)
+    assert main(["hosts", "clean", "--hosts", str(hosts)]) == 0
+    out = capsys.readouterr().out
+    assert "removed 1" in out and kept[0].rsplit("/", 1)[1] in out
+    left = container.exec_run(["sh", "-c", "ls -d /root/lease-test/runs/*"]).output.decode().split()
+    assert left == [str(live.root)]
+
+
+def test_bootstrap_reuses_the_environment_and_rebuilds_it_when_the_wheelhouse_changes(
+        capsys, sshd, client_key, tmp_path):
+    address, host_key, container, _ = sshd
+    hosts = tmp_path / "hosts.yaml"
+    hosts.write_text(f"hosts:\n  - {{name: boot, transport: ssh, address: {address}, user: root,"
+                     f" key: {client_key[0]}, host_key: \"{host_key}\", python: /usr/bin/python3,"
+                     f" targets: [linux-x86_64], workdir: /root/boot-test}}\n")
+    house = tmp_path / "wheels"
+    house.mkdir()
+    make_wheel(house, "alpha", "1.0", "VALUE = 'alpha one'\n")
+
+    def env_python(expression: str) -> str:
+        transport = SshTransport(load_inventory(hosts).hosts[0])
+        command = transport.shell().command([transport.packager_python(), "-c", f"import alpha, sys; print({expression})"])
+        code, out = transport.execute(command, 60)
+        assert code == 0, out
+        return out.decode().strip()
+
+    assert main(["hosts", "bootstrap", "boot", "--hosts", str(hosts), "--wheelhouse", str(house)]) == 0
+    first = capsys.readouterr().out
+    assert "created" in first and "1 wheels" in first
+    assert env_python("alpha.VALUE") == "alpha one"
+    first_python = env_python("sys.executable")
+
+    started = time.monotonic()
+    assert main(["hosts", "bootstrap", "boot", "--hosts", str(hosts), "--wheelhouse", str(house)]) == 0
+    assert "reused" in capsys.readouterr().out and time.monotonic() - started < 15
+    assert env_python("sys.executable") == first_python
+
+    make_wheel(house, "beta", "2.0", "VALUE = 'beta two'\n")
+    assert main(["hosts", "bootstrap", "boot", "--hosts", str(hosts), "--wheelhouse", str(house)]) == 0
+    second = capsys.readouterr().out
+    assert "created" in second and "2 wheels" in second
+    assert env_python("__import__('beta').VALUE") == "beta two"
+    assert env_python("sys.executable") != first_python
+    envs = container.exec_run(["sh", "-c", "ls /root/boot-test/envs"]).output.decode().split()
+    assert len(envs) == 2 and "current" in envs, f"the replaced environment is removed: {envs}"
+
+
+def test_a_host_with_only_python_is_bootstrapped_with_the_pinned_engines_and_builds(capsys, sshd, client_key, tmp_path):
+    """The real flow: wheels for the host's platform and Python downloaded here from the
+    pins in images/, pushed, installed into a venv there; the build then runs in it."""
+    address, host_key, _, _ = sshd
+    hosts = tmp_path / "hosts.yaml"
+    hosts.write_text(f"hosts:\n  - {{name: bare, transport: ssh, address: {address}, user: root,"
+                     f" key: {client_key[0]}, host_key: \"{host_key}\", python: /usr/bin/python3,"
+                     f" targets: [linux-x86_64], workdir: /root/bare-host}}\n")
+    assert main(["hosts", "check", "--hosts", str(hosts)]) == 1
+    assert "hosts bootstrap bare" in capsys.readouterr().out, "the failed check says what to do"
+    assert main(["hosts", "bootstrap", "bare", "--hosts", str(hosts)]) == 0
+    assert "created" in capsys.readouterr().out
+    spec = REPO / "examples" / "tinycnn" / "modelpack.yaml"
+    assert main(["build", str(spec), "--hosts", str(hosts), "--out", str(tmp_path / "d"), "--no-cache"]) == 0
+    with tarfile.open(tmp_path / "d" / "tinycnn-1.0.0-linux-x86_64.tar.gz") as tar:
+        manifest = json.load(tar.extractfile("manifest.json"))
+    facts = SshTransport(load_inventory(hosts).hosts[0]).facts()
+    assert manifest["provenance"]["environment_hash"] == facts["env_hash"]
+    pins = dict(line.split("==") for line in (REPO / "images" / "linux-x86_64" / "requirements.txt").read_text().split()
+                if "==" in line)
+    toolchain = manifest["provenance"]["build_platform"]["toolchain"]
+    assert toolchain["onnxruntime"] == pins["onnxruntime"] and toolchain["numpy"] == pins["numpy"]
 
 
 def test_host_that_hangs_mid_upload_is_detected_within_the_liveness_timeout(sshd, client_key, tmp_path):

@@ -131,8 +131,10 @@ def test_close_stops_the_whole_process_group_and_removes_the_workspace(tmp_path)
 
 def test_close_keeps_on_request_and_refuses_paths_outside_the_runs_folder(tmp_path):
     root = workspace(tmp_path)
-    assert answer(call(tmp_path, "close", {"root": str(root), "keep": True})) == {"removed": False}
+    assert answer(call(tmp_path, "close", {"root": str(root), "keep": True, "ttl": 60})) == {"removed": False}
     assert root.is_dir()
+    lease = json.loads((root / hostside.LEASE).read_text())
+    assert abs(lease["expires"] - (time.time() + 60)) < 10, "kept for ttl seconds from the end of the run"
     outside = tmp_path / "precious"
     outside.mkdir()
     assert "not a workspace" in refusal(call(tmp_path, "close", {"root": str(outside)}))
