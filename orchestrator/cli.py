@@ -136,7 +136,8 @@ def cmd_build(args: argparse.Namespace) -> int:
             if record.status == "built":
                 if args.verbosity >= 0:
                     cached = " from cache" if record.cached else ""
-                    _out(f"built   {record.job.id}: {record.package}{cached} (sha256 {record.sha256})")
+                    twin = f" (+ {record.zip.name})" if record.zip else ""
+                    _out(f"built   {record.job.id}: {record.package}{twin}{cached} (sha256 {record.sha256})")
             else:
                 _out(f"{record.status:7} {record.job.id}: [{record.failure}] {record.reason}")
         history.record(records)

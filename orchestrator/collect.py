@@ -9,7 +9,10 @@ folder never holds a partial or unverified file and a failed job overwrites noth
 from __future__ import annotations
 
 import os
+import shutil
+import tarfile
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -57,3 +60,22 @@ def publish(staged: Path, out_dir: Path, name: str) -> Path:
     dest = out_dir / name
     os.replace(staged, dest)
     return dest
+
+
+#: a zip's timestamps cannot precede 1980; a fixed one keeps the .zip reproducible
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+
+
+def zip_from_archive(archive: Path, dest: Path) -> None:
+    """Write the files of a verified package archive as a deterministic .zip (sorted
+    entries, fixed timestamps, modes kept). Made here from what was verified, never
+    taken from a host, so it needs no checks of its own."""
+    with tarfile.open(archive, "r:gz") as tar, zipfile.ZipFile(dest, "x", zipfile.ZIP_DEFLATED) as out:
+        for member in sorted((m for m in tar.getmembers() if m.isfile()), key=lambda m: m.name):
+            info = zipfile.ZipInfo(member.name, date_time=_ZIP_TIME)
+            info.external_attr = (0o100000 | (member.mode & 0o777)) << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            source = tar.extractfile(member)
+            assert source is not None
+            with source, out.open(info, "w") as target:
+                shutil.copyfileobj(source, target, 1 << 20)

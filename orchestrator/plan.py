@@ -57,6 +57,13 @@ class Job:
     def package_filename(self) -> str:
         return package_filename(self.spec.spec.name, self.spec.spec.version, self.target.name)
 
+    @property
+    def zip_filename(self) -> str | None:
+        """The package's .zip twin, for Windows targets whose spec asks for one."""
+        if self.spec.spec.zip and self.target.os == "windows":
+            return self.package_filename.removesuffix(".tar.gz") + ".zip"
+        return None
+
     def inputs(self) -> dict[str, Path]:
         """Job input files by their name in the workspace's ``in/`` folder."""
         files = {"in/model.onnx": self.spec.model.path}

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from .cache import PackageCache
-from .collect import publish
+from .collect import publish, zip_from_archive
 from .execute import INFRASTRUCTURE, PACKAGE, Attempt, StageTimeouts, run_attempt
 from .inventory import Host
 from .plan import Job
@@ -38,6 +38,8 @@ class JobRecord:
     reason: str | None = None
     attempts: list[Attempt] = field(default_factory=list)
     package: Path | None = None
+    #: the package's .zip twin (Windows targets that asked for one)
+    zip: Path | None = None
     sha256: str | None = None
     manifest: dict[str, Any] | None = None
     cached: bool = False
@@ -58,6 +60,7 @@ class JobRecord:
             "host": self.attempts[-1].host if self.attempts else None,
             "attempts": [a.to_json() for a in self.attempts],
             "package": str(self.package) if self.package else None,
+            "zip": str(self.zip) if self.zip else None,
             "sha256": self.sha256 if manifest else None,
             "cached": self.cached,
             "size": self.package.stat().st_size if self.package and self.package.exists() else None,
@@ -239,11 +242,21 @@ class Scheduler:
             folder = Path(tempfile.mkdtemp(prefix="cache-", dir=self._staging))
             staged = folder / record.job.package_filename
             self._cache.copy_to(hit, staged)
-            record.package = publish(staged, self._out_dir, record.job.package_filename)
+            self._publish(record, staged)
             shutil.rmtree(folder, ignore_errors=True)
             record.status, record.cached, record.sha256, record.manifest = "built", True, hit.sha256, hit.manifest
             return True
         return False
+
+    def _publish(self, record: JobRecord, staged: Path) -> None:
+        """Publish a verified package, and its .zip twin when the job asks for one
+        (made beside it in staging first, so --out never holds a partial file)."""
+        job = record.job
+        if job.zip_filename:
+            twin = staged.with_name(job.zip_filename)
+            zip_from_archive(staged, twin)
+            record.zip = publish(twin, self._out_dir, job.zip_filename)
+        record.package = publish(staged, self._out_dir, job.package_filename)
 
     # -- running ---------------------------------------------------------------------
     def _run_job(self, record: JobRecord) -> None:
@@ -282,7 +295,7 @@ class Scheduler:
                     if key:
                         self._cache.put(key, attempt.staged, attempt.sha256)  # type: ignore[union-attr]
                     record.sha256, record.manifest = attempt.sha256, attempt.manifest
-                    record.package = publish(attempt.staged, self._out_dir, job.package_filename)
+                    self._publish(record, attempt.staged)
                     shutil.rmtree(attempt.staged.parent, ignore_errors=True)
                     record.status = "built"
                     return

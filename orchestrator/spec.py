@@ -123,6 +123,8 @@ class Spec(_Strict):
         None, description=".npz keyed by the package's input names, samples along a leading axis: calibrates"
                           " int8-static and evaluates task-level gates")
     functions: Functions | None = Field(None, description="business functions; see `functions` below")
+    zip: bool = Field(False, description="windows-x86_64: also publish the package as a .zip (the same files,"
+                                         " for Windows users without tar), made from the verified .tar.gz")
 
     @field_validator("name", "version", mode="before")
     @classmethod

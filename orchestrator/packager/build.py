@@ -20,9 +20,10 @@ import onnx
 from .. import __version__
 from ..runtime import load as load_package
 from ..runtime.checks import compare_outputs, sha256_file
-from ..runtime.engines import OnnxRuntimeRunner, open_artifact
+from ..runtime.engines import OnnxRuntimeRunner, open_artifact, usable_providers
 from ..runtime.functions import FunctionsRunner, apply_pre
 from . import platform
+from .platform import CompileEnvironment
 from .accelerate import ALWAYS_APPLIED, VARIANTS, VariantError, load_calibration
 from .compilers import OptionsError, parse_options, registry
 from .functions import Resolved, fuse
@@ -91,6 +92,41 @@ def android_facts(engine: str, version: str | None) -> dict[str, Any]:
         "device_tested": False,
         "note": "no Android device ran this package; its model files were checked numerically on Linux arm64",
     }
+
+
+def ios_facts(winner: Any, candidates: list[Any]) -> dict[str, Any]:
+    """What an iOS integrator needs: the runtime, the execution providers the package asks
+    for (and which of them the macOS self-test had), the Core ML model's compile state,
+    and that no iOS device ran it."""
+    requested = next((a.get("runtime", {}).get("execution_providers") for a in winner.artifacts
+                      if a.get("runtime", {}).get("execution_providers")), None)
+    facts: dict[str, Any] = {
+        "arch": "arm64",
+        "runtime": {"engine": winner.engine, "version": winner.version,
+                    "note": {"onnxruntime": f"the app needs the onnxruntime {winner.version} pod"
+                                            " (onnxruntime-objc or onnxruntime-c), which has the CoreML provider",
+                             "coreml": "Core ML is part of iOS; no runtime to ship"}.get(winner.engine)},
+        "checked_on": "macos/aarch64 (numerical self-test on the build host)",
+        "device_tested": False,
+        "note": "no iOS device ran this package; its model files were checked numerically on macOS",
+    }
+    if requested:
+        facts["execution_providers"] = requested
+        facts["providers_in_self_test"] = [p if isinstance(p, str) else p[0] for p in usable_providers(requested)]
+    coreml = [c for c in candidates if c.compiler == "coreml"]
+    if coreml:
+        facts["core_ml"] = {c.id: {"status": c.status, "notes": c.notes or [c.reason]} for c in coreml}
+    return facts
+
+
+def self_test_scope(target: Any, env: CompileEnvironment) -> dict[str, Any]:
+    """Which checks ran on the target's own OS, and which could not: a package for a
+    device OS is self-tested on the build host's OS with the same engine versions."""
+    on_target = env.os == target.os
+    scope: dict[str, Any] = {"ran_on": f"{env.os}/{env.arch}", "target_os": target.os, "on_target_os": on_target}
+    if not on_target:
+        scope["not_checked"] = [f"loading and running the package on {target.os} itself"]
+    return scope
 
 
 def _evaluation_set(in_dir: Path, job: Job, runner: Any, work: Path) -> dict[str, str] | None:
@@ -238,9 +274,12 @@ def build(job: Job, in_dir: Path, out_dir: Path, stage: Callable[[str], None]) -
     root.mkdir(parents=True)
     assert winner.root is not None
     for artifact in winner.artifacts:
-        dest = root / artifact["path"]
+        dest, source = root / artifact["path"], winner.root / artifact["path"]
         dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(winner.root / artifact["path"], dest)
+        if source.is_dir():  # bundles such as Core ML's .mlpackage
+            shutil.copytree(source, dest)
+        else:
+            shutil.copyfile(source, dest)
     add_runtime(root, [compilers[winner.compiler].distribution])
     # A variant judged by a task-level criterion is not within the fp32 tolerance by
     # design: its self-test checks that a device reproduces the build host's outputs.
@@ -298,6 +337,8 @@ def build(job: Job, in_dir: Path, out_dir: Path, stage: Callable[[str], None]) -
         }
     if job.target.os == "android":
         manifest["android"] = android_facts(winner.engine, winner.version)
+    if job.target.os == "ios":
+        manifest["ios"] = ios_facts(winner, candidates)
     if resolved:
         applied = "runtime" if winner.functions == "runtime" else "graph"
         manifest["functions"] = {
@@ -323,7 +364,7 @@ def build(job: Job, in_dir: Path, out_dir: Path, stage: Callable[[str], None]) -
             raise PackageFailed(f"self-test of {artifact['path']}: the engine failed: {exc}") from None
     manifest["selftest"] = {
         "passed": all(c.passed for c in selftests.values()),
-        "ran_on": f"{env.os}/{env.arch}",
+        **self_test_scope(job.target, env),
         "artifacts": {path: c.to_json() for path, c in selftests.items()},
     }
     write_manifest(root, manifest)

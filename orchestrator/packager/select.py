@@ -58,6 +58,8 @@ class Candidate:
     versus_baseline: dict[str, Any] | None = None
     #: the compiler call that made it
     call: CompilerCall | None = None
+    #: the compiler's own remarks (e.g. a Core ML model left uncompiled, and why)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def latency(self) -> dict[str, float] | None:
@@ -74,6 +76,8 @@ class Candidate:
                        versus_baseline=self.versus_baseline)
         if self.functions:
             row["functions"] = self.functions
+        if self.notes:
+            row["notes"] = self.notes
         if self.rounds_ms:
             row.update(latency_ms=self.latency, load_s=self.load_s, peak_rss_mb=self.peak_rss_mb, emulated=emulated)
         return row
@@ -155,7 +159,8 @@ def compile_all(
             candidate.status, candidate.reason = "unsupported", f"{call.name} cannot build for {target.name}"
             continue
         if candidate.version is None:
-            candidate.status, candidate.reason = "unavailable", f"{call.name} is not installed on this host"
+            candidate.status, candidate.reason = "unavailable", (
+                f"{call.name} is not installed on this host (needs {', '.join(compiler.requires)})")
             continue
         folder = cid.replace("#", "-").replace("+", "_")
         root = work / folder
@@ -172,6 +177,7 @@ def compile_all(
             continue
         candidate.root = root
         candidate.preparation = result.get("preparation", [])
+        candidate.notes = result.get("notes", [])
         candidate.artifacts = result["artifacts"]
         if setting.runtime_functions:
             for artifact in candidate.artifacts:

@@ -42,7 +42,7 @@ def compile_candidate(request: dict[str, Any]) -> dict[str, Any]:
         model = transformed
     result = compiler.compile(model, root, JobTarget(**request["target"]), options, context)
     return {"artifacts": [vars(a) for a in result.artifacts], "reproducible": result.reproducible,
-            "preparation": notes}
+            "preparation": notes, "notes": result.notes}
 
 
 def _peak_rss_mb() -> float | None:

@@ -32,9 +32,11 @@ def _import(module: str) -> Any:
 
 
 class OnnxRuntimeRunner:
-    """``.onnx``/``.ort`` on onnxruntime's CPU provider. ``optimization`` is
-    "disabled" for the reference run (the source model exactly as written) and "all"
-    for shipped artifacts, which is what a device would use."""
+    """``.onnx``/``.ort`` on onnxruntime. ``optimization`` is "disabled" for the
+    reference run (the source model exactly as written) and "all" for shipped artifacts,
+    which is what a device would use. ``execution_providers`` (e.g. CoreML first for
+    iOS packages) are used where this onnxruntime has them, with the CPU provider always
+    last; :attr:`providers` says which ones the session really got."""
 
     def __init__(self, path: Path, options: Mapping[str, Any]) -> None:
         ort = _import("onnxruntime")
@@ -48,8 +50,10 @@ class OnnxRuntimeRunner:
         session_options.graph_optimization_level = levels[options.get("optimization", "all")]
         session_options.intra_op_num_threads = int(options.get("threads", 0))
         session_options.log_severity_level = 3
-        self._session = ort.InferenceSession(str(path), session_options, providers=["CPUExecutionProvider"])
+        self._session = ort.InferenceSession(str(path), session_options,
+                                             providers=usable_providers(options.get("execution_providers")))
         self._output_names = [o.name for o in self._session.get_outputs()]
+        self.providers: list[str] = self._session.get_providers()
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         values = self._session.run(self._output_names, dict(feeds))
@@ -138,6 +142,38 @@ class NcnnRunner:
         return result
 
 
+def usable_providers(requested: list[Any] | None) -> list[Any]:
+    """The requested onnxruntime execution providers (names, or [name, options] pairs)
+    that this onnxruntime has, then the CPU provider."""
+    available = set(_import("onnxruntime").get_available_providers())
+    chosen = []
+    for entry in requested or []:
+        name = entry if isinstance(entry, str) else entry[0]
+        if name in available and name != "CPUExecutionProvider":
+            chosen.append(entry if isinstance(entry, str) else (name, dict(entry[1])))
+    return chosen + ["CPUExecutionProvider"]
+
+
+class CoreMlRunner:
+    """A Core ML model (``.mlpackage`` or compiled ``.mlmodelc``) through coremltools.
+    Core ML itself exists only on Apple platforms, so this runs on a macOS build host."""
+
+    def __init__(self, path: Path, options: Mapping[str, Any]) -> None:
+        import sys
+
+        if sys.platform != "darwin":
+            raise EngineUnavailable("Core ML models run only on macOS and iOS")
+        ct = _import("coremltools")
+        loader = ct.models.CompiledMLModel if path.suffix == ".mlmodelc" else ct.models.MLModel
+        self._model = loader(str(path), compute_units=ct.ComputeUnit[options.get("compute_units", "ALL")])
+        self._outputs = dict(options["outputs"])  # model output name -> Core ML feature name
+        self._inputs = dict(options["inputs"])
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        result = self._model.predict({self._inputs[name]: np.asarray(value) for name, value in feeds.items()})
+        return {name: np.asarray(result[feature]) for name, feature in self._outputs.items()}
+
+
 def installed_version(distribution: str) -> str | None:
     """Version of an installed Python distribution, or None if it is absent."""
     try:
@@ -152,6 +188,7 @@ ENGINES: dict[str, tuple[str, Callable[[Path, Mapping[str, Any]], Runner]]] = {
     "openvino": ("openvino", OpenVinoRunner),
     "mnn": ("MNN", MnnRunner),
     "ncnn": ("ncnn", NcnnRunner),
+    "coreml": ("coremltools", CoreMlRunner),
 }
 
 

@@ -50,6 +50,8 @@ class CompileResult:
     artifacts: list[Artifact]
     #: False when a converter's output could not be made byte-reproducible on this host
     reproducible: bool = True
+    #: what the compiler did or could not do, for the manifest (e.g. "not compiled: no Xcode")
+    notes: list[str] = field(default_factory=list)
 
 
 class Compiler(Protocol):
@@ -59,6 +61,8 @@ class Compiler(Protocol):
     distribution: str
     targets: frozenset[str]
     options_type: type
+    #: Python distributions the compiler's route needs on the build host
+    requires: tuple[str, ...]
 
     def version(self) -> str | None: ...
 
@@ -67,7 +71,8 @@ class Compiler(Protocol):
 
 
 class BaseCompiler:
-    """Shared behaviour: a compiler's version is its Python distribution's version."""
+    """Shared behaviour: a compiler's version is its Python distribution's version, and
+    it is available when every distribution its route needs is installed."""
 
     name: str
     engine: str
@@ -75,7 +80,13 @@ class BaseCompiler:
     targets: frozenset[str]
     options_type: type
 
+    @property
+    def requires(self) -> tuple[str, ...]:
+        return (self.distribution,)
+
     def version(self) -> str | None:
+        if any(installed_version(d) is None for d in self.requires):
+            return None
         return installed_version(self.distribution)
 
 
@@ -104,10 +115,12 @@ def choice(name: str, value: Any, allowed: tuple[Any, ...]) -> None:
 
 
 def registry() -> dict[str, Compiler]:
+    from .coreml import CoreMlCompiler
     from .mnn import MnnCompiler
     from .ncnn import NcnnCompiler
     from .onnxruntime import OnnxRuntimeCompiler
     from .openvino import OpenVinoCompiler
 
-    compilers: list[Compiler] = [OnnxRuntimeCompiler(), OpenVinoCompiler(), MnnCompiler(), NcnnCompiler()]
+    compilers: list[Compiler] = [OnnxRuntimeCompiler(), OpenVinoCompiler(), MnnCompiler(), NcnnCompiler(),
+                                 CoreMlCompiler()]
     return {c.name: c for c in compilers}

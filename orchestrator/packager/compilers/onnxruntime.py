@@ -22,6 +22,10 @@ _LEVELS = ("basic", "extended")
 #: target operating systems whose onnxruntime builds are the reduced mobile ones
 MOBILE = ("android", "ios")
 _ORT_PLATFORM = {"x86_64": "amd64", "aarch64": "arm"}
+#: iOS packages run on the CoreML execution provider where it takes the model's nodes
+#: (ML Program format, every compute unit), the CPU provider doing the rest
+COREML_PROVIDERS = [["CoreMLExecutionProvider", {"ModelFormat": "MLProgram", "MLComputeUnits": "ALL"}],
+                    "CPUExecutionProvider"]
 
 
 @dataclass
@@ -66,6 +70,9 @@ class OnnxRuntimeCompiler(BaseCompiler):
         if options.ort_format:
             ort_artifacts, reproducible = self._ort_format(optimised, out_dir, target)
             artifacts += ort_artifacts
+        if target.os == "ios":
+            for artifact in artifacts:
+                artifact.runtime["execution_providers"] = COREML_PROVIDERS
         if target.os in MOBILE:
             artifacts.append(self._mobile_usability(optimised, out_dir))
         return CompileResult(artifacts, reproducible=reproducible)
