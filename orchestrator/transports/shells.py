@@ -6,6 +6,9 @@ PowerShell or cmd.exe on Windows OpenSSH. Each dialect quotes for its own parser
 value containing quotes, ``$``, backticks, ``;``, ``%VAR%``, ``&`` or a newline arrives
 byte-exact or is refused; it is never pasted unescaped. Environment variable *names*
 are checked against a strict pattern, because no shell lets a name be quoted.
+
+Temporary and work directories are not a dialect's job: the host's own Python makes
+them (hostside.py), the same way on every OS, under the host's work directory.
 """
 
 from __future__ import annotations
@@ -69,9 +72,6 @@ class PosixShell(Shell):
         steps.append("exec " + " ".join(self.quote(a) for a in argv))
         return " && ".join(steps)
 
-    def mktemp(self, prefix: str) -> str:
-        return f"mktemp -d -t {self.quote(prefix + '.XXXXXXXX')}"
-
 
 #: every character PowerShell accepts as a single quote in a verbatim string
 _PS_QUOTES = "'\u2018\u2019\u201a\u201b"
@@ -101,10 +101,6 @@ class PowerShell(Shell):
         steps.append("& " + " ".join(self.quote(a) for a in argv))
         steps.append("exit $LASTEXITCODE")
         return "; ".join(steps)
-
-    def mktemp(self, prefix: str) -> str:
-        return ("$p = Join-Path ([IO.Path]::GetTempPath()) (" + self.quote(prefix + ".")
-                + " + [guid]::NewGuid()); New-Item -ItemType Directory -Path $p | Out-Null; $p")
 
 
 #: characters cmd.exe treats specially outside double quotes

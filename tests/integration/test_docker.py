@@ -220,7 +220,7 @@ def test_containers_of_a_crashed_run_are_reaped_at_start(capsys, docker_client, 
         assert main(["build", str(REPO / "examples/tinycnn/modelpack.yaml"), "--out", str(tmp_path / "o"),
                      "--hosts", str(docker_hosts), "--no-cache"]) == 0
         err = capsys.readouterr().err
-        assert orphan.short_id in err and "crashed earlier run" in err
+        assert orphan.short_id in err and "left by an earlier run" in err
         assert labelled(docker_client, "crashed") == []
         assert [c.id for c in labelled(docker_client, "live")] == [alive.id], "a live run's containers stay"
     finally:
