@@ -20,11 +20,13 @@ Layout of the host's work directory (``workdir`` in hosts.yaml, default ``~/.mod
 import hashlib
 import json
 import os
+import queue
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 RESULT = "MODELPACK-RESULT "
@@ -125,19 +127,39 @@ def _place(blobs, root, files):
 
 def _store(blobs, sha, size, stdin):
     """Store one blob of ``size`` bytes from stdin; it becomes visible under its name
-    only once its content matches its sha256."""
+    only once its content matches its sha256. Reading, and hashing plus writing, run in
+    two threads (all three release the GIL), so the check costs little throughput."""
     final = _inside(blobs, sha)
     digest = hashlib.sha256()
     handle, partial = tempfile.mkstemp(prefix=sha[:16] + ".", suffix=".part", dir=blobs)
-    try:
+    blocks = queue.Queue(maxsize=8)
+    failed = []
+
+    def hash_and_write():
         with os.fdopen(handle, "wb") as out:
+            for block in iter(blocks.get, None):
+                if not failed:
+                    try:
+                        digest.update(block)
+                        out.write(block)
+                    except OSError as exc:  # a full disk: keep draining, report after
+                        failed.append(exc)
+
+    writer = threading.Thread(target=hash_and_write)
+    writer.start()
+    try:
+        try:
             while size:
-                block = stdin.read(min(size, 1 << 22))
+                block = stdin.read(min(size, 1 << 20))
                 if not block:
                     raise Refused("upload ended early: %d bytes of %s missing" % (size, sha))
-                digest.update(block)
-                out.write(block)
+                blocks.put(block)
                 size -= len(block)
+        finally:
+            blocks.put(None)
+            writer.join()
+        if failed:
+            raise failed[0]
         if digest.hexdigest() != sha:
             raise Refused("upload corrupted: content of %s does not match its sha256" % sha)
         os.replace(partial, final)
