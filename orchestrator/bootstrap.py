@@ -55,17 +55,39 @@ def environment_for(facts: dict[str, Any]) -> str:
     return ENVIRONMENTS[key]
 
 
+#: how uv names each environment's platform when it resolves dependencies for it
+_UV_PLATFORMS = {"windows-x86_64": "x86_64-pc-windows-msvc", "macos-arm64": "aarch64-apple-darwin"}
+
+
+def wheel_platforms(name: str, facts: dict[str, Any], recipe: dict[str, Any]) -> tuple[tuple[str, ...], str, str | None]:
+    """(pip platform tags, uv platform, macOS deployment target) for a host. A macOS host
+    takes wheels built for its own macOS version or older."""
+    if name == "macos-arm64":
+        major = int((facts.get("os_version") or "11").split(".")[0])
+        tags = tuple(f"macosx_{v}_0_arm64" for v in range(max(major, 11), 10, -1))
+        return tags, _UV_PLATFORMS[name], f"{major}.0"
+    tags = tuple(recipe["wheel_platforms"])
+    if name in _UV_PLATFORMS:
+        return tags, _UV_PLATFORMS[name], None
+    # manylinux_2_28_x86_64 → x86_64-manylinux_2_28
+    glibc = "_".join(tags[0].split("_")[:3])
+    machine = tags[0][len(glibc) + 1:]
+    return tags, f"{machine}-{glibc}", None
+
+
 def wheelhouse_for(facts: dict[str, Any]) -> Path:
-    """The wheels a host needs: its environment's pins, for its platform and Python."""
+    """The wheels a host needs: its environment's pins, resolved for its platform and
+    Python (including dependencies only that platform has), downloaded on this machine."""
     name = environment_for(facts)
     folder = IMAGES_DIR / name
     recipe_file = folder / "image.json" if (folder / "image.json").is_file() else folder / "host.json"
     recipe = json.loads(recipe_file.read_text(encoding="utf-8"))
     shared = IMAGES_DIR / recipe.get("files_from", name)
     extra = [folder / "requirements-extra.txt"] if (folder / "requirements-extra.txt").is_file() else []
+    tags, uv_platform, deployment_target = wheel_platforms(name, facts, recipe)
     try:
         return download_wheelhouse(f"{name}-py{facts['python_version']}", requirement_lists(shared, extra),
-                                   facts["python_version"], tuple(recipe["wheel_platforms"]))
+                                   facts["python_version"], tags, uv_platform, deployment_target)
     except ImageError as exc:
         raise BootstrapError(str(exc)) from None
 

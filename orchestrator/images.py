@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import platform
 import shutil
 import subprocess
@@ -160,10 +161,18 @@ def requirement_lists(folder: Path, extra: list[Path] = ()) -> list[tuple[list[P
 
 
 def download_wheelhouse(name: str, lists: list[tuple[list[Path], bool]], python_version: str,
-                        platforms: tuple[str, ...]) -> Path:
+                        platforms: tuple[str, ...], resolve_for: str | None = None,
+                        deployment_target: str | None = None) -> Path:
     """Download (once) the wheels for a platform and Python version into a cache folder
-    named by everything that decides its content, so a changed pin means a new folder."""
-    key = hashlib.sha256(json.dumps([python_version, list(platforms)]).encode())
+    named by everything that decides its content, so a changed pin means a new folder.
+
+    ``pip download --platform`` picks wheels for another platform but evaluates
+    dependency markers (``sys_platform == "linux"``) for the machine it runs on: from a
+    Linux controller, torch for macOS would drag in CUDA packages and portalocker for
+    Windows would miss pywin32. With ``resolve_for`` (a uv target such as
+    ``aarch64-apple-darwin``) the dependencies are first resolved by uv for that
+    platform, and pip then downloads exactly that list."""
+    key = hashlib.sha256(json.dumps([python_version, list(platforms), resolve_for, deployment_target]).encode())
     for files, nodeps in lists:
         key.update(b"nodeps" if nodeps else b"deps")
         for path in files:
@@ -176,6 +185,9 @@ def download_wheelhouse(name: str, lists: list[tuple[list[Path], bool]], python_
     house.mkdir(parents=True)
     log.info("downloading wheels for %s (Python %s, %s)", name, python_version, ", ".join(platforms))
     for files, nodeps in lists:
+        if resolve_for and not nodeps:
+            files, nodeps = [_resolve(files, house / ".resolved.txt", python_version, resolve_for,
+                                      deployment_target)], True
         argv = [sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:",
                 "--python-version", python_version, "--implementation", "cp",
                 *[arg for p in platforms for arg in ("--platform", p)],
@@ -183,8 +195,23 @@ def download_wheelhouse(name: str, lists: list[tuple[list[Path], bool]], python_
         proc = subprocess.run(argv, capture_output=True, text=True)
         if proc.returncode != 0:
             raise ImageError(f"pip download for {name} failed: {proc.stderr.strip()[-500:]}")
+    (house / ".resolved.txt").unlink(missing_ok=True)
     (house / ".complete").touch()
     return house
+
+
+def _resolve(files: list[Path], dest: Path, python_version: str, platform_: str, deployment_target: str | None) -> Path:
+    """Every package the requirement files need on ``platform_``, pinned, by uv."""
+    import uv
+
+    argv = [uv.find_uv_bin(), "pip", "compile", "--quiet", "--no-header", "--no-annotate", "--only-binary", ":all:",
+            "--python-version", python_version, "--python-platform", platform_, "--output-file", str(dest),
+            *[str(f) for f in files]]
+    env = {**os.environ, **({"MACOSX_DEPLOYMENT_TARGET": deployment_target} if deployment_target else {})}
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise ImageError(f"resolving the pins for {platform_} failed: {proc.stderr.strip()[-500:]}")
+    return dest
 
 
 def _wheelhouse(env: Environment) -> Path:

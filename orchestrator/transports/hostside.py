@@ -55,14 +55,6 @@ def _inside(root, relative):
     return os.path.join(root, *parts)
 
 
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as data:
-        for block in iter(lambda: data.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _python(env_dir):
     return os.path.join(env_dir, "Scripts", "python.exe") if WINDOWS else os.path.join(env_dir, "bin", "python")
 
@@ -84,6 +76,7 @@ def facts(params, stdin):
         pass
     return {
         "os": platform.system().lower(), "machine": platform.machine().lower(),
+        "os_version": platform.mac_ver()[0] or platform.release(),
         "python_version": "%d.%d" % sys.version_info[:2], "platform": sysconfig.get_platform(),
         "workdir": work.replace("\\", "/"), "free_bytes": shutil.disk_usage(work).free,
         "env_hash": env_hash, "env_python": python.replace("\\", "/") if python else None,
@@ -292,7 +285,8 @@ def clean(params, stdin):
 
 def make_env(params, stdin):
     """Create the environment ``hash`` from wheels already placed in ``wheels`` (a
-    workspace folder), unless it exists; then make it the current one."""
+    workspace folder), unless it exists; then make it the current one. The one it
+    replaces is kept (a build may still be running in it); older ones are removed."""
     envs = os.path.join(_workdir(params), "envs")
     os.makedirs(envs, exist_ok=True)
     env_hash = params["hash"]
@@ -315,13 +309,18 @@ def make_env(params, stdin):
                                                  proc.stdout.decode("utf-8", "replace").strip()[-800:]))
         with open(os.path.join(building, ENV_MARKER), "w") as out:
             json.dump({"hash": env_hash, "created": time.time()}, out)
-        # venvs hold their own path: build in place under the final name's sibling,
-        # then rename; scripts are not used, only the interpreter
+        # built under a temporary name and renamed: a half-made environment is never
+        # current (pip's entry-point scripts keep the old path; only the interpreter is used)
         os.replace(building, target)
-    with open(os.path.join(envs, "current.tmp"), "w") as out:
+    current = os.path.join(envs, "current")
+    previous = None
+    if os.path.isfile(current):
+        with open(current) as data:
+            previous = data.read().strip()
+    with open(current + ".tmp", "w") as out:
         out.write(env_hash)
-    os.replace(os.path.join(envs, "current.tmp"), os.path.join(envs, "current"))
-    kept = set(params.get("keep") or []) | {env_hash}
+    os.replace(current + ".tmp", current)
+    kept = {env_hash, previous}
     for name in os.listdir(envs):
         if name not in kept and name != "current" and os.path.isfile(os.path.join(envs, name, ENV_MARKER)):
             _remove(os.path.join(envs, name))

@@ -174,7 +174,13 @@ def test_bootstrap_reuses_the_environment_and_rebuilds_it_when_the_wheelhouse_ch
     assert env_python("__import__('beta').VALUE") == "beta two"
     assert env_python("sys.executable") != first_python
     envs = container.exec_run(["sh", "-c", "ls /root/boot-test/envs"]).output.decode().split()
-    assert len(envs) == 2 and "current" in envs, f"the replaced environment is removed: {envs}"
+    assert len(envs) == 3 and "current" in envs, f"the replaced environment stays for running builds: {envs}"
+    make_wheel(house, "gamma", "3.0", "VALUE = 'gamma three'\n")
+    assert main(["hosts", "bootstrap", "boot", "--hosts", str(hosts), "--wheelhouse", str(house)]) == 0
+    assert "created" in capsys.readouterr().out
+    envs = container.exec_run(["sh", "-c", "ls /root/boot-test/envs"]).output.decode().split()
+    assert len(envs) == 3, f"only the current and the previous environment are kept: {envs}"
+    assert env_python("__import__('gamma').VALUE") == "gamma three"
 
 
 def test_a_host_with_only_python_is_bootstrapped_with_the_pinned_engines_and_builds(capsys, sshd, client_key, tmp_path):
