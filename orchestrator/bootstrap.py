@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .images import IMAGES_DIR, ImageError, download_wheelhouse, requirement_lists
-from .runtime.checks import sha256_file
 from .transports.base import TransportError
-from .transports.ssh import SshTransport
+from .transports.ssh import SshTransport, content_address
 
 #: (os, machine) as the host's Python reports them → the environment that defines its pins
 ENVIRONMENTS = {
@@ -97,7 +96,7 @@ def environment_hash(facts: dict[str, Any], wheels: list[Path]) -> str:
     platform, and each wheel's name and content."""
     digest = hashlib.sha256(json.dumps([facts["python_version"], facts["platform"]]).encode())
     for wheel in sorted(wheels, key=lambda p: p.name):
-        digest.update(wheel.name.encode() + b"\0" + bytes.fromhex(sha256_file(wheel)))
+        digest.update(wheel.name.encode() + b"\0" + bytes.fromhex(content_address(wheel)))
     return digest.hexdigest()
 
 
