@@ -23,7 +23,6 @@ from .targets import TARGETS, Target, known_target
 _DOCKER_KEYS = ("docker_host", "platform", "image", "allow_emulation", "tls_ca", "tls_cert", "tls_key")
 _SSH_KEYS = ("address", "user", "port", "key", "host_key", "known_hosts", "shell", "workdir", "python",
              "liveness_timeout", "lease_ttl", "blob_ttl")
-SUPPORTED_TRANSPORTS = ("docker", "local", "ssh")
 
 
 class Host(BaseModel):
@@ -162,8 +161,6 @@ def rejection(host: Host, target: Target, required_features: frozenset[str] = fr
         return "disabled in the inventory"
     if target.name not in host.targets:
         return f"serves {', '.join(host.targets)}, not {target.name}"
-    if host.transport not in SUPPORTED_TRANSPORTS:
-        return f"the {host.transport} transport is not supported yet by this version of modelpack"
     if host.transport == "local" and this_machine() != (target.build_os, target.build_arch):
         here = "/".join(this_machine())
         return f"a local host is {here}; {target.name} must be built on {target.build_os}/{target.build_arch}"

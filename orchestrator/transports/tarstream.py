@@ -1,4 +1,4 @@
-"""Tar streams for moving files through exec channels and container archive APIs."""
+"""Tar streams for moving files through the Docker engine's container archive API."""
 
 from __future__ import annotations
 
