@@ -118,18 +118,45 @@ def _place(blobs, root, files):
     return sorted(set(missing))
 
 
-def _store(blobs, sha, size, stdin):
-    """Store one blob of ``size`` bytes from stdin; it becomes visible under its name
-    only once its content matches its sha256. Reading, and hashing plus writing, run in
-    two threads (all three release the GIL), so the check costs little throughput."""
+def _claim_partial(blobs, sha, size):
+    """Take over what a broken earlier upload of ``sha`` left (``<sha>.part``), if
+    anything: renamed to a private name first, so two uploads never share it. Returns
+    (private path or None, bytes already there)."""
+    shared = _inside(blobs, sha + ".part")
+    handle, private = tempfile.mkstemp(prefix=sha[:16] + ".", suffix=".resume", dir=blobs)
+    os.close(handle)
+    try:
+        os.replace(shared, private)
+    except OSError:  # nothing to resume (or another upload took it first)
+        os.remove(private)
+        return None, 0
+    have = os.path.getsize(private)
+    if have > size:
+        os.remove(private)
+        return None, 0
+    return private, have
+
+
+def _store(blobs, sha, size, stdin, partial=None):
+    """Store one blob of ``size`` bytes, continuing ``partial`` if given, from stdin. It
+    becomes visible under its name only once its content matches its sha256; if the
+    stream ends early, what arrived is kept as ``<sha>.part`` for the next upload to
+    resume. Reading, and hashing plus writing, run in two threads (all three release
+    the GIL), so the check costs little throughput."""
     final = _inside(blobs, sha)
     digest = hashlib.sha256()
-    handle, partial = tempfile.mkstemp(prefix=sha[:16] + ".", suffix=".part", dir=blobs)
+    if partial is None:
+        handle, partial = tempfile.mkstemp(prefix=sha[:16] + ".", suffix=".upload", dir=blobs)
+        os.close(handle)
+    with open(partial, "rb") as already:
+        for block in iter(lambda: already.read(1 << 20), b""):
+            digest.update(block)
+    remaining = size - os.path.getsize(partial)
     blocks = queue.Queue(maxsize=8)
     failed = []
 
     def hash_and_write():
-        with os.fdopen(handle, "wb") as out:
+        with open(partial, "ab") as out:
             for block in iter(blocks.get, None):
                 if not failed:
                     try:
@@ -140,14 +167,16 @@ def _store(blobs, sha, size, stdin):
 
     writer = threading.Thread(target=hash_and_write)
     writer.start()
+    ended_early = False
     try:
         try:
-            while size:
-                block = stdin.read(min(size, 1 << 20))
+            while remaining:
+                block = stdin.read(min(remaining, 1 << 20))
                 if not block:
-                    raise Refused("upload ended early: %d bytes of %s missing" % (size, sha))
+                    ended_early = True
+                    raise Refused("upload ended early: %d bytes of %s missing" % (remaining, sha))
                 blocks.put(block)
-                size -= len(block)
+                remaining -= len(block)
         finally:
             blocks.put(None)
             writer.join()
@@ -158,25 +187,36 @@ def _store(blobs, sha, size, stdin):
         os.replace(partial, final)
     finally:
         if os.path.exists(partial):
-            os.remove(partial)
+            if ended_early and not failed:
+                os.replace(partial, _inside(blobs, sha + ".part"))
+            else:
+                os.remove(partial)
 
 
 def push(params, stdin):
     """Put files into a workspace, in one exchange: place what the host already holds,
-    answer with what it lacks, then store those blobs as they arrive (in the order of
-    that answer) and place them too."""
+    answer with what it lacks (and how much of each a broken earlier upload left, to
+    resume from there), then store those blobs as they arrive, in the order of that
+    answer, and place them too."""
     blobs = os.path.join(_workdir(params), "blobs")
     os.makedirs(blobs, exist_ok=True)
     missing = _place(blobs, params["root"], params["files"])
-    sys.stdout.write(RESULT + json.dumps({"missing": missing}) + "\n")
+    partials = {sha: _claim_partial(blobs, sha, int(params["sizes"][sha])) for sha in missing}
+    offsets = {sha: have for sha, (_, have) in partials.items() if have}
+    sys.stdout.write(RESULT + json.dumps({"missing": missing, "offsets": offsets}) + "\n")
     sys.stdout.flush()
-    for sha in missing:
-        _store(blobs, sha, int(params["sizes"][sha]), stdin)
+    try:
+        for sha in missing:
+            _store(blobs, sha, int(params["sizes"][sha]), stdin, partials.pop(sha)[0])
+    finally:
+        for sha, (private, _) in partials.items():  # not reached: give the claimed parts back
+            if private:
+                os.replace(private, _inside(blobs, sha + ".part"))
     if missing:
         still = _place(blobs, params["root"], params["files"])
         if still:
             raise Refused("blobs still missing after upload: %s" % ", ".join(still))
-    return {"received": len(missing)}
+    return {"received": len(missing), "resumed_bytes": sum(offsets.values())}
 
 
 def send(params, stdin):

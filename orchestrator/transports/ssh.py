@@ -402,7 +402,8 @@ class SshWorkspace(Workspace):
     def push(self, files: Mapping[str, Path]) -> None:
         """Send only what the host lacks: files are stored there by sha256 and linked into
         the workspace, so an unchanged model or packager crosses the link once. One
-        exchange: the host answers with what it is missing, then those files follow."""
+        exchange: the host answers with what it is missing (and how much of each a broken
+        earlier upload left), then the rest of those files follows."""
         t = self._transport
         names = {name: content_address(path) for name, path in files.items()}
         local = {sha: files[name] for name, sha in names.items()}
@@ -412,13 +413,16 @@ class SshWorkspace(Workspace):
             answer = read_line()
             if not answer.startswith(hostside.RESULT):
                 raise TransportError(f"{t.name}: push refused: {answer.removeprefix(hostside.ERROR)[-300:]}")
+            wanted = json.loads(answer[len(hostside.RESULT):])
             buffer = bytearray(CHUNK)  # reused: a fresh 4 MiB object per read costs page faults
             view = memoryview(buffer)
-            for sha in json.loads(answer[len(hostside.RESULT):])["missing"]:
+            for sha in wanted["missing"]:
+                offset = wanted["offsets"].get(sha, 0)  # a broken earlier upload left this much
                 with open(local[sha], "rb") as data:
+                    data.seek(offset)
                     while count := data.readinto(buffer):
                         send(view[:count])
-                self.sent_bytes += sizes[sha]
+                        self.sent_bytes += count
 
         try:
             t.call("push", {"root": str(self.root), "files": names, "sizes": sizes}, timeout=3600, payload=payload)

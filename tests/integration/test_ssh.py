@@ -209,7 +209,8 @@ def test_a_host_with_only_python_is_bootstrapped_with_the_pinned_engines_and_bui
 
 def test_host_that_hangs_mid_upload_is_detected_within_the_liveness_timeout(sshd, client_key, tmp_path):
     """A frozen host keeps its TCP stack up: the upload blocks on a zero window rather than
-    failing, and only modelpack's own liveness check can end it."""
+    failing, and only modelpack's own liveness check can end it. Once the host is back,
+    the next upload resumes where the broken one stopped."""
     address, host_key, container, _ = sshd
     transport = SshTransport(ssh_host(address, client_key[0], host_key), liveness_timeout=3.0)
     big = tmp_path / "big.bin"
@@ -227,6 +228,17 @@ def test_host_that_hangs_mid_upload_is_detected_within_the_liveness_timeout(sshd
         container.unpause()
     ws.close()
     assert transport.execute("true", timeout=30)[0] == 0, "the next command reconnects to the recovered host"
+    # the host kept what arrived before the freeze; the next upload sends only the rest
+    part = f"/root/.modelpack/blobs/{hashlib.sha256(big.read_bytes()).hexdigest()}.part"
+    deadline = time.monotonic() + 30
+    while container.exec_run(["test", "-s", part]).exit_code != 0:
+        assert time.monotonic() < deadline, "the broken upload left no resumable part"
+        time.sleep(0.2)
+    with transport.open("linux-x86_64", {}) as again:
+        again.push({"big.bin": big})
+        assert 0 < again.sent_bytes < big.stat().st_size, f"resumed, not resent: {again.sent_bytes} bytes"
+        got = container.exec_run(["sha256sum", f"{again.root}/big.bin"]).output.split()[0].decode()
+        assert got == hashlib.sha256(big.read_bytes()).hexdigest()
 
 
 def test_host_dropping_off_the_network_mid_transfer_is_an_infrastructure_failure(sshd, client_key, tmp_path):

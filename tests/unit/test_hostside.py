@@ -64,21 +64,50 @@ def test_blobs_are_sent_once_and_linked_into_each_workspace(tmp_path):
     files = {"in/model.onnx": model, "orchestrator/x.py": code}
     first = workspace(tmp_path)
     done = push(tmp_path, first, files)
-    assert sorted(asked_for(done)) == sorted([sha(model), sha(code)]) and answer(done) == {"received": 2}
+    assert sorted(asked_for(done)) == sorted([sha(model), sha(code)])
+    assert answer(done) == {"received": 2, "resumed_bytes": 0}
     assert (first / "in" / "model.onnx").read_bytes() == model and (first / "orchestrator" / "x.py").read_bytes() == code
     second = workspace(tmp_path)
     done = push(tmp_path, second, files, send=[])
-    assert asked_for(done) == [] and answer(done) == {"received": 0}
+    assert asked_for(done) == [] and answer(done) == {"received": 0, "resumed_bytes": 0}
     assert (second / "in" / "model.onnx").read_bytes() == model
 
 
 def test_a_corrupted_or_short_upload_never_becomes_a_blob(tmp_path):
     root = workspace(tmp_path)
-    files = {"in/model.onnx": b"real model bytes"}
+    data = b"real model bytes"
+    files = {"in/model.onnx": data}
     assert "does not match its sha256" in refusal(push(tmp_path, root, files, send=[b"fake model bytes"]))
+    assert list((tmp_path / "blobs").iterdir()) == [], "a corrupt upload leaves nothing behind"
     assert "ended early" in refusal(push(tmp_path, root, files, send=[b"real"]))
-    assert list((tmp_path / "blobs").iterdir()) == [], "no blob and no partial file may remain"
+    assert [p.name for p in (tmp_path / "blobs").iterdir()] == [sha(data) + ".part"], "only a resumable part"
     assert not (root / "in" / "model.onnx").exists()
+
+
+def test_a_broken_upload_resumes_where_it_stopped(tmp_path):
+    root = workspace(tmp_path)
+    data = os.urandom(3000)
+    files = {"in/model.onnx": data}
+    assert "ended early" in refusal(push(tmp_path, root, files, send=[data[:1000]]))
+    done = push(tmp_path, root, files, send=[data[1000:]])
+    first = json.loads(done.stdout.decode().split(hostside.RESULT)[1].splitlines()[0])
+    assert first == {"missing": [sha(data)], "offsets": {sha(data): 1000}}
+    assert answer(done) == {"received": 1, "resumed_bytes": 1000}
+    assert (root / "in" / "model.onnx").read_bytes() == data
+    assert [p.name for p in (tmp_path / "blobs").iterdir()] == [sha(data)], "no partial files left"
+
+
+def test_a_part_that_does_not_add_up_is_dropped_and_the_next_upload_starts_over(tmp_path):
+    root = workspace(tmp_path)
+    data = os.urandom(3000)
+    files = {"in/model.onnx": data}
+    (tmp_path / "blobs").mkdir()
+    (tmp_path / "blobs" / (sha(data) + ".part")).write_bytes(b"x" * 1000)  # not the file's first bytes
+    assert "does not match its sha256" in refusal(push(tmp_path, root, files, send=[data[1000:]]))
+    assert list((tmp_path / "blobs").iterdir()) == []
+    done = push(tmp_path, root, files)
+    assert answer(done) == {"received": 1, "resumed_bytes": 0}
+    assert (root / "in" / "model.onnx").read_bytes() == data
 
 
 @pytest.mark.parametrize("name", ["../escape", "/etc/passwd", "in/../../x", "C:/Windows/x", "in//x"])
