@@ -50,6 +50,18 @@ def fingerprint(key: paramiko.PKey) -> str:
     return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
 
 
+def _prefer_aead(*args: Any, **kwargs: Any) -> paramiko.Transport:
+    """A transport that offers AES-GCM first. paramiko prefers AES-CTR, whose separate
+    HMAC costs a Python-level call per 32 KB packet; with GCM the cipher authenticates
+    too, which measured 10-25 % faster uploads (scripts/bench-ssh). Every other cipher
+    stays offered, in paramiko's order, for servers without GCM."""
+    transport = paramiko.Transport(*args, **kwargs)
+    options = transport.get_security_options()
+    aead = [c for c in options.ciphers if c.endswith("-gcm@openssh.com")]
+    options.ciphers = tuple(aead + [c for c in options.ciphers if c not in aead])
+    return transport
+
+
 class _RefuseUnknownHost(paramiko.MissingHostKeyPolicy):
     """Unknown keys are refused, with what the user needs to check and pin it."""
 
@@ -111,6 +123,7 @@ class SshTransport(Transport):
                     key_filename=settings["key_filename"], allow_agent=True,
                     look_for_keys=settings["key_filename"] is None, timeout=self.connect_timeout,
                     banner_timeout=self.connect_timeout, auth_timeout=self.connect_timeout,
+                    transport_factory=_prefer_aead,
                 )
             except paramiko.BadHostKeyException as exc:
                 raise TransportError(
