@@ -20,16 +20,10 @@ from typing import Any, Callable
 
 from .images import IMAGES_DIR, ImageError, download_wheelhouse, requirement_lists
 from .transports.base import TransportError
-from .transports.ssh import SshTransport, content_address
-
-#: (os, machine) as the host's Python reports them → the environment that defines its pins
-ENVIRONMENTS = {
-    ("linux", "x86_64"): "linux-x86_64", ("linux", "amd64"): "linux-x86_64",
-    ("linux", "aarch64"): "linux-aarch64", ("linux", "arm64"): "linux-aarch64",
-    ("windows", "amd64"): "windows-x86_64", ("windows", "x86_64"): "windows-x86_64",
-    ("darwin", "arm64"): "macos-arm64",
-}
-
+from .runtime.checks import content_sha256
+from .runtime.platforms import normalise_arch, normalise_os
+from .targets import TARGETS
+from .transports.ssh import SshTransport
 
 class BootstrapError(RuntimeError):
     """The host cannot be bootstrapped; the message says why."""
@@ -47,11 +41,13 @@ class Bootstrapped:
 
 
 def environment_for(facts: dict[str, Any]) -> str:
-    key = (facts["os"], facts["machine"])
-    if key not in ENVIRONMENTS:
-        known = ", ".join(f"{o}/{m}" for o, m in ENVIRONMENTS)
-        raise BootstrapError(f"no build environment for a {key[0]}/{key[1]} host (known: {known})")
-    return ENVIRONMENTS[key]
+    """The build environment a host's OS and architecture serve (targets.py says which)."""
+    here = (normalise_os(facts["os"]), normalise_arch(facts["machine"]))
+    for target in TARGETS.values():
+        if (target.build_os, target.build_arch) == here:
+            return target.environment
+    known = sorted({f"{t.build_os}/{t.build_arch}" for t in TARGETS.values()})
+    raise BootstrapError(f"no build environment for a {here[0]}/{here[1]} host (known: {', '.join(known)})")
 
 
 #: how uv names each environment's platform when it resolves dependencies for it
@@ -96,7 +92,7 @@ def environment_hash(facts: dict[str, Any], wheels: list[Path]) -> str:
     platform, and each wheel's name and content."""
     digest = hashlib.sha256(json.dumps([facts["python_version"], facts["platform"]]).encode())
     for wheel in sorted(wheels, key=lambda p: p.name):
-        digest.update(wheel.name.encode() + b"\0" + bytes.fromhex(content_address(wheel)))
+        digest.update(wheel.name.encode() + b"\0" + bytes.fromhex(content_sha256(wheel)))
     return digest.hexdigest()
 
 

@@ -14,7 +14,7 @@ from .cache import cache_key
 from .errors import InputError
 from .packager.job import Job as PackagerJob
 from .packager.job import JobTarget, package_filename
-from .runtime.checks import sha256_file
+from .runtime.checks import content_sha256
 from .spec import LoadedSpec
 from .targets import TARGETS, Target
 
@@ -81,9 +81,9 @@ class Job:
         instructions = json.loads(self.packager_job({}).to_json())
         return cache_key({
             "model": self.spec.model.sha256,
-            "samples": sha256_file(self.spec.samples) if self.spec.samples else None,
-            "calibration": sha256_file(self.spec.calibration) if self.spec.calibration else None,
-            "metric": sha256_file(self.spec.metric) if self.spec.metric else None,
+            "samples": content_sha256(self.spec.samples) if self.spec.samples else None,
+            "calibration": content_sha256(self.spec.calibration) if self.spec.calibration else None,
+            "metric": content_sha256(self.spec.metric) if self.spec.metric else None,
             "instructions": instructions,
             "environment": environment_id,
             "packager": packager_digest(),

@@ -8,6 +8,7 @@ the device's self-test cannot disagree about what "within tolerance" means.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,19 @@ def sha256_stream(stream: BinaryIO, chunk: int = 1 << 20) -> str:
 def sha256_file(path: Path) -> str:
     with open(path, "rb") as stream:
         return sha256_stream(stream)
+
+
+def content_sha256(path: Path) -> str:
+    """sha256 of a file, computed once per version of it (path, size, mtime) in this
+    process: the controller needs a model's hash for the cache key, the SSH upload and
+    the bootstrap, and a large model should be read once for all of them."""
+    stat = Path(path).stat()
+    return _cached_sha256(Path(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_sha256(path: Path, size: int, mtime_ns: int) -> str:
+    return sha256_file(path)
 
 
 def file_problems(expected: Mapping[str, str], actual: Mapping[str, str]) -> list[str]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import ast
 import base64
-import functools
 import hashlib
 import json
 import logging
@@ -30,7 +29,7 @@ from typing import Any, Callable, Iterator, Mapping
 import paramiko
 
 from ..inventory import Host
-from ..runtime.checks import sha256_file
+from ..runtime.checks import content_sha256
 from . import hostside
 from .base import CommandTimeout, HostStatus, LineSink, Transport, TransportError, Workspace, disk_problem
 from .shells import DETECT_PROBE, DIALECTS, PosixShell, Shell, detect
@@ -392,17 +391,6 @@ def _hostside_boot() -> str:
 HOSTSIDE_BOOT = _hostside_boot()
 
 
-@functools.lru_cache(maxsize=4096)
-def _digest(path: Path, size: int, mtime_ns: int) -> str:
-    return sha256_file(path)
-
-
-def content_address(path: Path) -> str:
-    """sha256 of a local file, computed once per version of the file in a run."""
-    stat = path.stat()
-    return _digest(path, stat.st_size, stat.st_mtime_ns)
-
-
 class SshWorkspace(Workspace):
     def __init__(self, transport: SshTransport, root: PurePosixPath) -> None:
         self._transport = transport
@@ -418,7 +406,7 @@ class SshWorkspace(Workspace):
         exchange: the host answers with what it is missing (and how much of each a broken
         earlier upload left), then the rest of those files follows."""
         t = self._transport
-        names = {name: content_address(path) for name, path in files.items()}
+        names = {name: content_sha256(path) for name, path in files.items()}
         local = {sha: files[name] for name, sha in names.items()}
         sizes = {sha: path.stat().st_size for sha, path in local.items()}
 
