@@ -24,7 +24,7 @@ from .packager.functions import resolve as resolve_functions
 from .packager.job import CompilerCall
 from .packager.samples import concrete_shapes, load_samples
 from .packager.signature import ModelError, load_onnx, signature
-from .runtime.checks import sha256_file
+from .runtime.checks import content_sha256
 from .targets import TARGETS, Target, known_target
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
@@ -177,6 +177,8 @@ class Spec(_Strict):
                 if variant in VARIANTS and VARIANTS[variant].needs_calibration and self.calibration is None:
                     raise ValueError(f"accelerate variant {variant!r} needs calibration samples (the `calibration`"
                                      f" key); it never calibrates on random data")
+        if self.zip and not any(TARGETS[t].os == "windows" for t in self.targets):
+            raise ValueError("zip: true applies to windows-x86_64 packages; this spec builds no Windows target")
         if self.select and self.select.engine:
             engines = ({known[c.name].engine for c in calls} | {c.name for c in calls}
                        | {f"{c.name}+{c.variant}" for c in self.variant_calls()})
@@ -243,7 +245,7 @@ def load_spec(path: Path) -> LoadedSpec:
         inputs, outputs = signature(model)
     except ModelError as exc:
         raise InputError(path, "model", f"{model_path}: {exc}") from None
-    info = ModelInfo(model_path, sha256_file(model_path), inputs, outputs)
+    info = ModelInfo(model_path, content_sha256(model_path), inputs, outputs)
     labels = None
     if spec.functions is not None:
         labels = _read_labels(path, spec.functions)

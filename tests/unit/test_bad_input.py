@@ -169,6 +169,7 @@ def test_invalid_host_fields(capsys, write_spec, out_dir, tmp_path, host, needle
         ({"shapes": {"nope": [1, 3, 32, 32]}}, ("shapes", "not model inputs")),
         ({"shapes": {"image": [1, 3, 64, 64]}}, ("shapes.image[2] is 64", "fixes it to 32")),
         ({"samples": "absent.npz"}, ("samples", "absent.npz", "not found")),
+        ({"zip": True}, ("zip: true applies to windows-x86_64", "no Windows target")),
     ],
 )
 def test_invalid_spec_fields(capsys, write_spec, out_dir, local_hosts, fields, needles):
