@@ -213,7 +213,7 @@ def cmd_hosts(args: argparse.Namespace) -> int:
     inventory = _inventory(args.hosts)
     chosen = _chosen_hosts(inventory, args.names)
     if args.action == "bootstrap":
-        return _bootstrap_hosts(inventory, chosen, args.wheelhouse)
+        return _bootstrap_hosts(inventory, chosen, bool(args.names), args.wheelhouse)
     if args.action == "clean":
         return _clean_hosts(chosen)
     rows: list[dict[str, Any]] = []
@@ -266,12 +266,16 @@ def _chosen_hosts(inventory: Any, names: list[str]) -> list[Any]:
     return [known[n] for n in names] if names else [h for h in inventory.hosts if h.enabled]
 
 
-def _bootstrap_hosts(inventory: Any, hosts: list[Any], wheelhouse: Path | None) -> int:
+def _bootstrap_hosts(inventory: Any, hosts: list[Any], named: bool, wheelhouse: Path | None) -> int:
     from .bootstrap import BootstrapError, bootstrap
     from .transports import make_transport
     from .transports.base import TransportError
 
     not_ssh = [h.name for h in hosts if h.transport != "ssh"]
+    if not named:  # no names: every enabled SSH host
+        hosts, not_ssh = [h for h in hosts if h.transport == "ssh"], []
+        if not hosts:
+            raise InputError(inventory.source, "hosts", "no ssh host to bootstrap")
     if not_ssh:
         raise InputError(inventory.source, "hosts", f"{', '.join(not_ssh)}: only ssh hosts are bootstrapped"
                          " (Docker hosts use the images from scripts/build-images)")
@@ -546,7 +550,8 @@ def parser() -> argparse.ArgumentParser:
     h.add_argument("action", choices=["list", "check", "bootstrap", "clean"],
                    help="bootstrap: install the pinned engines into a venv on SSH hosts;"
                         " clean: remove expired workspaces and stale files from hosts")
-    h.add_argument("names", nargs="*", metavar="HOST", help="only these hosts (bootstrap: required)")
+    h.add_argument("names", nargs="*", metavar="HOST",
+                   help="only these hosts (default: every enabled host; for bootstrap, every enabled SSH host)")
     h.add_argument("--wheelhouse", type=Path, help="bootstrap: install these wheels instead of downloading the pins")
     h.add_argument("--hosts", type=Path)
     h.add_argument("--json", action="store_true")

@@ -168,8 +168,8 @@ def download_wheelhouse(name: str, lists: list[tuple[list[Path], bool]], python_
 
     ``pip download --platform`` picks wheels for another platform but evaluates
     dependency markers (``sys_platform == "linux"``) for the machine it runs on: from a
-    Linux controller, torch for macOS would drag in CUDA packages and portalocker for
-    Windows would miss pywin32. With ``resolve_for`` (a uv target such as
+    Linux controller, torch for macOS asks for CUDA packages that have no macOS wheels.
+    With ``resolve_for`` (a uv target such as
     ``aarch64-apple-darwin``) the dependencies are first resolved by uv for that
     platform, and pip then downloads exactly that list."""
     key = hashlib.sha256(json.dumps([python_version, list(platforms), resolve_for, deployment_target]).encode())

@@ -9,6 +9,7 @@ naming the engine, not an ImportError from deep inside.
 
 from __future__ import annotations
 
+import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol
@@ -36,7 +37,7 @@ class OnnxRuntimeRunner:
     reference run (the source model exactly as written) and "all" for shipped artifacts,
     which is what a device would use. ``execution_providers`` (e.g. CoreML first for
     iOS packages) are used where this onnxruntime has them, with the CPU provider always
-    last; :attr:`providers` says which ones the session really got."""
+    last."""
 
     def __init__(self, path: Path, options: Mapping[str, Any]) -> None:
         ort = _import("onnxruntime")
@@ -53,7 +54,6 @@ class OnnxRuntimeRunner:
         self._session = ort.InferenceSession(str(path), session_options,
                                              providers=usable_providers(options.get("execution_providers")))
         self._output_names = [o.name for o in self._session.get_outputs()]
-        self.providers: list[str] = self._session.get_providers()
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         values = self._session.run(self._output_names, dict(feeds))
@@ -159,8 +159,6 @@ class CoreMlRunner:
     Core ML itself exists only on Apple platforms, so this runs on a macOS build host."""
 
     def __init__(self, path: Path, options: Mapping[str, Any]) -> None:
-        import sys
-
         if sys.platform != "darwin":
             raise EngineUnavailable("Core ML models run only on macOS and iOS")
         ct = _import("coremltools")
