@@ -13,7 +13,7 @@ from pydantic_core import PydanticUndefined
 
 from .inventory import Host, Inventory
 from .packager.accelerate import ALWAYS_APPLIED, VARIANTS
-from .spec import Accelerate, Functions, Gate, SelectPolicy, Spec, Tolerance
+from .spec import Accelerate, Functions, Gate, SelectPolicy, ShapeRange, Spec, Tolerance
 
 
 def _type_name(annotation: Any) -> str:
@@ -49,6 +49,10 @@ def model_table(model: type[BaseModel]) -> list[str]:
 
 SECTIONS: list[tuple[str, type[BaseModel], str]] = [
     ("Packaging instructions (`modelpack.yaml`)", Spec, "Top-level keys of a spec file."),
+    ("`shapes` ranges", ShapeRange, "A range in place of a size under `shapes`, e.g."
+     " `shapes: {x: [1, 3, 48, {min: 32, max: 1280, bench: 320}]}`. The manifest marks the dimension with"
+     " its range; the runtime accepts any size in it and refuses others. A dynamic dimension given one size"
+     " is also checked at twice that size, and then accepts any size."),
     ("`tolerance`", Tolerance, "The accuracy gate, per output element."),
     ("`select`", SelectPolicy, "How the test script chooses among candidates."),
     ("`accelerate`", Accelerate, "Acceleration variants; each is one more candidate, gated and benchmarked"

@@ -31,7 +31,7 @@ def _runs(model: Path, inputs: list[dict[str, Any]], shapes: dict[str, list[int]
 
     onnxruntime.set_default_logger_severity(4)  # failed trials are expected; keep them quiet
     try:
-        OnnxRuntimeRunner(model, {"optimization": "disabled"}).run(random_inputs(inputs, shapes, seed=0))
+        OnnxRuntimeRunner(model, {"optimization": "disabled"}).run(random_inputs(inputs, shapes, seed=0)[0])
         return True
     except Exception:  # any failure means "not with these sizes"
         return False

@@ -22,7 +22,7 @@ from .packager.compilers import OptionsError, parse_options, registry
 from .packager.functions import FunctionError, package_inputs
 from .packager.functions import resolve as resolve_functions
 from .packager.job import CompilerCall
-from .packager.samples import concrete_shapes, load_samples
+from .packager.samples import DimRange, load_samples, resolve_dims
 from .packager.signature import ModelError, load_onnx, signature
 from .runtime.checks import content_sha256
 from .targets import TARGETS, Target, known_target
@@ -79,6 +79,16 @@ class Gate(_Strict):
         return self
 
 
+class ShapeRange(_Strict):
+    """A dynamic dimension's accepted sizes, written in place of a size under `shapes`:
+    `shapes: {x: [1, 3, 48, {min: 32, max: 1280, bench: 320}]}`. The package accepts
+    any size in the range; the gate and the self-test run at `min`, `bench` and `max`."""
+
+    min: int = Field(ge=1, description="smallest size the package accepts (checked)")
+    max: int = Field(ge=1, description="largest size the package accepts (checked)")
+    bench: int | None = Field(None, ge=1, description="size of the golden samples and the benchmark (default: min)")
+
+
 class Accelerate(_Strict):
     variants: list[AccelerateVariant] = Field(min_length=1, description="variants to try, each gated and measured")
     gate: Gate = Field(Gate(), description="how variants are judged; see `gate` below")
@@ -113,7 +123,15 @@ class Spec(_Strict):
                     " that compiler. An entry may carry options: {openvino: {precision: f32}}",
     )
     samples: str | None = Field(None, description=".npy (single input) or .npz (keyed by input name) for the self-test; random inputs when absent")
-    shapes: dict[str, list[int]] = Field(default_factory=dict, description="concrete shapes for inputs with dynamic dimensions")
+    shapes: dict[str, list[int | ShapeRange]] = Field(
+        default_factory=dict,
+        description="sizes of dynamic dimensions for golden samples and benchmarks, e.g. {tokens: [1, 128]}; a"
+                    " dimension may be a range instead (see `shapes` ranges below). The package keeps the model's"
+                    " dynamic dimensions either way")
+    fixed_shapes: Literal["reject", "allow"] = Field(
+        "reject", description="a candidate that runs only at the benchmark size (a fixed-shape compiler, or an"
+                              " engine failing at another checked size) is rejected with that reason, or with"
+                              " `allow` packaged at that size, which the manifest and report say")
     features: dict[str, list[str]] = Field(
         default_factory=dict, description="host features each target requires, e.g. {linux-x86_64: [avx512]}")
     tolerance: Tolerance = Field(Tolerance(), description="accuracy gate; see `tolerance` below")
@@ -141,6 +159,20 @@ class Spec(_Strict):
         if stray:
             raise ValueError(f"features names target(s) {stray} that are not in targets")
         return self
+
+    @field_validator("shapes", mode="before")
+    @classmethod
+    def _ranges_make_sense(cls, value: Any) -> Any:
+        """min <= bench <= max, checked here so the error names the dimension."""
+        if isinstance(value, dict):
+            for name, dims in value.items():
+                for axis, dim in enumerate(dims if isinstance(dims, list) else []):
+                    if isinstance(dim, dict):
+                        try:
+                            DimRange.parse(dim, f"{name}[{axis}]")
+                        except ModelError as exc:
+                            raise ValueError(str(exc)) from None
+        return value
 
     @field_validator("targets")
     @classmethod
@@ -197,6 +229,11 @@ class Spec(_Strict):
                 (name, options), = entry.items()
                 calls.append(CompilerCall(name, dict(options or {})))
         return calls
+
+    def job_shapes(self) -> dict[str, list[Any]]:
+        """``shapes`` as the job carries them: sizes, and ranges as plain dicts."""
+        return {name: [d.model_dump(exclude_none=True) if isinstance(d, ShapeRange) else d for d in dims]
+                for name, dims in self.shapes.items()}
 
     def variant_calls(self) -> list[CompilerCall]:
         """One extra candidate per acceleration variant, built by its compiler with the
@@ -256,17 +293,17 @@ def load_spec(path: Path) -> LoadedSpec:
         inputs = package_inputs(inputs, resolved)
 
     samples = None
-    if spec.samples is None:
+    if spec.samples is None or spec.shapes:
         try:
-            concrete_shapes(inputs, spec.shapes)
+            dims = resolve_dims(inputs, spec.job_shapes())
         except ModelError as exc:
             raise InputError(path, "shapes", str(exc)) from None
-    else:
+    if spec.samples is not None:
         samples = (path.parent / spec.samples).resolve()
         if not samples.is_file():
             raise InputError(path, "samples", f"{samples}: file not found")
         try:
-            load_samples(samples, inputs)
+            load_samples(samples, inputs, dims if spec.shapes else None)
         except ModelError as exc:
             raise InputError(path, "samples", f"{samples}: {exc}") from None
     calibration = _calibration(path, spec, inputs)

@@ -55,6 +55,77 @@ def make_two_tower(seed: int = 7) -> onnx.ModelProto:
     return model
 
 
+def make_encoder(vocab: int = 64, width: int = 32, seed: int = 11) -> onnx.ModelProto:
+    """A one-layer transformer encoder from plain ONNX ops, as text models export:
+    int64 token ids ``input_ids:0`` [1, seq] into an embedding Gather, a bool padding
+    mask ``attention/mask`` [1, seq], a 0-d float ``temperature`` scaling the attention
+    logits, single-head attention with Softmax, LayerNormalization and an Erf GELU.
+    Outputs the hidden states [1, seq, width] and a pooled vector [1, width]."""
+    rng = np.random.default_rng(seed)
+
+    def init(name: str, *shape: int, scale: float = 0.2) -> onnx.TensorProto:
+        return numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name)
+
+    def const(name: str, value: np.ndarray) -> onnx.TensorProto:
+        return numpy_helper.from_array(value, name)
+
+    inits = [init("embedding", vocab, width, scale=1.0), init("wq", width, width), init("wk", width, width),
+             init("wv", width, width), init("wo", width, width), init("w1", width, 2 * width),
+             init("w2", 2 * width, width),
+             const("ln_scale", np.ones(width, np.float32)), const("ln_bias", np.zeros(width, np.float32)),
+             const("sqrt_half", np.array(0.5 ** 0.5, np.float32)), const("half", np.array(0.5, np.float32)),
+             const("one", np.array(1.0, np.float32)), const("big_negative", np.array(-1e4, np.float32)),
+             const("zero", np.array(0.0, np.float32)), const("inv_sqrt_width", np.array(width ** -0.5, np.float32)),
+             const("mask_axes", np.array([1], np.int64))]
+    nodes = [
+        helper.make_node("Gather", ["embedding", "input_ids:0"], ["x"]),
+        helper.make_node("MatMul", ["x", "wq"], ["q"]),
+        helper.make_node("MatMul", ["x", "wk"], ["k"]),
+        helper.make_node("MatMul", ["x", "wv"], ["v"]),
+        helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["q", "kt"], ["logits_raw"]),
+        helper.make_node("Mul", ["logits_raw", "inv_sqrt_width"], ["logits_scaled"]),
+        helper.make_node("Div", ["logits_scaled", "temperature"], ["logits"]),
+        helper.make_node("Unsqueeze", ["attention/mask", "mask_axes"], ["mask3"]),
+        helper.make_node("Where", ["mask3", "zero", "big_negative"], ["bias"]),
+        helper.make_node("Add", ["logits", "bias"], ["masked"]),
+        helper.make_node("Softmax", ["masked"], ["weights"], axis=-1),
+        helper.make_node("MatMul", ["weights", "v"], ["context"]),
+        helper.make_node("MatMul", ["context", "wo"], ["attended"]),
+        helper.make_node("Add", ["x", "attended"], ["residual"]),
+        helper.make_node("LayerNormalization", ["residual", "ln_scale", "ln_bias"], ["normed"], axis=-1),
+        helper.make_node("MatMul", ["normed", "w1"], ["h"]),
+        helper.make_node("Mul", ["h", "sqrt_half"], ["h_scaled"]),
+        helper.make_node("Erf", ["h_scaled"], ["h_erf"]),
+        helper.make_node("Add", ["h_erf", "one"], ["h_erf1"]),
+        helper.make_node("Mul", ["h", "h_erf1"], ["h_gelu2"]),
+        helper.make_node("Mul", ["h_gelu2", "half"], ["gelu"]),
+        helper.make_node("MatMul", ["gelu", "w2"], ["ff"]),
+        helper.make_node("Add", ["normed", "ff"], ["last_hidden_state"]),
+        helper.make_node("ReduceMean", ["last_hidden_state"], ["pooled"], axes=[1], keepdims=0),
+    ]
+    graph = helper.make_graph(
+        nodes, "encoder",
+        [helper.make_tensor_value_info("input_ids:0", TensorProto.INT64, [1, "sequence"]),
+         helper.make_tensor_value_info("attention/mask", TensorProto.BOOL, [1, "sequence"]),
+         helper.make_tensor_value_info("temperature", TensorProto.FLOAT, [])],
+        [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, [1, "sequence", width]),
+         helper.make_tensor_value_info("pooled", TensorProto.FLOAT, [1, width])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="modelpack-tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def model_zoo_cnn(name: str = "resnet50") -> Path:
+    """An ONNX model-zoo-era CNN as the onnx wheel ships it in its backend test data:
+    IR version 3, opset 9, every initializer also listed as a graph input (weights are
+    ConstantOfShape-filled to keep the file small)."""
+    return Path(onnx.__file__).parent / "backend" / "test" / "data" / "light" / f"light_{name}.onnx"
+
+
 def smooth_images(shape: list[int], count: int, seed: int) -> np.ndarray:
     """Low-frequency colour fields with a few bright blobs: image-like activations."""
     rng = np.random.default_rng(seed)
@@ -82,6 +153,8 @@ PYPI_MODELS = {
     "ppocr_cls": ("rapidocr-onnxruntime", "1.4.4", "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx"),
     "ppocr_det": ("rapidocr-onnxruntime", "1.4.4", "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx"),
     "silero_vad": ("silero-vad", "6.2.3", "silero_vad/data/silero_vad_16k_op15.onnx"),
+    "silero_vad_if": ("silero-vad", "6.2.3", "silero_vad/data/silero_vad.onnx"),
+    "ppocr_rec": ("rapidocr-onnxruntime", "1.4.4", "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx"),
     "silero_vad_sequence": ("silero-vad", "6.2.3", "silero_vad/data/silero_vad_16k_sequence.onnx"),
     "yolov8n": ("nudenet", "3.4.2", "nudenet/320n.onnx"),
 }

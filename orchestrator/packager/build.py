@@ -29,9 +29,11 @@ from .compilers import OptionsError, parse_options, registry
 from .functions import Resolved, fuse
 from .functions import resolve as resolve_functions
 from .job import Job, package_filename
-from .normalise import normalise
+from .causes import exception_cause
+from .golden import Golden, make_golden
+from .normalise import SizeSet, normalise
 from .package import add_runtime, write_archive, write_manifest
-from .samples import concrete_shapes, load_samples, random_inputs
+from .samples import input_hints, signature_ranges
 from .select import (
     Candidate,
     CompileSetting,
@@ -42,7 +44,7 @@ from .select import (
     compile_all,
     gate_all,
 )
-from .signature import load_onnx, opsets, signature
+from .signature import ANONYMOUS, load_onnx, opsets, signature
 
 MANIFEST_SCHEMA_VERSION = 1
 BENCHMARK = {"warmup_s": 0.1, "budget_s": 0.4, "min_runs": 5, "max_runs": 100_000}
@@ -56,13 +58,15 @@ class PackageFailed(RuntimeError):
     """The model could not be packaged as instructed: exit code 1, not retried."""
 
 
-def _write_samples(root: Path, kind: str, arrays: dict[str, np.ndarray], names: list[str]) -> dict[str, str]:
-    """Save arrays as ``samples/<kind>-<index>.npy``: tensor names may contain any
-    character, so files are named by position and the manifest maps names to files."""
-    (root / "samples").mkdir(parents=True, exist_ok=True)
+def _write_samples(root: Path, kind: str, arrays: dict[str, np.ndarray], names: list[str],
+                   point: str = "bench") -> dict[str, str]:
+    """Save arrays as ``samples/[<point>/]<kind>-<index>.npy``: tensor names may contain
+    any character, so files are named by position and the manifest maps names to files."""
+    folder = "samples" if point == "bench" else f"samples/{point}"
+    (root / folder).mkdir(parents=True, exist_ok=True)
     table = {}
     for index, name in enumerate(names):
-        rel = f"samples/{kind}-{index}.npy"
+        rel = f"{folder}/{kind}-{index}.npy"
         np.save(root / rel, np.array(arrays[name], order="C"), allow_pickle=False)  # keeps 0-d scalars 0-d
         table[name] = rel
     return table
@@ -75,6 +79,52 @@ def _tensor(name: str, array: np.ndarray, dynamic: list[int | str] | None = None
     if dynamic and len(dynamic) == len(shape):
         shape = [d if isinstance(d, str) else n for d, n in zip(dynamic, shape)]
     return {"name": name, "dtype": "string" if array.dtype.kind == "U" else array.dtype.name, "shape": shape}
+
+
+def _input_signature(package_in: list[dict[str, Any]], golden: Golden, static: bool) -> list[dict[str, Any]]:
+    """The package's inputs: dynamic dimensions kept with the sizes they accept
+    (``range``: per axis None, or [min, max] with max None for any size), unless the
+    shipped artifact runs at the benchmark size only."""
+    bench = golden.shapes(0)
+    ranges = {} if static else signature_ranges(package_in, golden.dims)
+    entries = []
+    for spec in package_in:
+        name = spec["name"]
+        row = list(ranges.get(name, []))
+        shape: list[int | str] = []
+        for axis, (declared, size) in enumerate(zip(spec["shape"], bench[name])):
+            free = row and row[axis] is not None and f"{name}[{axis}]" not in golden.pinned
+            shape.append((declared if declared != ANONYMOUS else f"{name}:{axis}") if free else size)
+            if row and not free:
+                row[axis] = None
+        entry = {"name": name, "dtype": spec["dtype"], "shape": shape}
+        if any(r is not None for r in row):
+            entry["range"] = row
+        entries.append(entry)
+    return entries
+
+
+def _output_signature(names: list[str], references: list[dict[str, np.ndarray]],
+                      declared: dict[str, list[int | str]], dynamic: dict[str, list[int | str]]) -> list[dict[str, Any]]:
+    """The package's outputs: a dimension that changed across the checked sizes is
+    dynamic (named as the model names it), and so is a length that depends on the data
+    (a detector's number of boxes)."""
+    entries = []
+    for name in names:
+        shapes = [np.shape(r[name]) for r in references]
+        model_dims, data_dims = declared.get(name, []), dynamic.get(name) or []
+        shape: list[int | str] = []
+        for axis, size in enumerate(shapes[0]):
+            if axis < len(data_dims) and isinstance(data_dims[axis], str):
+                shape.append(data_dims[axis])
+            elif all(s[axis] == size for s in shapes):
+                shape.append(int(size))
+            elif axis < len(model_dims) and isinstance(model_dims[axis], str) and model_dims[axis] != ANONYMOUS:
+                shape.append(model_dims[axis])
+            else:
+                shape.append(f"{name}:{axis}")
+        entries.append(_tensor(name, references[0][name]) | {"shape": shape})
+    return entries
 
 
 #: lowest Android API level of each engine's official Android build (its AAR or SDK)
@@ -180,28 +230,23 @@ def build(job: Job, in_dir: Path, out_dir: Path, stage: Callable[[str], None]) -
     try:
         model = load_onnx(model_path)
         source_inputs, source_outputs = signature(model)
-        resolved, graph_path, fusion_notes = None, model_path, []
+        resolved, graph_path, fusion_notes, graph_model = None, model_path, [], model
         if job.functions:
             stage("functions: fuse")
             resolved = resolve_functions(model, job.functions, job.functions.get("labels", {}))
-            fused, fusion_notes = fuse(model, resolved)
+            graph_model, fusion_notes = fuse(model, resolved)
             graph_path = work / "fused.onnx"
-            onnx.save(fused, str(graph_path))
-            package_in, package_out = signature(fused)
+            onnx.save(graph_model, str(graph_path))
+            package_in, package_out = signature(graph_model)
         else:
             package_in, package_out = source_inputs, source_outputs
-        if job.samples:
-            feeds = load_samples(in_dir / job.samples, package_in)
-            origin: dict[str, Any] = {"kind": "spec", "file": job.samples}
-        else:
-            seed = int(job.model_sha256[:8], 16)
-            feeds = random_inputs(package_in, concrete_shapes(package_in, job.shapes), seed)
-            origin = {"kind": "random", "seed": seed}
         runtime_steps = {"pre": [], "post": resolved.runtime} if resolved and resolved.runtime else None
         reference_runner: Any = OnnxRuntimeRunner(graph_path, {"optimization": "disabled"})
         if runtime_steps:
             reference_runner = FunctionsRunner(reference_runner, [], resolved.runtime)
-        reference = reference_runner.run(feeds)
+        golden = make_golden(package_in, job.shapes, in_dir / job.samples if job.samples else None, job.samples,
+                             job.model_sha256, input_hints(graph_model), reference_runner)
+        feeds, reference = golden.sets[0].feeds, golden.sets[0].reference
         function_check = None
         if resolved:
             stage("functions: check against NumPy")
@@ -217,40 +262,46 @@ def build(job: Job, in_dir: Path, out_dir: Path, stage: Callable[[str], None]) -
     except PackageFailed:
         raise
     except Exception as exc:  # the reference engine rejecting the model is a package failure
-        raise PackageFailed(f"reference run under onnxruntime failed: {exc}") from None
+        raise PackageFailed(f"reference run under onnxruntime failed: {exception_cause(exc)}") from None
     dynamic = resolved.dynamic_outputs() if resolved else {}
     input_names = [i["name"] for i in package_in]
-    output_names = [o["name"] for o in package_out] + [s["result"] for s in (resolved.runtime if resolved else [])]
+    graph_names = [o["name"] for o in package_out]
+    output_names = graph_names + [s["result"] for s in (resolved.runtime if resolved else [])]
+    declared_outputs = {o["name"]: o["shape"] for o in package_out}
     inputs = [_tensor(n, feeds[n]) for n in input_names]
-    outputs = [_tensor(n, reference[n], dynamic.get(n)) for n in output_names]
+    outputs = _output_signature(output_names, [s.reference for s in golden.sets], declared_outputs, dynamic)
     samples_root = work / "golden"
-    samples = {
-        "inputs": {n: str(samples_root / p) for n, p in _write_samples(samples_root, "input", feeds, input_names).items()},
-        "reference": {n: str(samples_root / p)
-                      for n, p in _write_samples(samples_root, "reference", reference, output_names).items()},
-    }
+    sizes = [{"point": size.point,
+              "inputs": {n: str(samples_root / p) for n, p in
+                         _write_samples(samples_root, "input", size.feeds, input_names, size.point).items()},
+              "reference": {n: str(samples_root / p) for n, p in
+                            _write_samples(samples_root, "reference", size.reference, output_names, size.point).items()}}
+             for size in golden.sets]
     lap("reference")
 
     stage("normalise")
-    normalised = work / "normalised.onnx"
-    normalisation = normalise(graph_path, {i["name"]: i["shape"] for i in inputs}, normalised)
+    graph_sets = [SizeSet(s.point, s.feeds, {n: s.reference[n] for n in graph_names}) for s in golden.sets]
+    normalised = normalise(graph_path, graph_sets, job.atol, job.rtol, work / "normalise")
     lap("normalise")
 
     stage("compile")
     calibration = in_dir / job.calibration if job.calibration else None
     graph_outputs = [o for o in outputs if o["dtype"] != "string"]
-    setting = CompileSetting(normalised, inputs, graph_outputs, calibration, runtime_steps,
+    setting = CompileSetting(normalised.dynamic, inputs,
+                             [_tensor(o["name"], reference[o["name"]], dynamic.get(o["name"])) for o in graph_outputs],
+                             fixed_model=normalised.fixed, alternate_inputs=_alternate_inputs(golden, inputs),
+                             calibration=calibration, runtime_functions=runtime_steps,
                              functions="graph" if resolved else None)
     candidates = compile_all(job.compilers, compilers, job.target, setting, work / "candidates",
                              job.worker_timeout, progress=stage)
     lap("compile")
 
     stage("select")
-    measurement = Measurement(samples, job.atol, job.rtol, job.gate, evaluation,
+    measurement = Measurement(sizes, job.atol, job.rtol, job.fixed_shapes, job.gate, evaluation,
                               str(in_dir / job.metric_file) if job.metric_file else None)
     gate_all(candidates, measurement, work / "measure", job.worker_timeout, progress=stage)
     if resolved and resolved.fallback == "runtime":
-        candidates += _runtime_fallbacks(job, compilers, candidates, model_path, feeds, resolved, setting,
+        candidates += _runtime_fallbacks(job, compilers, candidates, model_path, golden, resolved, setting,
                                          measurement, work, stage)
     benchmark = None
     if len(candidates) > 1 or {"latency_budget_ms", "metric"} & set(job.select):
@@ -284,10 +335,13 @@ def build(job: Job, in_dir: Path, out_dir: Path, stage: Callable[[str], None]) -
     # A variant judged by a task-level criterion is not within the fp32 tolerance by
     # design: its self-test checks that a device reproduces the build host's outputs.
     own_reference = bool(winner.variant and winner.task_gate)
-    shipped_reference = reference
+    shipped = golden.sets[:1] if winner.static else golden.sets
     if own_reference:
-        shipped_reference = open_artifact(winner.engine, winner.root / winner.artifacts[0]["path"],
-                                          winner.artifacts[0].get("runtime", {})).run(feeds)
+        runner = open_artifact(winner.engine, winner.root / winner.artifacts[0]["path"],
+                               winner.artifacts[0].get("runtime", {}))
+        shipped = [SizeSet(s.point, s.feeds, runner.run(s.feeds)) for s in shipped]
+    if winner.static:
+        outputs = _output_signature(output_names, [reference], declared_outputs, dynamic)
     manifest: dict[str, Any] = {
         "schema_version": MANIFEST_SCHEMA_VERSION,
         "name": job.name,
@@ -301,9 +355,17 @@ def build(job: Job, in_dir: Path, out_dir: Path, stage: Callable[[str], None]) -
             "inputs": source_inputs,
             "outputs": source_outputs,
         },
-        "inputs": inputs,
+        "inputs": _input_signature(package_in, golden, bool(winner.static)),
         "outputs": outputs,
-        "normalisation": normalisation,
+        "shapes": {
+            "fixed_shapes_policy": job.fixed_shapes,
+            "static": winner.static,
+            "checked": {size.point: {n: list(v.shape) for n, v in size.feeds.items()} for size in shipped},
+            "pinned": golden.pinned or None,
+        },
+        "normalisation": {**normalised.record,
+                          "compiled_from": {c.id: ("fixed" if c.fixed_shapes else "dynamic") for c in candidates
+                                            if c.status not in ("unsupported", "unavailable")}},
         "compiler": {"name": winner.compiler, "version": winner.version, "options": winner.options,
                      "variant": winner.variant, "reproducible": winner.reproducible},
         "engines": {winner.engine: {"version": winner.version}},
@@ -319,9 +381,13 @@ def build(job: Job, in_dir: Path, out_dir: Path, stage: Callable[[str], None]) -
         },
         "tolerance": {"atol": job.atol, "rtol": job.rtol},
         "samples": {
-            "origin": origin,
+            "origin": golden.origin,
             "inputs": _write_samples(root, "input", feeds, input_names),
-            "reference": _write_samples(root, "reference", shipped_reference, output_names),
+            "reference": _write_samples(root, "reference", shipped[0].reference, output_names),
+            "sizes": [{"point": size.point,
+                       "inputs": _write_samples(root, "input", size.feeds, input_names, size.point),
+                       "reference": _write_samples(root, "reference", size.reference, output_names, size.point)}
+                      for size in shipped[1:]],
             "reference_engine": (f"the selected variant {winner.id} on the build host (accepted by"
                                  f" {winner.task_gate['criterion']})" if own_reference else
                                  "onnxruntime (optimisations disabled, fp32) on the source model"
@@ -361,7 +427,7 @@ def build(job: Job, in_dir: Path, out_dir: Path, stage: Callable[[str], None]) -
         try:
             selftests[artifact["path"]] = load_package(root, artifact=artifact["path"]).self_test()
         except Exception as exc:  # an engine failing on the samples is a package failure
-            raise PackageFailed(f"self-test of {artifact['path']}: the engine failed: {exc}") from None
+            raise PackageFailed(f"self-test of {artifact['path']}: the engine failed: {exception_cause(exc)}") from None
     manifest["selftest"] = {
         "passed": all(c.passed for c in selftests.values()),
         **self_test_scope(job.target, env),
@@ -389,8 +455,18 @@ def build(job: Job, in_dir: Path, out_dir: Path, stage: Callable[[str], None]) -
     }
 
 
+def _alternate_inputs(golden: Golden, inputs: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """The inputs at a second checked size (the largest first), for converters that keep
+    dimensions dynamic only when shown two sizes."""
+    by_point = {size.point: size for size in golden.sets[1:]}
+    chosen = next((by_point[p] for p in ("max", "probe", "min") if p in by_point), None)
+    if chosen is None:
+        return None
+    return [{**i, "shape": list(chosen.feeds[i["name"]].shape)} for i in inputs]
+
+
 def _runtime_fallbacks(job: Job, compilers: dict[str, Any], candidates: list[Candidate], model_path: Path,
-                       feeds: dict[str, np.ndarray], resolved: Resolved, fused: CompileSetting,
+                       golden: Golden, resolved: Resolved, fused: CompileSetting,
                        measurement: Measurement, work: Path, stage: Callable[[str], None]) -> list[Candidate]:
     """Candidates whose engine could not take the fused graph, rebuilt from the plain
     model with the runtime applying the functions in NumPy (the spec's fallback)."""
@@ -399,16 +475,22 @@ def _runtime_fallbacks(job: Job, compilers: dict[str, Any], candidates: list[Can
         return []
     for c in broken:
         c.reason = f"{c.reason} (with the functions fused; retried with the functions in the runtime)"
-    model_feeds = apply_pre(feeds, resolved.pre)
     model_inputs, model_outputs = signature(load_onnx(model_path))
-    plain = work / "plain-normalised.onnx"
-    normalise(model_path, {n: list(a.shape) for n, a in model_feeds.items()}, plain)
-    reference = OnnxRuntimeRunner(model_path, {"optimization": "disabled"}).run(model_feeds)
+    plain_runner = OnnxRuntimeRunner(model_path, {"optimization": "disabled"})
+    plain_sets = []
+    for size in golden.sets:
+        model_feeds = apply_pre(size.feeds, resolved.pre)
+        plain_sets.append(SizeSet(size.point, model_feeds, plain_runner.run(model_feeds)))
+    plain = normalise(model_path, plain_sets, job.atol, job.rtol, work / "plain-normalise")
+    model_feeds, reference = plain_sets[0].feeds, plain_sets[0].reference
+    second = plain_sets[1].feeds if len(plain_sets) > 1 else None
     setting = CompileSetting(
-        plain, [_tensor(i["name"], model_feeds[i["name"]]) for i in model_inputs],
+        plain.dynamic, [_tensor(i["name"], model_feeds[i["name"]]) for i in model_inputs],
         [_tensor(o["name"], reference[o["name"]]) for o in model_outputs],
-        fused.calibration if not resolved.pre else None,
-        {"pre": resolved.pre, "post": resolved.post + resolved.runtime}, functions="runtime",
+        fixed_model=plain.fixed,
+        alternate_inputs=[_tensor(i["name"], second[i["name"]]) for i in model_inputs] if second else None,
+        calibration=fused.calibration if not resolved.pre else None,
+        runtime_functions={"pre": resolved.pre, "post": resolved.post + resolved.runtime}, functions="runtime",
         suffix=" (functions in runtime)")
     calls = [c.call for c in broken if c.call is not None]
     retried = compile_all(calls, compilers, job.target, setting, work / "fallback", job.worker_timeout, progress=stage)

@@ -49,7 +49,11 @@ class Job:
     atol: float
     rtol: float
     samples: str | None = None  # file name inside the job's input folder
-    shapes: dict[str, list[int]] = field(default_factory=dict)
+    #: per input, each dimension a size or a range {"min", "max", "bench"}
+    shapes: dict[str, list[Any]] = field(default_factory=dict)
+    #: "reject" or "allow": a candidate that runs only at the benchmark size is rejected,
+    #: or packaged at that size (and the manifest says so)
+    fixed_shapes: str = "reject"
     provenance: dict[str, Any] = field(default_factory=dict)
     #: selection policy (metric, latency_budget_ms, prefer, engine, benchmark_s, max_runs)
     select: dict[str, Any] = field(default_factory=dict)

@@ -1,54 +1,173 @@
-"""Pre-conversion normalisation: fix the input shapes, then simplify with onnxslim.
+"""Pre-conversion normalisation, verified at every step and never trusted.
 
-Converters for static-shape engines (MNN, ncnn) need fixed shapes, and most converter
-failures on real exports disappear once constant subgraphs are folded and redundant
-nodes removed. Every candidate compiles from this one normalised model, so they are
-compared on equal terms; the manifest records whether normalisation changed anything.
+Two models come out of it:
+
+- the **dynamic** one keeps the model's dynamic dimensions; engines that run any size
+  (onnxruntime, OpenVINO, MNN, ncnn) compile from it, so the package does too;
+- the **fixed** one has every input at its benchmark size, for compilers that need
+  fixed shapes.
+
+Each is simplified with onnxslim where that helps converters (constant folding,
+redundant nodes removed). Every step's result must load in onnxruntime and match the
+reference outputs on the samples within the spec's tolerance, at every size it will be
+used at; otherwise it falls back: simplified → shapes fixed only → the source model as
+it is. A failure of our own transformation is never the reason a job fails: the
+record says which model each kind of candidate compiled from and why the others were
+dropped. Shape fixing writes only the top-level input dimensions; subgraph bodies
+(If/Loop/Scan) are left as they are, so no rank inside them changes.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
-from ..runtime.engines import installed_version
+import numpy as np
+
+from ..runtime.checks import compare_outputs
+from ..runtime.engines import OnnxRuntimeRunner, installed_version
+from .causes import exception_cause
 
 
-def _fix_shapes(model: Any, shapes: Mapping[str, list[int]]) -> None:
-    for value in model.graph.input:
+@dataclass
+class SizeSet:
+    """Inputs at one size point ("bench", "min", "max") and the reference outputs."""
+
+    point: str
+    feeds: dict[str, np.ndarray]
+    reference: dict[str, np.ndarray]
+
+
+@dataclass
+class Normalised:
+    dynamic: Path
+    fixed: Path
+    record: dict[str, Any] = field(default_factory=dict)
+
+    def model_for(self, fixed_shapes: bool) -> Path:
+        return self.fixed if fixed_shapes else self.dynamic
+
+
+def _copy(model: Any) -> Any:
+    import onnx
+
+    clone = onnx.ModelProto()
+    clone.CopyFrom(model)
+    return clone
+
+
+def fix_shapes(model: Any, shapes: Mapping[str, list[int]]) -> Any:
+    """A copy of ``model`` with its top-level inputs at ``shapes``; nothing else changes."""
+    fixed = _copy(model)
+    for value in fixed.graph.input:
         if value.name not in shapes:
             continue
         dims = value.type.tensor_type.shape.dim
         for dim, size in zip(dims, shapes[value.name]):
             dim.Clear()
             dim.dim_value = int(size)
+    return fixed
 
 
-def normalise(source: Path, shapes: Mapping[str, list[int]], dest: Path) -> dict[str, Any]:
-    """Write the fixed-shape, simplified model to ``dest``; return what was done."""
+def detach_initializers(model: Any) -> Any | None:
+    """A copy of ``model`` whose initializers are no longer also listed as graph inputs
+    (IR version 3 required that; from IR 4 an initializer is a constant, which is what
+    optimisers and converters expect), or None when none are listed."""
+    initializers = {i.name for i in model.graph.initializer}
+    if not any(value.name in initializers for value in model.graph.input):
+        return None
+    detached = _copy(model)
+    kept = [value for value in detached.graph.input if value.name not in initializers]
+    del detached.graph.input[:]
+    detached.graph.input.extend(kept)
+    detached.ir_version = max(detached.ir_version, 4)
+    return detached
+
+
+def _slim(model: Any) -> Any:
     import onnx
-
-    model = onnx.load(str(source))
-    nodes_before = len(model.graph.node)
-    _fix_shapes(model, shapes)
-    record: dict[str, Any] = {"fixed_shapes": {k: list(v) for k, v in shapes.items()}, "nodes_before": nodes_before}
-    version = installed_version("onnxslim")
-    if version is None:
-        record.update(tool=None, changed=False, nodes_after=nodes_before, note="onnxslim is not installed")
-        onnx.save(model, str(dest))
-        return record
     import onnxslim
 
+    slimmed = onnxslim.slim(_copy(model))  # onnxslim edits what it is given: never the original
+    onnx.checker.check_model(slimmed)
+    return slimmed
+
+
+def _problem(path: Path, sets: list[SizeSet], atol: float, rtol: float) -> str | None:
+    """Why the model at ``path`` is not a faithful copy of the reference, or None."""
     try:
-        slimmed = onnxslim.slim(model)
-        onnx.checker.check_model(slimmed)
-    except Exception as exc:  # onnxslim failing is not fatal: convert the shape-fixed model
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        record.update(tool=f"onnxslim {version}", changed=False, nodes_after=nodes_before,
-                      note=f"onnxslim failed, using the unsimplified model: {first}")
-        onnx.save(model, str(dest))
-        return record
-    onnx.save(slimmed, str(dest))
-    record.update(tool=f"onnxslim {version}", nodes_after=len(slimmed.graph.node),
-                  changed=slimmed.graph.SerializeToString() != model.graph.SerializeToString())
-    return record
+        runner = OnnxRuntimeRunner(path, {"optimization": "disabled"})
+    except Exception as exc:  # onnxruntime refusing to load it is the finding
+        return f"onnxruntime cannot load it: {exception_cause(exc)}"
+    for size in sets:
+        try:
+            outputs = runner.run(size.feeds)
+        except Exception as exc:
+            return f"onnxruntime fails at the {size.point} size: {exception_cause(exc)}"
+        comparison = compare_outputs(outputs, size.reference, atol, rtol)
+        if not comparison.passed:
+            return f"differs from the source model at the {size.point} size: {comparison.summary()}"
+    return None
+
+
+def _first_faithful(steps: list[tuple[str, Callable[[], Any]]], source: Path, dest: Path, sets: list[SizeSet],
+                    atol: float, rtol: float) -> dict[str, Any]:
+    """Try each (name, make) in order; keep the first whose result is faithful, else
+    the source model. Returns what was used and why the others were dropped."""
+    import onnx
+
+    dropped = []
+    for name, make in steps:
+        try:
+            model = make()
+            onnx.save(model, str(dest))
+        except Exception as exc:  # the transformation itself failing
+            dropped.append({"step": name, "reason": f"failed: {exception_cause(exc)}"})
+            continue
+        problem = _problem(dest, sets, atol, rtol)
+        if problem is None:
+            return {"model": name, "nodes": len(model.graph.node), "dropped": dropped}
+        dropped.append({"step": name, "reason": problem})
+    dest.write_bytes(source.read_bytes())
+    return {"model": "source", "dropped": dropped}
+
+
+def normalise(source: Path, sets: list[SizeSet], atol: float, rtol: float, work: Path) -> Normalised:
+    """Write the verified dynamic and fixed-shape models into ``work``; return them and
+    the record of what was done. ``sets[0]`` is the benchmark size."""
+    import onnx
+
+    work.mkdir(parents=True, exist_ok=True)
+    model = onnx.load(str(source))
+    slim_version = installed_version("onnxslim")
+    detached = detach_initializers(model)
+    base, prefix = (detached, "initializers detached + ") if detached is not None else (model, "")
+    fixed_model = None
+
+    def fixed() -> Any:
+        nonlocal fixed_model
+        if fixed_model is None:
+            fixed_model = fix_shapes(base, {k: list(v.shape) for k, v in sets[0].feeds.items()})
+        return fixed_model
+
+    dynamic_steps: list[tuple[str, Callable[[], Any]]] = []
+    fixed_steps: list[tuple[str, Callable[[], Any]]] = []
+    if slim_version:
+        dynamic_steps.append((f"{prefix}onnxslim", lambda: _slim(base)))
+        fixed_steps.append((f"{prefix}shapes fixed + onnxslim", lambda: _slim(fixed())))
+    if detached is not None:
+        dynamic_steps.append(("initializers detached", lambda: base))
+    fixed_steps.append((f"{prefix}shapes fixed", fixed))
+    result = Normalised(work / "normalised-dynamic.onnx", work / "normalised-fixed.onnx")
+    result.record = {
+        "tool": f"onnxslim {slim_version}" if slim_version else None,
+        "nodes_before": len(model.graph.node),
+        "verified_at": [s.point for s in sets],
+        "dynamic": _first_faithful(dynamic_steps, source, result.dynamic, sets, atol, rtol),
+        "fixed": {"shapes": {k: list(v.shape) for k, v in sets[0].feeds.items()},
+                  **_first_faithful(fixed_steps, source, result.fixed, sets[:1], atol, rtol)},
+    }
+    if not slim_version:
+        result.record["note"] = "onnxslim is not installed"
+    return result

@@ -60,6 +60,10 @@ class Candidate:
     call: CompilerCall | None = None
     #: the compiler's own remarks (e.g. a Core ML model left uncompiled, and why)
     notes: list[str] = field(default_factory=list)
+    #: compiled from the fixed-shape model (the compiler needs fixed shapes)
+    fixed_shapes: bool = False
+    #: why this candidate runs only at the benchmark size, when the policy let it pass so
+    static: str | None = None
 
     @property
     def latency(self) -> dict[str, float] | None:
@@ -78,6 +82,8 @@ class Candidate:
             row["functions"] = self.functions
         if self.notes:
             row["notes"] = self.notes
+        if self.static:
+            row["static_shapes"] = self.static
         if self.rounds_ms:
             row.update(latency_ms=self.latency, load_s=self.load_s, peak_rss_mb=self.peak_rss_mb, emulated=emulated)
         return row
@@ -124,6 +130,10 @@ class CompileSetting:
     model: Path
     inputs: list[dict[str, Any]]
     outputs: list[dict[str, Any]]
+    #: the model with every input at its benchmark size, for compilers that need that
+    fixed_model: Path | None = None
+    #: the inputs at a second checked size (None: the package has no dynamic dimension)
+    alternate_inputs: list[dict[str, Any]] | None = None
     calibration: Path | None = None
     #: functions the runtime applies around the engine (recorded in each artifact)
     runtime_functions: dict[str, Any] | None = None
@@ -152,8 +162,9 @@ def compile_all(
         compiler = compilers[call.name]
         cid = candidate_id(call, seen) + setting.suffix
         progress(f"compile: {cid} ({number}/{len(calls)})")
+        fixed = bool(getattr(compiler, "fixed_shapes", False)) and setting.fixed_model is not None
         candidate = Candidate(cid, call.name, compiler.engine, dict(call.options), version=compiler.version(),
-                              variant=call.variant, functions=setting.functions, call=call)
+                              variant=call.variant, functions=setting.functions, call=call, fixed_shapes=fixed)
         candidates.append(candidate)
         if target.name not in compiler.targets:
             candidate.status, candidate.reason = "unsupported", f"{call.name} cannot build for {target.name}"
@@ -166,8 +177,10 @@ def compile_all(
         root = work / folder
         if root.exists():
             shutil.rmtree(root)
-        request = {"compiler": call.name, "options": call.options, "model": str(setting.model), "root": str(root),
+        model = setting.fixed_model if fixed else setting.model
+        request = {"compiler": call.name, "options": call.options, "model": str(model), "root": str(root),
                    "target": vars(target), "inputs": setting.inputs, "outputs": setting.outputs,
+                   "alternate_inputs": None if fixed else setting.alternate_inputs,
                    "variant": call.variant,
                    "calibration": str(setting.calibration) if setting.calibration else None}
         try:
@@ -193,9 +206,13 @@ def compile_all(
 class Measurement:
     """What the gate and the benchmark run candidates on."""
 
-    samples: dict[str, dict[str, str]]
+    #: the golden samples at each checked size, benchmark size first:
+    #: [{"point", "inputs": {name: path}, "reference": {name: path}}]
+    sizes: list[dict[str, Any]]
     atol: float
     rtol: float
+    #: "reject" or "allow": what happens to a candidate that runs only at the benchmark size
+    fixed_shapes: str = "reject"
     #: task-level gate for variants ({} = tolerance), its evaluation set and metric module
     gate: dict[str, Any] = field(default_factory=dict)
     evaluation: dict[str, str] | None = None
@@ -203,8 +220,9 @@ class Measurement:
 
     def request(self, c: Candidate, artifact: dict[str, Any], bench: dict[str, Any] | None) -> dict[str, Any]:
         task = self.gate if (c.variant and self.gate) else None
-        return {"root": str(c.root), "artifact": artifact, "inputs": self.samples["inputs"],
-                "reference": self.samples["reference"], "atol": self.atol, "rtol": self.rtol, "benchmark": bench,
+        sizes = self.sizes[:1] if (bench or c.fixed_shapes) else self.sizes
+        return {"root": str(c.root), "artifact": artifact, "sizes": sizes,
+                "atol": self.atol, "rtol": self.rtol, "benchmark": bench,
                 "gate": None if bench else task, "evaluation": self.evaluation, "metric_file": self.metric_file}
 
 
@@ -234,6 +252,7 @@ def gate_all(candidates: list[Candidate], measurement: Measurement, work: Path, 
                                      for p, t in failing_task.items())
             else:
                 c.status = "passed"
+                _check_sizes(c, checks, measurement, "ran")
             continue
         failing = {p: r["accuracy"] for p, r in checks.items() if not r["accuracy"]["passed"]}
         if failing:
@@ -241,6 +260,30 @@ def gate_all(candidates: list[Candidate], measurement: Measurement, work: Path, 
             c.reason = "; ".join(f"{p}: " + _gate_summary(acc) for p, acc in failing.items())
         else:
             c.status = "passed"
+            _check_sizes(c, checks, measurement, "passed")
+
+
+def _check_sizes(c: Candidate, checks: dict[str, dict[str, Any]], measurement: Measurement, key: str) -> None:
+    """A candidate that passed at the benchmark size must also pass at every other
+    checked size (``key``: "passed" within the tolerance, or for task-gated variants,
+    "ran" with the right output shapes). One that cannot is rejected, or with
+    ``fixed_shapes: allow`` kept for packaging at the benchmark size, and says so."""
+    if len(measurement.sizes) < 2:
+        return
+    if c.fixed_shapes:
+        why = f"{c.compiler} compiles for fixed input shapes"
+    else:
+        failing = [(path, point, size.get("problem")) for path, r in checks.items()
+                   for point, size in r["accuracy"].get("sizes", {}).items() if not size[key]]
+        if not failing:
+            return
+        _, point, problem = failing[0]
+        why = f"fails at the {point} size: {problem}"
+    if measurement.fixed_shapes == "allow":
+        c.static = f"packaged at the benchmark size only ({why})"
+        return
+    c.status = "rejected"
+    c.reason = f"runs only at the benchmark size ({why}); fixed_shapes: allow would package it at that size"
 
 
 def benchmark_all(candidates: list[Candidate], measurement: Measurement, work: Path, timeout: float,

@@ -22,6 +22,7 @@ import numpy as np
 from ..runtime.checks import compare_outputs
 from ..runtime.engines import open_artifact
 from .accelerate import VARIANTS, load_calibration, top1_agreement, transform
+from .causes import exception_cause
 from .compilers import CompileContext, parse_options, registry
 from .job import JobTarget
 
@@ -30,7 +31,7 @@ def compile_candidate(request: dict[str, Any]) -> dict[str, Any]:
     """Compile one candidate; an acceleration variant's ONNX transform runs first."""
     compiler = registry()[request["compiler"]]
     options = parse_options(compiler.options_type, request["options"])
-    context = CompileContext(request["inputs"], request["outputs"])
+    context = CompileContext(request["inputs"], request["outputs"], request.get("alternate_inputs"))
     model, root = Path(request["model"]), Path(request["root"])
     notes: list[str] = []
     variant = VARIANTS.get(request.get("variant") or "")
@@ -57,15 +58,26 @@ def _peak_rss_mb() -> float | None:
 def measure_candidate(request: dict[str, Any]) -> dict[str, Any]:
     """Load, check accuracy on the golden samples, then (if asked) benchmark."""
     artifact = request["artifact"]
-    feeds = {name: np.load(path) for name, path in request["inputs"].items()}
-    reference = {name: np.load(path) for name, path in request["reference"].items()}
+    sizes = [({name: np.load(path) for name, path in s["inputs"].items()},
+              {name: np.load(path) for name, path in s["reference"].items()}) for s in request["sizes"]]
+    feeds = sizes[0][0]
     started = time.perf_counter()
     runner = open_artifact(artifact["engine"], Path(request["root"]) / artifact["path"], artifact.get("runtime", {}))
     outputs = runner.run(feeds)
     load_s = time.perf_counter() - started
-    result: dict[str, Any] = {
-        "accuracy": compare_outputs(outputs, reference, request["atol"], request["rtol"]).to_json(),
-    }
+    accuracy = compare_outputs(outputs, sizes[0][1], request["atol"], request["rtol"]).to_json()
+    accuracy["sizes"] = {request["sizes"][0]["point"]: _size_check(outputs, sizes[0][1], accuracy["passed"], None)}
+    for size, (size_feeds, size_reference) in zip(request["sizes"][1:], sizes[1:]):
+        try:
+            size_outputs = runner.run(size_feeds)
+        except Exception as exc:  # an engine that cannot run this size: the finding, not a crash
+            accuracy["sizes"][size["point"]] = {"ran": False, "passed": False,
+                                                "problem": f"the engine failed: {exception_cause(exc)}"}
+            continue
+        comparison = compare_outputs(size_outputs, size_reference, request["atol"], request["rtol"])
+        accuracy["sizes"][size["point"]] = _size_check(size_outputs, size_reference, comparison.passed,
+                                                       None if comparison.passed else comparison.summary())
+    result: dict[str, Any] = {"accuracy": accuracy}
     if request.get("gate"):
         result["task_gate"] = task_gate(runner, request["gate"], request["evaluation"], request.get("metric_file"))
     bench = request.get("benchmark")
@@ -83,6 +95,18 @@ def measure_candidate(request: dict[str, Any]) -> dict[str, Any]:
         result["times_ms"] = times
         result["peak_rss_mb"] = _peak_rss_mb()
     return result
+
+
+def _size_check(outputs: dict[str, np.ndarray], reference: dict[str, np.ndarray], passed: bool,
+                problem: str | None) -> dict[str, Any]:
+    """One size's result: whether the engine ran it with the reference's output shapes
+    (what a task-gated variant must do) and whether it is within the tolerance."""
+    shapes = [name for name, want in reference.items()
+              if name not in outputs or np.shape(outputs[name]) != np.shape(want)]
+    ran = not shapes
+    if not ran and problem is None:
+        problem = f"output {shapes[0]!r} has the wrong shape"
+    return {"ran": ran, "passed": passed, "problem": problem}
 
 
 def task_gate(runner: Any, gate: dict[str, Any], evaluation: dict[str, str],
@@ -134,8 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = {"ok": True, **(compile_candidate(request) if kind == "compile" else measure_candidate(request))}
     except Exception as exc:  # reported as the candidate's failure reason
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        result = {"ok": False, "error": f"{type(exc).__name__}: {message}"}
+        result = {"ok": False, "error": f"{type(exc).__name__}: {exception_cause(exc)}"}
     Path(result_path).write_text(json.dumps(result))
     return 0
 

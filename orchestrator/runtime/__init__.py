@@ -41,13 +41,53 @@ class PackageError(RuntimeError):
 
 @dataclass(frozen=True)
 class TensorSpec:
+    """One input or output. ``shape`` holds sizes and, for dynamic dimensions, names;
+    ``range`` gives per axis the sizes a dynamic dimension accepts: None (fixed, or no
+    limit recorded), or ``[min, max]`` with ``max`` None for no upper limit."""
+
     name: str
     dtype: str
     shape: tuple[int | str, ...]
+    range: tuple[tuple[int, int | None] | None, ...] = ()
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "TensorSpec":
-        return cls(data["name"], data["dtype"], tuple(data["shape"]))
+        ranges = tuple(tuple(r) if r is not None else None for r in data.get("range", ()))
+        return cls(data["name"], data["dtype"], tuple(data["shape"]), ranges)
+
+    def shape_problem(self, shape: tuple[int, ...], symbols: dict[str, int]) -> str | None:
+        """Why an array of ``shape`` cannot be this input, or None. ``symbols`` collects
+        the sizes of named dimensions, which must agree across inputs."""
+        if len(shape) != len(self.shape):
+            return f"input {self.name!r} has rank {len(shape)}, the package needs {_show_shape(self)}"
+        for axis, (want, got) in enumerate(zip(self.shape, shape)):
+            if isinstance(want, int):
+                if want != got:
+                    return (f"input {self.name!r} has shape {list(shape)}, the package needs {_show_shape(self)}"
+                            f" (dimension {axis} is fixed at {want})")
+                continue
+            limits = self.range[axis] if axis < len(self.range) else None
+            if limits is not None:
+                low, high = limits
+                if got < low or (high is not None and got > high):
+                    bound = f"{low}..{high}" if high is not None else f">= {low}"
+                    return (f"input {self.name!r} has size {got} in dimension {axis} ({want}), the package"
+                            f" accepts {bound}")
+            if symbols.setdefault(want, got) != got:
+                return (f"input {self.name!r} has size {got} in dimension {axis} ({want}), but {want} is"
+                        f" {symbols[want]} in another input")
+        return None
+
+
+def _show_shape(spec: TensorSpec) -> str:
+    parts = []
+    for axis, dim in enumerate(spec.shape):
+        limits = spec.range[axis] if axis < len(spec.range) else None
+        if isinstance(dim, str) and limits is not None:
+            parts.append(f"{dim}:{limits[0]}..{limits[1] if limits[1] is not None else ''}")
+        else:
+            parts.append(str(dim))
+    return "[" + ", ".join(parts) + "]"
 
 
 def read_manifest(package_dir: Path) -> dict[str, Any]:
@@ -100,17 +140,15 @@ class Session:
             raise PackageError(
                 f"inputs do not match the package signature: missing {missing}, unexpected {extra}"
             )
-        checked = {}
-        for name, value in feeds.items():
-            spec, array = expected[name], np.asarray(value)
+        checked, symbols = {}, {}
+        for spec in self.inputs:
+            array = np.asarray(feeds[spec.name])
             if array.dtype != np.dtype(spec.dtype):
-                raise PackageError(f"input {name!r} has dtype {array.dtype}, the package needs {spec.dtype}")
-            fixed = [d if isinstance(d, int) else None for d in spec.shape]
-            if len(fixed) != array.ndim or any(d is not None and d != n for d, n in zip(fixed, array.shape)):
-                raise PackageError(
-                    f"input {name!r} has shape {list(array.shape)}, the package needs {list(spec.shape)}"
-                )
-            checked[name] = array
+                raise PackageError(f"input {spec.name!r} has dtype {array.dtype}, the package needs {spec.dtype}")
+            problem = spec.shape_problem(array.shape, symbols)
+            if problem:
+                raise PackageError(problem)
+            checked[spec.name] = array
         return checked
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -121,13 +159,23 @@ class Session:
         return {t.name: produced[t.name] for t in self.outputs}
 
     def self_test(self) -> Comparison:
-        """Run the golden samples shipped in the package and compare with the
-        reference outputs under the tolerance recorded at build time."""
+        """Run the golden samples shipped in the package, at every size they were made
+        for, and compare with the reference outputs under the tolerance recorded at
+        build time. Outputs at sizes other than the benchmark one are named
+        ``"NAME @POINT"`` in the result."""
         samples = self.manifest["samples"]
-        feeds = {name: np.load(self.package_dir / rel) for name, rel in samples["inputs"].items()}
-        reference = {name: np.load(self.package_dir / rel) for name, rel in samples["reference"].items()}
         tolerance = self.manifest["tolerance"]
-        return compare_outputs(self.run(feeds), reference, tolerance["atol"], tolerance["rtol"])
+        result = Comparison(tolerance["atol"], tolerance["rtol"])
+        for size in [{"point": "bench", **samples}, *samples.get("sizes", [])]:
+            feeds = {name: np.load(self.package_dir / rel) for name, rel in size["inputs"].items()}
+            reference = {name: np.load(self.package_dir / rel) for name, rel in size["reference"].items()}
+            compared = compare_outputs(self.run(feeds), reference, tolerance["atol"], tolerance["rtol"])
+            for output in compared.outputs:
+                if size["point"] != "bench":
+                    output.name = f"{output.name} @{size['point']}"
+                    output.problem = output.problem and f"{output.problem} at the {size['point']} size"
+                result.outputs.append(output)
+        return result
 
 
 def artifacts_for(manifest: Mapping[str, Any]) -> list[Mapping[str, Any]]:

@@ -93,7 +93,7 @@ class MnnRunner:
         values = []
         for name in self._inputs:
             array = np.array(feeds[name], order="C")
-            if array.dtype == np.int64:  # MNN computes indices in int32
+            if array.dtype in (np.int64, np.bool_):  # MNN computes indices and masks in int32
                 array = array.astype(np.int32)
             values.append(expr.const(array, list(array.shape), expr.NCHW, types[array.dtype]))
         outputs = self._module.forward(values)
@@ -107,8 +107,8 @@ class MnnRunner:
 
 class NcnnRunner:
     """ncnn from a pnnx conversion: blobs are named in0.., out0.. in graph order, and
-    ncnn Mats carry no batch axis, so a leading 1 is dropped on the way in and the
-    recorded output shapes are restored on the way out."""
+    ncnn Mats carry no batch axis, so a leading 1 is dropped on the way in (a larger
+    batch runs sample by sample) and the output's axes are restored on the way out."""
 
     def __init__(self, path: Path, options: Mapping[str, Any]) -> None:
         self._ncnn = _import("ncnn")
@@ -126,10 +126,19 @@ class NcnnRunner:
         self._shapes: dict[str, list[int]] = dict(options["output_shapes"])
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        arrays = {name: np.ascontiguousarray(feeds[name], dtype=np.float32) for name in self._inputs}
+        leading = {a.shape[0] for a in arrays.values() if a.ndim > 1}
+        if len(leading) == 1 and (batch := leading.pop()) > 1:
+            # ncnn computes one sample at a time: a batch runs sample by sample
+            parts = [self._run_one({k: a[i:i + 1] for k, a in arrays.items()}) for i in range(batch)]
+            return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+        return self._run_one(arrays)
+
+    def _run_one(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         ncnn = self._ncnn
         with self._net.create_extractor() as extractor:
             for name, blob in self._inputs.items():
-                array = np.ascontiguousarray(feeds[name], dtype=np.float32)
+                array = arrays[name]
                 if array.ndim > 1 and array.shape[0] == 1:
                     array = array[0]
                 extractor.input(blob, ncnn.Mat(array).clone())
@@ -138,8 +147,18 @@ class NcnnRunner:
                 code, mat = extractor.extract(blob)
                 if code != 0:
                     raise RuntimeError(f"ncnn failed to compute {name!r} (blob {blob}, code {code})")
-                result[name] = np.array(mat, copy=True).reshape(self._shapes[name])
+                result[name] = self._restore(np.array(mat, copy=True), self._shapes[name])
         return result
+
+    @staticmethod
+    def _restore(array: np.ndarray, recorded: list[int | str]) -> np.ndarray:
+        """The output with the axes ncnn dropped: the recorded shape when the sizes are
+        the ones recorded at build time, else leading unit axes up to the output's rank
+        (ncnn computes one sample, so a dropped leading axis has size 1)."""
+        fixed = [d for d in recorded if isinstance(d, int)]
+        if len(fixed) == len(recorded) and int(np.prod(fixed)) == array.size:
+            return array.reshape(fixed)
+        return array.reshape((1,) * max(len(recorded) - array.ndim, 0) + array.shape)
 
 
 def usable_providers(requested: list[Any] | None) -> list[Any]:

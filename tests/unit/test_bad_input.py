@@ -194,6 +194,38 @@ def test_dynamic_dimension_needs_a_shape(capsys, write_spec, out_dir, local_host
     assert_rejected(code, lines, out_dir, "shapes", "'token_ids:0' dimension 1 ('seq') is dynamic")
 
 
+@pytest.mark.parametrize("dim, needles", [
+    ({"min": 64, "max": 32}, ["shapes", "token_ids:0[1]", "min 64 is above max 32"]),
+    ({"min": 4, "max": 32, "bench": 64}, ["shapes", "bench", "64 is outside the range 4..32"]),
+    ({"min": 0, "max": 32}, ["shapes", "min", ">= 1"]),
+    ({"min": 4, "maximum": 32}, ["shapes", "unknown key 'maximum'"]),
+])
+def test_bad_shape_ranges(capsys, write_spec, out_dir, local_hosts, tmp_path, dim, needles):
+    from tests.models import make_two_tower, save
+
+    model = save(make_two_tower(), tmp_path / "two_tower.onnx")
+    spec = write_spec(model=model, shapes={"token_ids:0": [1, dim]})
+    code, lines = run_build(capsys, spec, out_dir, local_hosts)
+    assert_rejected(code, lines, out_dir, str(spec), *needles)
+
+
+def test_shape_range_on_a_static_dimension(capsys, write_spec, out_dir, local_hosts):
+    spec = write_spec(shapes={"image": [1, {"min": 1, "max": 8}, 32, 32]})
+    code, lines = run_build(capsys, spec, out_dir, local_hosts)
+    assert_rejected(code, lines, out_dir, str(spec), "shapes", "image[1] is a range", "fixes that dimension to 3")
+
+
+def test_samples_outside_a_shape_range(capsys, write_spec, out_dir, local_hosts, tmp_path):
+    from tests.models import make_two_tower, save
+
+    model = save(make_two_tower(), tmp_path / "two_tower.onnx")
+    spec = write_spec(model=model, samples="s.npz", shapes={"token_ids:0": [1, {"min": 2, "max": 16}]})
+    np.savez(spec.parent / "s.npz", **{"token_ids:0": np.zeros((1, 40), np.int64),
+                                      "features/dense": np.zeros((1, 8), np.float32)})
+    code, lines = run_build(capsys, spec, out_dir, local_hosts)
+    assert_rejected(code, lines, out_dir, "samples", "size 40 in dimension 1", "2..16")
+
+
 def test_target_filter_matching_nothing(capsys, write_spec, out_dir, local_hosts):
     code, lines = run_build(capsys, write_spec(), out_dir, local_hosts, "--target", "ios-*")
     assert_rejected(code, lines, out_dir, "--target", "ios-*")

@@ -52,7 +52,9 @@ def test_build_is_reproducible_and_runs_correctly(capsys, write_spec, local_host
     assert manifest["source"]["sha256"] == hashlib.sha256(
         (spec.parent / "tinycnn.onnx").read_bytes()).hexdigest()
     assert manifest["source"]["inputs"] == [{"name": "image", "dtype": "float32", "shape": ["batch", 3, 32, 32]}]
-    assert manifest["inputs"] == [{"name": "image", "dtype": "float32", "shape": [1, 3, 32, 32]}]
+    assert manifest["inputs"] == [{"name": "image", "dtype": "float32", "shape": ["batch", 3, 32, 32],
+                                   "range": [[1, None], None, None, None]}], "the dynamic batch is kept"
+    assert manifest["shapes"]["checked"] == {"bench": {"image": [1, 3, 32, 32]}, "probe": {"image": [2, 3, 32, 32]}}
     assert [c["status"] for c in manifest["candidates"]] == ["selected"]
     assert "latency_ms" not in manifest["candidates"][0], "one compiler: nothing to measure, stays reproducible"
     assert set(manifest["files"]) == {n for n in names if n != "manifest.json" and "." in n.split("/")[-1]}
@@ -87,7 +89,8 @@ def test_awkward_names_dynamic_dims_and_user_samples(capsys, write_spec, local_h
         shipped = np.load(io.BytesIO(tar.extractfile(manifest["samples"]["reference"]["scores/sigmoid"]).read()))
     np.testing.assert_allclose(shipped, reference(model, feeds)["scores/sigmoid"], rtol=1e-6)
     assert manifest["samples"]["origin"]["kind"] == "spec"
-    assert set(manifest["selftest"]["artifacts"]["model/model.onnx"]["outputs"]) == {"scores/sigmoid", "best"}
+    assert set(manifest["selftest"]["artifacts"]["model/model.onnx"]["outputs"]) == {
+        "scores/sigmoid", "best", "scores/sigmoid @probe", "best @probe"}, "the samples' size, then twice it"
 
     # random samples instead: the spec gives the dynamic length
     spec = write_spec(model=model, name="two-tower", shapes={"token_ids:0": [2, 5]})

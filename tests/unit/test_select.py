@@ -22,7 +22,7 @@ IO = ([{"name": "image", "dtype": "float32", "shape": [1, 3, 32, 32]}],
       [{"name": "probs", "dtype": "float32", "shape": [1, 10]}])
 
 
-def golden(tmp_path: Path) -> dict[str, dict[str, str]]:
+def golden(tmp_path: Path) -> list[dict]:
     import onnxruntime as ort
 
     x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
@@ -31,7 +31,7 @@ def golden(tmp_path: Path) -> dict[str, dict[str, str]]:
     ref = ort.InferenceSession(str(TINYCNN), options, providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "ref.npy", ref)
-    return {"inputs": {"image": str(tmp_path / "x.npy")}, "reference": {"probs": str(tmp_path / "ref.npy")}}
+    return [{"point": "bench", "inputs": {"image": str(tmp_path / "x.npy")}, "reference": {"probs": str(tmp_path / "ref.npy")}}]
 
 
 def _kill_benchmarking_worker(stop: threading.Event) -> None:

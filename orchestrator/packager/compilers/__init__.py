@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping, Protocol
 
 from ...runtime.engines import installed_version
+from ..causes import root_cause
 from ..job import JobTarget
 
 
@@ -39,10 +40,14 @@ class Artifact:
 
 @dataclass
 class CompileContext:
-    """What a compiler may need to know about the (normalised, fixed-shape) model."""
+    """What a compiler may need to know about the model: its inputs and outputs at the
+    benchmark size, and the inputs at a second checked size (None when the package has
+    no dynamic dimension), for converters that trace one size and keep dimensions
+    dynamic only when shown two (pnnx)."""
 
     inputs: list[dict[str, Any]]
     outputs: list[dict[str, Any]]
+    alternate_inputs: list[dict[str, Any]] | None = None
 
 
 @dataclass
@@ -63,6 +68,8 @@ class Compiler(Protocol):
     options_type: type
     #: Python distributions the compiler's route needs on the build host
     requires: tuple[str, ...]
+    #: True when the compiler needs every input at a fixed size (it gets the fixed model)
+    fixed_shapes: bool
 
     def version(self) -> str | None: ...
 
@@ -79,6 +86,7 @@ class BaseCompiler:
     distribution: str
     targets: frozenset[str]
     options_type: type
+    fixed_shapes = False
 
     @property
     def requires(self) -> tuple[str, ...]:
@@ -91,9 +99,8 @@ class BaseCompiler:
 
 
 def converter_failed(tool: str, returncode: int, output: str) -> CompilerError:
-    """A CompilerError quoting the last lines a converter printed."""
-    tail = [line for line in output.strip().splitlines() if line.strip()][-3:]
-    return CompilerError(f"{tool} failed (code {returncode}): {' | '.join(tail)}")
+    """A CompilerError naming the first message the converter printed about the problem."""
+    return CompilerError(f"{tool} failed (code {returncode}): {root_cause(output)}")
 
 
 def parse_options(options_type: type, raw: Mapping[str, Any]) -> Any:

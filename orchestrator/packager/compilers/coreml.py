@@ -72,6 +72,8 @@ def xcrun_compile(package: Path, out_dir: Path) -> tuple[Path | None, str]:
 
 
 class CoreMlCompiler(BaseCompiler):
+    # traced by torch at one size
+    fixed_shapes = True
     name = "coreml"
     engine = "coreml"
     distribution = "coremltools"

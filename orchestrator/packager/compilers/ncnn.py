@@ -54,11 +54,15 @@ class NcnnCompiler(BaseCompiler):
         work.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(model, work / "model.onnx")
         kinds = {"float32": "f32", "float16": "f16", "int64": "i64", "int32": "i32", "uint8": "u8", "int8": "i8"}
-        shapes = ",".join(
-            "[" + ",".join(str(d) for d in i["shape"]) + "]" + kinds.get(i["dtype"], "f32") for i in context.inputs
-        )
-        proc = reproducible.run([str(binary), "model.onnx", f"inputshape={shapes}",
-                                 f"fp16={int(options.fp16)}"], cwd=str(work))
+
+        def shapes(inputs: list[dict]) -> str:
+            return ",".join("[" + ",".join(str(d) for d in i["shape"]) + "]" + kinds.get(i["dtype"], "f32")
+                            for i in inputs)
+
+        argv = [str(binary), "model.onnx", f"inputshape={shapes(context.inputs)}"]
+        if context.alternate_inputs:  # a second size makes pnnx keep reshapes dynamic
+            argv.append(f"inputshape2={shapes(context.alternate_inputs)}")
+        proc = reproducible.run([*argv, f"fp16={int(options.fp16)}"], cwd=str(work))
         param, weights = work / "model.ncnn.param", work / "model.ncnn.bin"
         if proc.returncode != 0 or not param.is_file() or not weights.is_file():
             raise converter_failed("pnnx", proc.returncode, proc.stdout + proc.stderr)

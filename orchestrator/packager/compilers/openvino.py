@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..causes import exception_cause
 from ..job import JobTarget
 from . import Artifact, BaseCompiler, CompileContext, CompileResult, CompilerError, choice
 
@@ -47,7 +48,7 @@ class OpenVinoCompiler(BaseCompiler):
             converted = ov.convert_model(str(model))
             ov.save_model(converted, str(out_dir / "model.xml"), compress_to_fp16=options.compress_weights)
         except Exception as exc:  # OpenVINO raises its own exception types
-            raise CompilerError(f"OpenVINO conversion failed: {str(exc).strip().splitlines()[0]}") from None
+            raise CompilerError(f"OpenVINO conversion failed: {exception_cause(exc)}") from None
         runtime = {"precision": options.precision}
         return CompileResult([
             Artifact("model/model.xml", "openvino-ir", self.engine, "primary", runtime),

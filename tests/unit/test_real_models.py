@@ -1,0 +1,167 @@
+"""Real models as users bring them, built through the local transport with the real
+packager and real engines: a model-zoo-era IR-3 CNN, a recurrent model with If and
+LSTM, a text recogniser with a dynamic width and a transformer encoder with a dynamic
+sequence (int64 ids, a bool mask, a 0-d scalar, names with '/' and ':')."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from orchestrator.cli import main
+from orchestrator.runtime import PackageError, load
+from orchestrator.runtime.archive import extract
+from tests.models import make_encoder, model_zoo_cnn, pypi_model, save
+
+
+def source_outputs(model: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    return dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
+
+
+def build(capsys, spec: Path, out: Path, hosts: Path) -> tuple[int, dict, str]:
+    code = main(["build", str(spec), "--out", str(out), "--hosts", str(hosts), "--no-cache"])
+    captured = capsys.readouterr()
+    manifest = {}
+    for package in out.glob("*.tar.gz"):
+        with tarfile.open(package) as tar:
+            manifest = json.load(tar.extractfile("manifest.json"))
+    return code, manifest, captured.out + captured.err
+
+
+def unpack(out: Path, tmp_path: Path) -> Path:
+    [package] = out.glob("*.tar.gz")
+    folder = tmp_path / "unpacked"
+    extract(package, folder)
+    return folder
+
+
+def test_model_zoo_ir3_cnn_with_initializers_as_inputs_packages(capsys, write_spec, local_hosts, tmp_path):
+    # IR 3 / opset 9, every initializer also a graph input: onnxslim's output of it did
+    # not load in onnxruntime ("initializer_arg was false"), and every candidate failed
+    model = model_zoo_cnn("resnet50")
+    spec = write_spec(model=model, name="resnet50-zoo")
+    code, manifest, text = build(capsys, spec, tmp_path / "out", local_hosts)
+    assert code == 0, text
+    normalisation = manifest["normalisation"]
+    assert normalisation["dynamic"]["model"].startswith("initializers detached"), normalisation
+    assert manifest["selftest"]["passed"]
+    folder = unpack(tmp_path / "out", tmp_path)
+    x = np.random.default_rng(5).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    got = load(folder).run({"gpu_0/data_0": x})
+    want = source_outputs(model, {"gpu_0/data_0": x})
+    for name, value in want.items():
+        np.testing.assert_allclose(got[name], value, rtol=1e-3, atol=1e-5)
+
+
+def test_recurrent_model_with_if_and_lstm_runs_step_by_step(capsys, write_spec, local_hosts, tmp_path):
+    # Silero VAD: an If whose branches hold an LSTM, a state input/output pair and an
+    # int64 0-d sample rate. The shape-fixed, slimmed model broke the LSTM's rank.
+    model = pypi_model("silero_vad_if")
+    spec = write_spec(model=model, name="vad", shapes={"input": [1, 512], "state": [2, 1, 128]})
+    code, manifest, text = build(capsys, spec, tmp_path / "out", local_hosts)
+    assert code == 0, text
+    generated = manifest["samples"]["origin"]["generated"]
+    assert generated["state"].startswith("zeros"), generated
+    assert generated["sr"].startswith("16000"), "the sample rate the graph compares with, not a random integer"
+    dropped = [d["reason"] for d in manifest["normalisation"]["fixed"]["dropped"]]
+    assert any("rank 3" in reason for reason in dropped), "the broken step is named, and not used"
+    assert "onnxruntime_src" not in json.dumps(manifest["normalisation"]), "one-line causes, no source paths"
+
+    session = load(unpack(tmp_path / "out", tmp_path))
+    rng = np.random.default_rng(9)
+    state = reference_state = np.zeros((2, 1, 128), np.float32)
+    for _ in range(6):  # the state is fed back, as a streaming app does
+        chunk = (rng.standard_normal((1, 512)) * 0.3).astype(np.float32)
+        sr = np.array(16000, np.int64)
+        got = session.run({"input": chunk, "state": state, "sr": sr})
+        want = source_outputs(model, {"input": chunk, "state": reference_state, "sr": sr})
+        np.testing.assert_allclose(got["output"], want["output"], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(got["stateN"], want["stateN"], rtol=1e-4, atol=1e-5)
+        state, reference_state = got["stateN"], want["stateN"]
+    assert float(np.abs(state).max()) > 0, "the state really evolved"
+
+
+def run_cli(capsys, package: Path, feeds: dict[str, np.ndarray], tmp_path: Path) -> tuple[int, dict, list[str]]:
+    args = []
+    for index, (name, value) in enumerate(feeds.items()):
+        np.save(tmp_path / f"in{index}.npy", value)
+        args += ["--input", f"{name}={tmp_path / f'in{index}.npy'}"]
+    out = tmp_path / "outputs.npz"
+    out.unlink(missing_ok=True)
+    code = main(["run", str(package), *args, "--output", str(out)])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    return code, (dict(np.load(out)) if code == 0 else {}), err
+
+
+def test_dynamic_width_recogniser_keeps_its_width_range(capsys, write_spec, local_hosts, tmp_path):
+    # PP-OCRv4 rec x[N,3,48,W]: a text line of any width in the range must run. ncnn is
+    # the hardest engine here (pnnx bakes reshapes for one traced size).
+    model = pypi_model("ppocr_rec")
+    spec = write_spec(model=model, name="rec", compilers=["ncnn"],
+                      shapes={"x": [1, 3, 48, {"min": 32, "max": 1280, "bench": 320}]})
+    code, manifest, text = build(capsys, spec, tmp_path / "out", local_hosts)
+    assert code == 0, text
+    [entry] = manifest["inputs"]
+    assert entry["range"][3] == [32, 1280] and isinstance(entry["shape"][3], str), entry
+    assert set(manifest["shapes"]["checked"]) >= {"bench", "min", "max"}
+    [package] = (tmp_path / "out").glob("*.tar.gz")
+    session = load(unpack(tmp_path / "out", tmp_path))
+    rng = np.random.default_rng(4)
+    for width in (32, 704, 1280):
+        x = rng.uniform(-1, 1, (1, 3, 48, width)).astype(np.float32)
+        want = source_outputs(model, {"x": x})["softmax_11.tmp_0"]
+        np.testing.assert_allclose(session.run({"x": x})["softmax_11.tmp_0"], want, atol=1e-4)
+        code, outputs, err = run_cli(capsys, package, {"x": x}, tmp_path)
+        assert code == 0, err
+        np.testing.assert_allclose(outputs["softmax_11.tmp_0"], want, atol=1e-4)
+    code, _, err = run_cli(capsys, package, {"x": np.zeros((1, 3, 48, 2000), np.float32)}, tmp_path)
+    assert code == 2 and len(err) == 1 and "32..1280" in err[0], err
+    with pytest.raises(PackageError, match="32..1280"):
+        session.run({"x": np.zeros((1, 3, 48, 16), np.float32)})
+
+
+def test_dynamic_sequence_encoder_with_ids_mask_and_scalar(capsys, write_spec, local_hosts, tmp_path):
+    model = save(make_encoder(vocab=64), tmp_path / "encoder.onnx")
+    spec = write_spec(model=model, name="encoder", compilers=["onnxruntime", "openvino"],
+                      shapes={"input_ids:0": [1, {"min": 4, "max": 128, "bench": 32}]}, select={"benchmark_s": 0.05})
+    code, manifest, text = build(capsys, spec, tmp_path / "out", local_hosts)
+    assert code == 0, text
+    generated = manifest["samples"]["origin"]["generated"]
+    assert "[0, 64)" in generated["input_ids:0"], "token ids stay inside the embedding table"
+    assert manifest["samples"]["origin"]["kind"] == "random"
+    ranges = {i["name"]: i.get("range") for i in manifest["inputs"]}
+    assert ranges == {"input_ids:0": [None, [4, 128]], "attention/mask": [None, [4, 128]], "temperature": None}
+    assert {c["id"]: c["status"] for c in manifest["candidates"]}.keys() == {"onnxruntime", "openvino"}
+    assert all(c["status"] in ("selected", "passed") for c in manifest["candidates"]), manifest["candidates"]
+
+    [package] = (tmp_path / "out").glob("*.tar.gz")
+    session = load(unpack(tmp_path / "out", tmp_path))
+    rng = np.random.default_rng(8)
+    for length in (4, 57, 128):
+        feeds = {"input_ids:0": rng.integers(0, 64, (1, length)).astype(np.int64),
+                 "attention/mask": rng.integers(0, 2, (1, length)).astype(bool),
+                 "temperature": np.array(0.7, np.float32)}
+        feeds["attention/mask"][0, 0] = True
+        want = source_outputs(model, feeds)
+        got = session.run(feeds)
+        code, outputs, err = run_cli(capsys, package, feeds, tmp_path)
+        assert code == 0, err
+        for name in ("last_hidden_state", "pooled"):
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-3, atol=1e-4)
+            np.testing.assert_allclose(outputs[name], want[name], rtol=1e-3, atol=1e-4)
+    too_long = {"input_ids:0": np.zeros((1, 129), np.int64), "attention/mask": np.ones((1, 129), bool),
+                "temperature": np.array(1.0, np.float32)}
+    code, _, err = run_cli(capsys, package, too_long, tmp_path)
+    assert code == 2 and len(err) == 1 and "4..128" in err[0], err
+    mismatched = dict(too_long, **{"attention/mask": np.ones((1, 100), bool)})
+    mismatched["input_ids:0"] = np.zeros((1, 50), np.int64)
+    with pytest.raises(PackageError, match="sequence"):
+        session.run(mismatched)
