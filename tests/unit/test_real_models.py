@@ -16,7 +16,7 @@ import pytest
 from orchestrator.cli import main
 from orchestrator.runtime import PackageError, load
 from orchestrator.runtime.archive import extract
-from tests.models import make_encoder, model_zoo_cnn, pypi_model, save
+from tests.models import make_encoder, pypi_model, save
 
 
 def source_outputs(model: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -46,7 +46,7 @@ def unpack(out: Path, tmp_path: Path) -> Path:
 def test_model_zoo_ir3_cnn_with_initializers_as_inputs_packages(capsys, write_spec, local_hosts, tmp_path):
     # IR 3 / opset 9, every initializer also a graph input: onnxslim's output of it did
     # not load in onnxruntime ("initializer_arg was false"), and every candidate failed
-    model = model_zoo_cnn("resnet50")
+    model = pypi_model("zoo_resnet50")
     spec = write_spec(model=model, name="resnet50-zoo")
     code, manifest, text = build(capsys, spec, tmp_path / "out", local_hosts)
     assert code == 0, text
@@ -64,7 +64,7 @@ def test_model_zoo_ir3_cnn_with_initializers_as_inputs_packages(capsys, write_sp
 def test_recurrent_model_with_if_and_lstm_runs_step_by_step(capsys, write_spec, local_hosts, tmp_path):
     # Silero VAD: an If whose branches hold an LSTM, a state input/output pair and an
     # int64 0-d sample rate. The shape-fixed, slimmed model broke the LSTM's rank.
-    model = pypi_model("silero_vad_if")
+    model = pypi_model("silero_vad")
     spec = write_spec(model=model, name="vad", shapes={"input": [1, 512], "state": [2, 1, 128]})
     code, manifest, text = build(capsys, spec, tmp_path / "out", local_hosts)
     assert code == 0, text

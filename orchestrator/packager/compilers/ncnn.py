@@ -59,13 +59,31 @@ class NcnnCompiler(BaseCompiler):
             return ",".join("[" + ",".join(str(d) for d in i["shape"]) + "]" + kinds.get(i["dtype"], "f32")
                             for i in inputs)
 
-        argv = [str(binary), "model.onnx", f"inputshape={shapes(context.inputs)}"]
+        notes: list[str] = []
+        argv = [str(binary), "model.onnx", f"inputshape={shapes(context.inputs)}", f"fp16={int(options.fp16)}"]
         if context.alternate_inputs:  # a second size makes pnnx keep reshapes dynamic
-            argv.append(f"inputshape2={shapes(context.alternate_inputs)}")
-        proc = reproducible.run([*argv, f"fp16={int(options.fp16)}"], cwd=str(work))
+            proc = self._convert([*argv, f"inputshape2={shapes(context.alternate_inputs)}"], work)
+            unusable = _unloadable(work / "model.ncnn.param")
+            if not unusable:
+                return self._result(work, root, context, options, proc.reproducible, notes)
+            notes.append(f"pnnx could not keep the input sizes dynamic ({unusable}); converted for the"
+                         f" benchmark size only")
+        proc = self._convert(argv, work)
+        return self._result(work, root, context, options, proc.reproducible, notes)
+
+    @staticmethod
+    def _convert(argv: list[str], work: Path) -> reproducible.Completed:
+        for stale in work.glob("model.*ncnn*"):
+            stale.unlink()
+        proc = reproducible.run(argv, cwd=str(work))
         param, weights = work / "model.ncnn.param", work / "model.ncnn.bin"
         if proc.returncode != 0 or not param.is_file() or not weights.is_file():
             raise converter_failed("pnnx", proc.returncode, proc.stdout + proc.stderr)
+        return proc
+
+    def _result(self, work: Path, root: Path, context: CompileContext, options: NcnnOptions,
+                is_reproducible: bool, notes: list[str]) -> CompileResult:
+        param, weights = work / "model.ncnn.param", work / "model.ncnn.bin"
         out_dir = root / "model"
         out_dir.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(param, out_dir / "model.param")
@@ -80,4 +98,14 @@ class NcnnCompiler(BaseCompiler):
         return CompileResult([
             Artifact("model/model.param", "ncnn-param", self.engine, "primary", runtime),
             Artifact("model/model.bin", "ncnn-weights", self.engine, "auxiliary"),
-        ], reproducible=proc.reproducible)
+        ], reproducible=is_reproducible, notes=notes)
+
+
+def _unloadable(param: Path) -> str | None:
+    """Why ncnn cannot load a pnnx ``.param`` (a layer pnnx left in its own dialect, such
+    as the shape expressions of a dynamic conversion), or None."""
+    for line in param.read_text(encoding="utf-8", errors="replace").splitlines()[2:]:
+        layer = line.split(maxsplit=1)[0] if line.strip() else ""
+        if layer.startswith("pnnx."):
+            return f"layer {layer} is not an ncnn layer"
+    return None
