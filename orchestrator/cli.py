@@ -342,7 +342,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     _out(f"  source model  sha256 {manifest['source']['sha256']}")
     for kind in ("inputs", "outputs"):
         for tensor in manifest[kind]:
-            _out(f"  {kind[:-1]:6} {tensor['name']}: {tensor['dtype']}{tensor['shape']}")
+            ranges = [f"{dim}={r[0]}..{'' if r[1] is None else r[1]}" for dim, r in
+                      zip(tensor["shape"], tensor.get("range") or []) if r is not None]
+            accepts = f" ({', '.join(ranges)})" if ranges else ""
+            _out(f"  {kind[:-1]:6} {tensor['name']}: {tensor['dtype']}{tensor['shape']}{accepts}")
+    static = (manifest.get("shapes") or {}).get("static")
+    if static:
+        _out(f"  shapes        STATIC: {static}")
     functions = manifest.get("functions")
     if functions:
         steps = " > ".join(s["op"] for s in functions["pre"] + functions["post"] + functions["runtime"])

@@ -79,7 +79,9 @@ def _package_facts(manifest: dict[str, Any] | None) -> dict[str, Any]:
         outputs = ((c.get("accuracy") or {}).get("outputs") or {}).values()
         errors = [o["max_abs"] for o in outputs if o.get("max_abs") is not None]
         latency = c.get("latency_ms") or {}
-        rows.append({"id": c["id"], "engine": c["engine"], "status": c["status"], "reason": c.get("reason"),
+        # a candidate packaged at one size under `fixed_shapes: allow` says so wherever it is listed
+        reason = "; ".join(part for part in (c.get("reason"), c.get("static_shapes")) if part) or None
+        rows.append({"id": c["id"], "engine": c["engine"], "status": c["status"], "reason": reason,
                      "median_ms": latency.get("median"), "p90_ms": latency.get("p90"),
                      "spread_ms": latency.get("spread"), "max_abs_error": max(errors) if errors else None,
                      "size_bytes": c.get("size_bytes"), "emulated": bool(c.get("emulated"))})

@@ -131,3 +131,41 @@ def test_the_mnn_converter_never_installs_packages_or_phones_home(tmp_path, monk
                         timeout=120)
     assert mnn.status == "compiled", mnn.reason
     assert not marker.exists(), f"the converter ran pip: {marker.read_text()}"
+
+
+def test_a_fixed_shape_compiler_is_rejected_or_kept_static_by_policy(tmp_path):
+    """A compiler that needs fixed shapes (Core ML traces one size) gets the fixed model;
+    where the package is checked at more than one size, it runs at the benchmark size
+    only: rejected by default, packaged static with `fixed_shapes: allow`."""
+    import onnx
+    import onnxruntime as ort
+
+    from orchestrator.packager.compilers.onnxruntime import OnnxRuntimeCompiler
+    from orchestrator.packager.normalise import fix_shapes
+
+    class FixedShapeOnnxRuntime(OnnxRuntimeCompiler):
+        fixed_shapes = True
+
+    fixed = tmp_path / "fixed.onnx"
+    onnx.save(fix_shapes(onnx.load(str(TINYCNN)), {"image": [1, 3, 32, 32]}), str(fixed))
+    sizes = golden(tmp_path)
+    x2 = np.random.default_rng(1).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    np.save(tmp_path / "x2.npy", x2)
+    np.save(tmp_path / "ref2.npy", ort.InferenceSession(str(TINYCNN), providers=["CPUExecutionProvider"])
+            .run(None, {"image": x2})[0])
+    sizes.append({"point": "probe", "inputs": {"image": str(tmp_path / "x2.npy")},
+                  "reference": {"probs": str(tmp_path / "ref2.npy")}})
+    setting = CompileSetting(TINYCNN, *IO, fixed_model=fixed)
+    for policy in ("reject", "allow"):
+        compilers = {**registry(), "onnxruntime": FixedShapeOnnxRuntime()}
+        candidates = compile_all([CompilerCall("onnxruntime"), CompilerCall("openvino")], compilers, TARGET,
+                                 setting, tmp_path / policy, timeout=120)
+        gate_all(candidates, Measurement(sizes, 1e-4, 1e-3, policy), tmp_path / f"{policy}.m", timeout=120)
+        fixed_one, dynamic_one = candidates
+        assert fixed_one.fixed_shapes and not dynamic_one.fixed_shapes
+        assert dynamic_one.status == "passed" and dynamic_one.static is None, dynamic_one.reason
+        if policy == "reject":
+            assert fixed_one.status == "rejected"
+            assert "compiles for fixed input shapes" in fixed_one.reason and "fixed_shapes: allow" in fixed_one.reason
+        else:
+            assert fixed_one.status == "passed" and "benchmark size only" in fixed_one.static
