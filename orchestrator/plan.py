@@ -71,6 +71,8 @@ class Job:
             files[f"in/samples{self.spec.samples.suffix}"] = self.spec.samples
         if self.spec.calibration is not None:
             files["in/calibration.npz"] = self.spec.calibration
+        if self.spec.evaluation is not None:
+            files["in/evaluation.npz"] = self.spec.evaluation
         if self.spec.metric is not None:
             files["in/metric.py"] = self.spec.metric
         return files
@@ -83,6 +85,7 @@ class Job:
             "model": self.spec.model.sha256,
             "samples": content_sha256(self.spec.samples) if self.spec.samples else None,
             "calibration": content_sha256(self.spec.calibration) if self.spec.calibration else None,
+            "evaluation": content_sha256(self.spec.evaluation) if self.spec.evaluation else None,
             "metric": content_sha256(self.spec.metric) if self.spec.metric else None,
             "instructions": instructions,
             "environment": environment_id,
@@ -108,7 +111,8 @@ class Job:
             select=s.select.model_dump(exclude_unset=True) if s.select else {},
             functions=({**s.functions.model_dump(), "labels": self.spec.labels or {}} if s.functions else None),
             calibration="calibration.npz" if self.spec.calibration else None,
-            gate=s.accelerate.gate.model_dump(exclude_none=True) if s.accelerate else {},
+            evaluation="evaluation.npz" if self.spec.evaluation else None,
+            gate=s.accelerate.gate.model_dump(exclude_none=True, exclude_defaults=True) if s.accelerate else {},
             metric_file="metric.py" if self.spec.metric else None,
         )
 

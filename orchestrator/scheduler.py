@@ -84,7 +84,8 @@ def _package_facts(manifest: dict[str, Any] | None) -> dict[str, Any]:
         rows.append({"id": c["id"], "engine": c["engine"], "status": c["status"], "reason": reason,
                      "median_ms": latency.get("median"), "p90_ms": latency.get("p90"),
                      "spread_ms": latency.get("spread"), "max_abs_error": max(errors) if errors else None,
-                     "size_bytes": c.get("size_bytes"), "emulated": bool(c.get("emulated"))})
+                     "size_bytes": c.get("size_bytes"), "emulated": bool(c.get("emulated")),
+                     "held_out": _held_out_summary(c.get("held_out"), c.get("versus_baseline"))})
     selected = next((r for r in rows if r["status"] == "selected"), None)
     return {
         "engine": next(iter(manifest.get("engines", {})), None),
@@ -94,6 +95,26 @@ def _package_facts(manifest: dict[str, Any] | None) -> dict[str, Any]:
         "emulated": bool(manifest.get("selection", {}).get("emulated")),
         "candidates": rows,
     }
+
+
+def _held_out_summary(loss: dict[str, Any] | None, versus: dict[str, Any] | None) -> str | None:
+    """A variant's loss against fp32 on the held-out samples, as one line for reports:
+    the task figures users read (top-1, top-5, box recall), the worst errors, the speed-up."""
+    if not loss:
+        return None
+    parts = []
+    for name, o in loss.get("outputs", {}).items():
+        figures = [f"{label} {o[key]:.3g}" for key, label in (("top1_agreement", "top-1"), ("top5_overlap", "top-5"),
+                                                               ("sequence_agreement", "per-step"))
+                   if o.get(key) is not None]
+        if o.get("max_abs") is not None:
+            figures.append(f"max abs {o['max_abs']:.3g} ({o['max_rel_to_range'] or 0:.1%} of range)")
+        parts.append(f"{name}: {', '.join(figures) or o.get('problem', '')}")
+    if (loss.get("box_recall") or {}).get("value") is not None:
+        parts.append(f"box recall {loss['box_recall']['value']:.3g}")
+    if (versus or {}).get("speedup"):
+        parts.append(f"{versus['speedup']:.2f}x speed")
+    return f"{'; '.join(parts)} (n={loss['samples']})"
 
 
 class Events(Protocol):

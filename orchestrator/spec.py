@@ -21,6 +21,7 @@ from .errors import InputError
 from .packager.compilers import OptionsError, parse_options, registry
 from .packager.functions import FunctionError, package_inputs
 from .packager.functions import resolve as resolve_functions
+from .packager.evaluate import MIN_EVALUATION_SAMPLES, held_out_count
 from .packager.job import CompilerCall
 from .packager.samples import DimRange, load_samples, resolve_dims
 from .packager.signature import ModelError, load_onnx, signature
@@ -57,26 +58,45 @@ AccelerateVariant = Literal[
 
 
 class Gate(_Strict):
-    """How acceleration variants are judged. Default: the per-output tolerance, like every
-    candidate. A task-level criterion replaces it for the variants only."""
+    """How acceleration variants are judged against the fp32 model. Default: the
+    per-output tolerance on the model's own outputs. A task criterion replaces it for the
+    variants only; it is computed on held-out samples (`evaluation`, or half of
+    `calibration`), needs at least 20 of them, and passes only when its 95 % interval
+    clears the limit."""
 
     top1_agreement: float | None = Field(
-        None, gt=0, le=1, description="minimum share of samples whose arg-max matches the fp32 reference")
-    output: str | None = Field(None, description="output the arg-max is taken over (default: the first)")
+        None, gt=0, le=1, description="classifiers: minimum share of samples whose arg-max over the class axis of the"
+                                      " model's output matches the fp32 model's")
+    box_recall: float | None = Field(
+        None, gt=0, le=1, description="detectors (with the `detections` function): minimum share of the fp32 model's"
+                                      " boxes the variant finds (same class, IoU >= `iou`)")
+    sequence_agreement: float | None = Field(
+        None, gt=0, le=1, description="recognisers: minimum share of sequence steps whose arg-max matches the fp32"
+                                      " model's")
+    iou: float = Field(0.5, gt=0, le=1, description="IoU at which a box counts as found (box_recall)")
+    output: str | None = Field(None, description="the model output the criterion reads (default: the one the post"
+                                                 " functions read, else the first); never a post-processed one")
     metric: str | None = Field(
         None, description="FILE.py:FUNCTION in the spec's folder; FUNCTION(outputs, inputs) -> float over the"
-                          " samples (lists of dicts), higher is better")
+                          " held-out samples (lists of dicts of the model's own outputs), higher is better")
     max_drop: float | None = Field(None, ge=0, description="largest allowed drop of the metric against fp32")
 
     @model_validator(mode="after")
     def _one_criterion(self) -> "Gate":
-        if self.top1_agreement is not None and self.metric is not None:
-            raise ValueError("give top1_agreement or metric, not both")
+        given = [k for k in ("top1_agreement", "box_recall", "sequence_agreement", "metric")
+                 if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one criterion, not {' and '.join(given)}")
         if (self.metric is None) != (self.max_drop is None):
             raise ValueError("metric and max_drop go together")
         if self.metric is not None and not re.match(r"^[^:]+\.py:[A-Za-z_][A-Za-z0-9_]*$", self.metric):
             raise ValueError("metric must be written FILE.py:FUNCTION")
         return self
+
+    @property
+    def criterion(self) -> str | None:
+        return next((k for k in ("top1_agreement", "box_recall", "sequence_agreement", "metric")
+                     if getattr(self, k) is not None), None)
 
 
 class ShapeRange(_Strict):
@@ -139,7 +159,10 @@ class Spec(_Strict):
     accelerate: Accelerate | None = Field(None, description="acceleration variants; see `accelerate` below")
     calibration: str | None = Field(
         None, description=".npz keyed by the package's input names, samples along a leading axis: calibrates"
-                          " int8-static and evaluates task-level gates")
+                          " int8-static; without `evaluation`, half of it (seeded) is held out to judge variants")
+    evaluation: str | None = Field(
+        None, description=".npz like `calibration`: held-out samples that judge the variants (never calibrate"
+                          " them); a task gate needs at least 20")
     functions: Functions | None = Field(None, description="business functions; see `functions` below")
     zip: bool = Field(False, description="windows-x86_64: also publish the package as a .zip (the same files,"
                                          " for Windows users without tar), made from the verified .tar.gz")
@@ -265,6 +288,7 @@ class LoadedSpec:
     metric: Path | None = None
     #: label lists by the file name the spec gives, read on the controller
     labels: dict[str, list[str]] | None = None
+    evaluation: Path | None = None
 
     @property
     def targets(self) -> list[Target]:
@@ -306,13 +330,16 @@ def load_spec(path: Path) -> LoadedSpec:
             load_samples(samples, inputs, dims if spec.shapes else None)
         except ModelError as exc:
             raise InputError(path, "samples", f"{samples}: {exc}") from None
-    calibration = _calibration(path, spec, inputs)
+    calibration = _sample_set(path, spec.calibration, "calibration", inputs)
+    evaluation = _sample_set(path, spec.evaluation, "evaluation", inputs)
     metric = None
     if spec.accelerate and spec.accelerate.gate.metric:
         metric = (path.parent / spec.accelerate.gate.metric.rsplit(":", 1)[0]).resolve()
         if not metric.is_file():
             raise InputError(path, "accelerate.gate.metric", f"{metric}: file not found")
-    return LoadedSpec(path, spec, info, samples, calibration, metric, labels)
+    if spec.accelerate:
+        _check_gate(path, spec, outputs, evaluation, calibration)
+    return LoadedSpec(path, spec, info, samples, calibration, metric, labels, evaluation)
 
 
 def _read_labels(path: Path, functions: Functions) -> dict[str, list[str]]:
@@ -331,26 +358,70 @@ def _read_labels(path: Path, functions: Functions) -> dict[str, list[str]]:
     return labels
 
 
-def _calibration(path: Path, spec: Spec, inputs: list[dict[str, Any]]) -> Path | None:
-    if spec.calibration is None:
+def _sample_count(file: Path) -> int:
+    with np.load(file, allow_pickle=False) as data:
+        return len(data[data.files[0]])
+
+
+def _check_gate(path: Path, spec: Spec, outputs: list[dict[str, Any]], evaluation: Path | None,
+                calibration: Path | None) -> None:
+    """A task gate must fit the model's outputs and have enough held-out samples."""
+    gate = spec.accelerate.gate
+    criterion = gate.criterion
+    if criterion is None:
+        return
+    post = [s if isinstance(s, str) else next(iter(s)) for s in (spec.functions.post if spec.functions else [])]
+    names = [o["name"] for o in outputs]
+    read = gate.output or (spec.functions.output if spec.functions and spec.functions.output else None) or names[0]
+    if read not in names:
+        raise InputError(path, "accelerate.gate.output", f"{read!r} is not a model output ({names})")
+    shape = next(o["shape"] for o in outputs if o["name"] == read)
+    non_unit = [d for axis, d in enumerate(shape) if axis > 0 and d != 1]
+    if criterion == "top1_agreement":
+        if "detections" in post and gate.output is None:
+            raise InputError(path, "accelerate.gate.top1_agreement", "has no meaning for a detector's boxes; use"
+                             " box_recall (the detections function's boxes against the fp32 model's)")
+        if len(non_unit) != 1:
+            raise InputError(path, "accelerate.gate.top1_agreement", f"output {read!r} {shape} has no single class"
+                             " axis; use sequence_agreement for sequences (a recogniser), box_recall for detections")
+    if criterion == "box_recall" and "detections" not in post:
+        raise InputError(path, "accelerate.gate.box_recall", "needs the detections function (functions.post), whose"
+                         " boxes it compares with the fp32 model's")
+    if criterion == "sequence_agreement" and len(shape) < 3:
+        raise InputError(path, "accelerate.gate.sequence_agreement", f"output {read!r} {shape} is not a sequence of"
+                         " class scores [batch, steps, classes]; use top1_agreement for a classifier")
+    held = held_out_count(_sample_count(evaluation) if evaluation else None,
+                          _sample_count(calibration) if calibration else None)
+    if held < MIN_EVALUATION_SAMPLES:
+        source = ("the evaluation file gives" if evaluation else
+                  f"half of the {_sample_count(calibration)} calibration samples gives" if calibration else
+                  "the spec has no `evaluation` or `calibration` samples:")
+        raise InputError(path, f"accelerate.gate.{criterion}",
+                         f"needs at least {MIN_EVALUATION_SAMPLES} held-out samples to judge a variant; {source}"
+                         f" {held} (add samples to `evaluation`, or to `calibration`, half of which is held out)")
+
+
+def _sample_set(path: Path, name: str | None, key: str, inputs: list[dict[str, Any]]) -> Path | None:
+    """A calibration or evaluation .npz: keyed by the package's inputs, samples along axis 0."""
+    if name is None:
         return None
-    file = (path.parent / spec.calibration).resolve()
+    file = (path.parent / name).resolve()
     if not file.is_file() or file.suffix != ".npz":
-        raise InputError(path, "calibration", f"{file}: must be an existing .npz keyed by input name")
+        raise InputError(path, key, f"{file}: must be an existing .npz keyed by input name")
     try:
         with np.load(file, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
     except (OSError, ValueError) as exc:
-        raise InputError(path, "calibration", f"{file}: cannot read: {exc}") from None
+        raise InputError(path, key, f"{file}: cannot read: {exc}") from None
     names = sorted(i["name"] for i in inputs)
     if sorted(arrays) != names:
-        raise InputError(path, "calibration", f"{file}: holds {sorted(arrays)}, the package's inputs are {names}")
+        raise InputError(path, key, f"{file}: holds {sorted(arrays)}, the package's inputs are {names}")
     counts = {len(a) for a in arrays.values() if a.ndim}
     if len(counts) != 1 or 0 in counts:
-        raise InputError(path, "calibration", f"{file}: every array needs the same number (>0) of samples along axis 0")
+        raise InputError(path, key, f"{file}: every array needs the same number (>0) of samples along axis 0")
     for spec_input in inputs:
         array = arrays[spec_input["name"]]
         if array.dtype != np.dtype(spec_input["dtype"]) or array.ndim != len(spec_input["shape"]) + 1:
-            raise InputError(path, "calibration", f"{file}: {spec_input['name']!r} is {array.dtype}"
+            raise InputError(path, key, f"{file}: {spec_input['name']!r} is {array.dtype}"
                              f" {list(array.shape)}; needs {spec_input['dtype']} [samples, *{spec_input['shape']}]")
     return file

@@ -119,6 +119,70 @@ def make_encoder(vocab: int = 64, width: int = 32, seed: int = 11) -> onnx.Model
     return model
 
 
+def _near_tied_weights(rng: np.random.Generator, rows: int, columns: int, spread: float) -> np.ndarray:
+    """Columns that share one base vector and differ by ``spread`` times noise: with a
+    small spread the outputs are close, so int8 weight rounding (about 1/254 of the
+    largest weight) decides between them; with a spread of 1 they are unrelated."""
+    base = rng.standard_normal((rows, 1))
+    return (base * (1 - min(spread, 1.0)) + spread * rng.standard_normal((rows, columns))).astype(np.float32)
+
+
+def make_linear_classifier(spread: float, classes: int = 10, seed: int = 3) -> onnx.ModelProto:
+    """A linear classifier ``pixels`` [1, 3, 8, 8] → ``logits`` [1, classes]. With a small
+    ``spread`` its class scores are nearly tied, so an int8 variant's top-1 is close to
+    a coin toss while every score stays within a loose tolerance; with ``spread=1``
+    int8 keeps its top-1."""
+    rng = np.random.default_rng(seed)
+    weights = numpy_helper.from_array(_near_tied_weights(rng, 192, classes, spread), "w")
+    shape = numpy_helper.from_array(np.array([1, 192], np.int64), "flat")
+    nodes = [helper.make_node("Reshape", ["pixels", "flat"], ["x"]),
+             helper.make_node("MatMul", ["x", "w"], ["logits"])]
+    graph = helper.make_graph(nodes, "linear_classifier",
+                              [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, classes])],
+                              [weights, shape])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="modelpack-tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def make_grid_detector(anchor: float, seed: int = 5) -> onnx.ModelProto:
+    """A YOLOv8-format detector ``image`` [1, 3, 16, 16] → ``output0`` [1, 4 + 2, 16]: one
+    fixed box per 4x4 cell (boxes never overlap) and two class scores per cell from a
+    linear layer over the cell's 48 pixels and a constant 1. That constant's weight is
+    ``anchor`` and the bias takes it away again: exact in fp32, but per-channel int8
+    scales each column by its largest weight, so with a large ``anchor`` the pixel
+    weights round to a few levels and the variant drops boxes and swaps classes."""
+    rng = np.random.default_rng(seed)
+    cells = np.arange(16)
+    centres = np.stack([(cells % 4) * 4 + 2, (cells // 4) * 4 + 2]).astype(np.float32)
+    boxes = np.concatenate([centres, np.full((2, 16), 3.0, np.float32)])[None]  # cx, cy, w, h
+    weights = np.concatenate([rng.standard_normal((48, 2)) * 0.3, np.full((1, 2), anchor)]).astype(np.float32)
+    inits = [numpy_helper.from_array(boxes, "grid_boxes"),
+             numpy_helper.from_array(weights, "w"),
+             numpy_helper.from_array(np.full(2, np.log(0.25 / 0.75) - anchor, np.float32), "b"),
+             numpy_helper.from_array(np.ones((1, 16, 1), np.float32), "ones"),
+             numpy_helper.from_array(np.array([1, 3, 4, 4, 4, 4], np.int64), "split"),
+             numpy_helper.from_array(np.array([1, 16, 48], np.int64), "per_cell")]
+    nodes = [helper.make_node("Reshape", ["image", "split"], ["tiles"]),  # c, gy, py, gx, px
+             helper.make_node("Transpose", ["tiles"], ["cell_major"], perm=[0, 2, 4, 1, 3, 5]),
+             helper.make_node("Reshape", ["cell_major", "per_cell"], ["pixels"]),
+             helper.make_node("Concat", ["pixels", "ones"], ["features"], axis=2),
+             helper.make_node("MatMul", ["features", "w"], ["projected"]),
+             helper.make_node("Add", ["projected", "b"], ["logits"]),
+             helper.make_node("Sigmoid", ["logits"], ["probability"]),
+             helper.make_node("Transpose", ["probability"], ["class_scores"], perm=[0, 2, 1]),
+             helper.make_node("Concat", ["grid_boxes", "class_scores"], ["output0"], axis=1)]
+    graph = helper.make_graph(nodes, "grid_detector",
+                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 6, 16])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="modelpack-tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
 def smooth_images(shape: list[int], count: int, seed: int) -> np.ndarray:
     """Low-frequency colour fields with a few bright blobs: image-like activations."""
     rng = np.random.default_rng(seed)

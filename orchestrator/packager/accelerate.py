@@ -178,13 +178,12 @@ def output_nodes(path: Path) -> list[str]:
     from .functions import FUNCTION_PREFIX
 
     model = onnx.load(str(path))
-    outputs = {o.name for o in model.graph.output}
+    outputs = {o.name for o in model.graph.output}  # the model's own outputs' taps included
     kept = []
     for index, node in enumerate(model.graph.node):
         if not node.name:
             node.name = f"modelpack_node_{index}"
-        if (outputs & set(node.output) or node.name.startswith(FUNCTION_PREFIX)
-                or any(o.startswith(FUNCTION_PREFIX + "raw_") for o in node.output)):
+        if outputs & set(node.output) or node.name.startswith(FUNCTION_PREFIX):
             kept.append(node.name)
     onnx.save(model, str(path))
     return kept
@@ -204,9 +203,3 @@ def transform(name: str, source: Path, dest: Path, calibration: Path | None) -> 
     except Exception as exc:  # quantisers raise anything; the candidate fails with the reason
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise VariantError(f"{name} transform failed: {type(exc).__name__}: {first}") from None
-
-
-def top1_agreement(outputs: list[np.ndarray], reference: list[np.ndarray]) -> float:
-    """Fraction of samples whose arg-max (last axis) matches the reference's."""
-    same = [np.array_equal(np.argmax(o, axis=-1), np.argmax(r, axis=-1)) for o, r in zip(outputs, reference)]
-    return float(np.mean(same)) if same else 0.0

@@ -26,10 +26,11 @@ from . import platform
 from .platform import CompileEnvironment
 from .accelerate import ALWAYS_APPLIED, VARIANTS, VariantError, load_calibration
 from .compilers import OptionsError, parse_options, registry
-from .functions import Resolved, fuse
+from .functions import Resolved, fuse, is_tap, tap_name
 from .functions import resolve as resolve_functions
 from .job import Job, package_filename
 from .causes import exception_cause
+from .evaluate import GateTensors, sample_digest, save_sample_list, split
 from .golden import Golden, make_golden
 from .normalise import SizeSet, normalise
 from .package import add_runtime, write_archive, write_manifest
@@ -179,17 +180,61 @@ def self_test_scope(target: Any, env: CompileEnvironment) -> dict[str, Any]:
     return scope
 
 
-def _evaluation_set(in_dir: Path, job: Job, runner: Any, work: Path) -> dict[str, str] | None:
-    """The calibration samples and the fp32 reference's outputs on them, for task-level gates."""
-    if not job.gate or not job.calibration:
-        return None
-    samples = load_calibration(in_dir / job.calibration)
-    outputs = [runner.run(feed) for feed in samples]
+def _stack(samples: list[dict[str, np.ndarray]], path: Path) -> str:
+    np.savez(path, **{k: np.stack([s[k] for s in samples]) for k in samples[0]})
+    return str(path)
+
+
+def _evaluation_set(in_dir: Path, job: Job, runner: Any,
+                    work: Path) -> tuple[dict[str, str] | None, Path | None, dict[str, Any] | None]:
+    """The held-out samples that judge the variants and the fp32 reference's outputs on
+    them (model outputs' taps included), the calibration samples int8 may use, and the
+    record of the split. Data that calibrates a variant never judges it: without an
+    ``evaluation`` file, the calibration samples are split (seeded, half held out)."""
+    calibration = in_dir / job.calibration if job.calibration else None
+    if not any(c.variant for c in job.compilers) and not job.gate:
+        return None, calibration, None
     work.mkdir(parents=True, exist_ok=True)
-    paths = {"inputs": str(work / "evaluation-inputs.npz"), "reference": str(work / "evaluation-reference.npz")}
-    np.savez(paths["inputs"], **{k: np.stack([s[k] for s in samples]) for k in samples[0]})
-    np.savez(paths["reference"], **{k: np.stack([o[k] for o in outputs]) for k in outputs[0]})
-    return paths
+    calibrating = load_calibration(calibration) if calibration else []
+    if job.evaluation:
+        held = load_calibration(in_dir / job.evaluation)
+        record: dict[str, Any] = {"source": "the spec's evaluation file", "held_out": len(held),
+                                  "calibration": len(calibrating)}
+    elif calibrating:
+        seed = int(sha256_file(calibration)[:8], 16)
+        kept, held_out = split(len(calibrating), seed)
+        held = [calibrating[i] for i in held_out]
+        calibrating = [calibrating[i] for i in kept]
+        calibration = Path(_stack(calibrating, work / "calibration-part.npz"))
+        record = {"source": "the spec's calibration samples, split", "seed": seed, "held_out": len(held),
+                  "calibration": len(calibrating)}
+    else:
+        return None, None, None
+    if not held:
+        record["note"] = "no held-out samples: variants are judged by the tolerance on the golden samples only"
+        return None, calibration, record
+    record["held_out_digests"] = [sample_digest(s) for s in held]
+    record["calibration_digests"] = [sample_digest(s) for s in calibrating]
+    outputs = [runner.run(feed) for feed in held]
+    paths = {"inputs": save_sample_list(held, work / "evaluation-inputs.npz"),
+             "reference": save_sample_list(outputs, work / "evaluation-reference.npz")}
+    return paths, calibration, record
+
+
+def _gate_tensors(source_outputs: list[dict[str, Any]], resolved: Resolved | None) -> GateTensors:
+    """What the gates read: each model output as the package graph carries it (its tap
+    where fused post steps read it), and the fused top-k / detections outputs."""
+    model = {o["name"]: o["name"] for o in source_outputs}
+    found: dict[str, str] = {}
+    if resolved and resolved.post:
+        source = resolved.post[0]["output"]
+        model[source] = tap_name(source)
+        for step in resolved.post:
+            if step["op"] == "topk":
+                found["indices"] = step["indices"]
+            elif step["op"] == "detections":
+                found.update(boxes=step["boxes"], scores=step["scores"], classes=step["classes"])
+    return GateTensors(model, **found)
 
 
 def build(job: Job, in_dir: Path, out_dir: Path, stage: Callable[[str], None]) -> dict[str, Any]:
@@ -238,6 +283,7 @@ def build(job: Job, in_dir: Path, out_dir: Path, stage: Callable[[str], None]) -
             graph_path = work / "fused.onnx"
             onnx.save(graph_model, str(graph_path))
             package_in, package_out = signature(graph_model)
+            package_out = [o for o in package_out if not is_tap(o["name"])]
         else:
             package_in, package_out = source_inputs, source_outputs
         runtime_steps = {"pre": [], "post": resolved.runtime} if resolved and resolved.runtime else None
@@ -256,7 +302,8 @@ def build(job: Job, in_dir: Path, out_dir: Path, stage: Callable[[str], None]) -
             if not function_check.passed:
                 raise PackageFailed(f"the fused functions disagree with their NumPy reference:"
                                     f" {function_check.summary()}")
-        evaluation = _evaluation_set(in_dir, job, reference_runner, work / "evaluation")
+        evaluation, calibration, evaluation_record = _evaluation_set(in_dir, job, reference_runner,
+                                                                      work / "evaluation")
     except (ValueError, VariantError) as exc:
         raise PackageFailed(f"model: {exc}") from None
     except PackageFailed:
@@ -267,6 +314,8 @@ def build(job: Job, in_dir: Path, out_dir: Path, stage: Callable[[str], None]) -
     input_names = [i["name"] for i in package_in]
     graph_names = [o["name"] for o in package_out]
     output_names = graph_names + [s["result"] for s in (resolved.runtime if resolved else [])]
+    tensors = _gate_tensors(source_outputs, resolved)
+    taps = [t for t in tensors.model.values() if is_tap(t)]
     declared_outputs = {o["name"]: o["shape"] for o in package_out}
     inputs = [_tensor(n, feeds[n]) for n in input_names]
     outputs = _output_signature(output_names, [s.reference for s in golden.sets], declared_outputs, dynamic)
@@ -275,7 +324,8 @@ def build(job: Job, in_dir: Path, out_dir: Path, stage: Callable[[str], None]) -
               "inputs": {n: str(samples_root / p) for n, p in
                          _write_samples(samples_root, "input", size.feeds, input_names, size.point).items()},
               "reference": {n: str(samples_root / p) for n, p in
-                            _write_samples(samples_root, "reference", size.reference, output_names, size.point).items()}}
+                            _write_samples(samples_root, "reference", size.reference, output_names + taps,
+                                           size.point).items()}}
              for size in golden.sets]
     lap("reference")
 
@@ -285,10 +335,10 @@ def build(job: Job, in_dir: Path, out_dir: Path, stage: Callable[[str], None]) -
     lap("normalise")
 
     stage("compile")
-    calibration = in_dir / job.calibration if job.calibration else None
     graph_outputs = [o for o in outputs if o["dtype"] != "string"]
     setting = CompileSetting(normalised.dynamic, inputs,
-                             [_tensor(o["name"], reference[o["name"]], dynamic.get(o["name"])) for o in graph_outputs],
+                             [_tensor(o["name"], reference[o["name"]], dynamic.get(o["name"])) for o in graph_outputs]
+                             + [_tensor(t, reference[t]) for t in taps],
                              fixed_model=normalised.fixed, alternate_inputs=_alternate_inputs(golden, inputs),
                              calibration=calibration, runtime_functions=runtime_steps,
                              functions="graph" if resolved else None)
@@ -298,7 +348,7 @@ def build(job: Job, in_dir: Path, out_dir: Path, stage: Callable[[str], None]) -
 
     stage("select")
     measurement = Measurement(sizes, job.atol, job.rtol, job.fixed_shapes, job.gate, evaluation,
-                              str(in_dir / job.metric_file) if job.metric_file else None)
+                              str(in_dir / job.metric_file) if job.metric_file else None, tensors.to_json())
     gate_all(candidates, measurement, work / "measure", job.worker_timeout, progress=stage)
     if resolved and resolved.fallback == "runtime":
         candidates += _runtime_fallbacks(job, compilers, candidates, model_path, golden, resolved, setting,
@@ -400,6 +450,8 @@ def build(job: Job, in_dir: Path, out_dir: Path, stage: Callable[[str], None]) -
             "variants": [c.variant for c in job.compilers if c.variant],
             "always_applied": ALWAYS_APPLIED,
             "gate": job.gate or {"tolerance": {"atol": job.atol, "rtol": job.rtol}},
+            "gate_reads": tensors.to_json(),
+            "evaluation": evaluation_record,
         }
     if job.target.os == "android":
         manifest["android"] = android_facts(winner.engine, winner.version)

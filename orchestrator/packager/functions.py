@@ -20,6 +20,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ..runtime.functions import TAP_PREFIX, tap_name
 from .signature import ModelError, tensor_inputs
 
 Step = dict[str, Any]
@@ -488,7 +489,9 @@ def fuse(model: Any, resolved: Resolved) -> tuple[Any, list[str]]:
     new_outputs: dict[str, tuple[int, list[Any]]] = {}
     if resolved.post:
         source = resolved.post[0]["output"]
-        raw = _PREFIX + "raw_" + source
+        raw = tap_name(source)
+        tap = copy.deepcopy(next(o for o in graph.output if o.name == source))
+        tap.name = raw
         _rename(graph, source, raw)
         new_outputs = _build_post(post, resolved.post, raw, source)
         position = [o.name for o in graph.output].index(source)
@@ -497,8 +500,10 @@ def fuse(model: Any, resolved: Resolved) -> tuple[Any, list[str]]:
             del kept_outputs[position]
             for offset, (name, (elem, dims)) in enumerate(new_outputs.items()):
                 kept_outputs.insert(position + offset, helper.make_tensor_value_info(name, elem, dims))
+        # the model's own output stays visible, last, as a tap: accuracy gates read it
+        # (not the post-processed one); the runtime returns only the package's outputs
         del graph.output[:]
-        graph.output.extend(kept_outputs)
+        graph.output.extend([*kept_outputs, tap])
     nodes = [*pre.nodes, *graph.node, *post.nodes]
     del graph.node[:]
     graph.node.extend(nodes)
@@ -511,6 +516,10 @@ def fuse(model: Any, resolved: Resolved) -> tuple[Any, list[str]]:
     except Exception as exc:  # a bug here, not the user's: say what failed
         raise FunctionError(f"the fused graph is not valid ONNX: {exc}") from None
     return fused, notes
+
+
+def is_tap(name: str) -> bool:
+    return name.startswith(TAP_PREFIX)
 
 
 def package_inputs(model_inputs: list[dict[str, Any]], resolved: Resolved) -> list[dict[str, Any]]:

@@ -63,7 +63,11 @@ class Job:
     functions: dict[str, Any] | None = None
     #: calibration samples (file name inside the job's input folder), leading axis = sample
     calibration: str | None = None
-    #: how variants are gated: {} for the tolerance, or top1_agreement / metric + max_drop
+    #: held-out samples that judge variants (file name in the job's input folder), leading
+    #: axis = sample; without it, the calibration samples are split
+    evaluation: str | None = None
+    #: how variants are gated: {} for the tolerance, or one of top1_agreement, box_recall,
+    #: sequence_agreement, metric + max_drop (with output and iou where they apply)
     gate: dict[str, Any] = field(default_factory=dict)
     #: the user's metric module (file name inside the job's input folder) for gate.metric
     metric_file: str | None = None

@@ -50,8 +50,10 @@ class Candidate:
     variant: str | None = None
     #: preparation steps the variant's transform needed
     preparation: list[str] = field(default_factory=list)
-    #: task-level gate result (variants under a top1/metric gate)
+    #: task-level gate result (variants under a task gate): criterion, tensor, value, interval
     task_gate: dict[str, Any] | None = None
+    #: the loss against the fp32 model on the held-out samples (variants)
+    loss: dict[str, Any] | None = None
     #: where pre/post functions run: "graph" (fused) or "runtime" (NumPy fallback)
     functions: str | None = None
     #: comparison with the same compiler's fp32 baseline, once both are measured
@@ -77,7 +79,7 @@ class Candidate:
         }
         if self.variant:
             row.update(variant=self.variant, preparation=self.preparation, task_gate=self.task_gate,
-                       versus_baseline=self.versus_baseline)
+                       held_out=self.loss, versus_baseline=self.versus_baseline)
         if self.functions:
             row["functions"] = self.functions
         if self.notes:
@@ -217,13 +219,16 @@ class Measurement:
     gate: dict[str, Any] = field(default_factory=dict)
     evaluation: dict[str, str] | None = None
     metric_file: str | None = None
+    #: what the gates read (evaluate.GateTensors as JSON)
+    tensors: dict[str, Any] = field(default_factory=dict)
 
     def request(self, c: Candidate, artifact: dict[str, Any], bench: dict[str, Any] | None) -> dict[str, Any]:
-        task = self.gate if (c.variant and self.gate) else None
         sizes = self.sizes[:1] if (bench or c.fixed_shapes) else self.sizes
+        judged = bool(c.variant) and not bench
         return {"root": str(c.root), "artifact": artifact, "sizes": sizes,
-                "atol": self.atol, "rtol": self.rtol, "benchmark": bench,
-                "gate": None if bench else task, "evaluation": self.evaluation, "metric_file": self.metric_file}
+                "atol": self.atol, "rtol": self.rtol, "benchmark": bench, "variant": c.variant,
+                "gate": self.gate if judged else None, "evaluation": self.evaluation if judged else None,
+                "metric_file": self.metric_file, "tensors": self.tensors}
 
 
 def gate_all(candidates: list[Candidate], measurement: Measurement, work: Path, timeout: float,
@@ -241,15 +246,14 @@ def gate_all(candidates: list[Candidate], measurement: Measurement, work: Path, 
             c.status, c.reason = exc.status, str(exc)
             continue
         c.accuracy = checks[runnable[0]["path"]]["accuracy"]
-        task = {p: r["task_gate"] for p, r in checks.items() if "task_gate" in r}
+        c.loss = checks[runnable[0]["path"]].get("held_out")
+        task = {p: r["task_gate"] for p, r in checks.items() if r.get("task_gate")}
         if task:
             c.task_gate = task[runnable[0]["path"]]
             failing_task = {p: t for p, t in task.items() if not t["passed"]}
             if failing_task:
                 c.status = "rejected"
-                c.reason = "; ".join(f"{p}: {t['criterion']} failed (value {t['value']:g}"
-                                     + (f", drop {t['drop']:g}" if "drop" in t else "") + ")"
-                                     for p, t in failing_task.items())
+                c.reason = "; ".join(f"{p}: {_task_summary(t)}" for p, t in failing_task.items())
             else:
                 c.status = "passed"
                 _check_sizes(c, checks, measurement, "ran")
@@ -316,6 +320,17 @@ def compare_with_baselines(candidates: list[Candidate]) -> None:
         if c.rounds_ms:
             record["speedup"] = round(base.latency["median"] / max(c.latency["median"], 1e-9), 4)
         c.versus_baseline = record
+
+
+def _task_summary(verdict: dict[str, Any]) -> str:
+    """Why a variant failed its task gate, in one line naming the tensor and samples."""
+    if verdict.get("undecided"):
+        return f"{verdict['criterion']} undecided on {verdict['tensor']}: {verdict['undecided']}"
+    measured = (f"value {verdict['value']:g}" + (f", drop {verdict['drop']:g}" if "drop" in verdict else "")
+                + (f", 95 % interval {verdict['interval_95'][0]:g}..{verdict['interval_95'][1]:g}"
+                   if "interval_95" in verdict else ""))
+    counted = verdict.get("counted") or f"{verdict.get('samples')} held-out samples"
+    return f"{verdict['criterion']} failed on {verdict['tensor']} ({measured}; {counted})"
 
 
 def _gate_summary(accuracy: dict[str, Any]) -> str:

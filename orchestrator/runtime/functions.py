@@ -195,11 +195,25 @@ def apply_post(outputs: Mapping[str, np.ndarray], steps: list[Step]) -> dict[str
     return result
 
 
+#: a package graph output carrying the model's own output before the fused post steps
+TAP_PREFIX = "modelpack_fn/raw_"
+
+
+def tap_name(output: str) -> str:
+    """The name of the tap for the model's ``output``: accuracy gates read taps; the
+    package's signature does not list them and ``Session.run`` does not return them."""
+    return TAP_PREFIX + output
+
+
 class FunctionsRunner:
-    """An engine runner with the functions it does not hold applied around it in NumPy."""
+    """An engine runner with the functions it does not hold applied around it in NumPy.
+    The model's own output the post steps read is kept as a tap, as a fused graph has it."""
 
     def __init__(self, inner: Any, pre: list[Step], post: list[Step]) -> None:
         self._inner, self._pre, self._post = inner, pre, post
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return apply_post(self._inner.run(apply_pre(feeds, self._pre)), self._post)
+        raw = self._inner.run(apply_pre(feeds, self._pre))
+        taps = {tap_name(step["output"]): raw[step["output"]] for step in self._post[:1]
+                if step.get("output") in raw}
+        return {**apply_post(raw, self._post), **taps}

@@ -53,7 +53,9 @@ def by_id(manifest: dict) -> dict[str, dict]:
 REAL = {
     "tinycnn": (lambda: TINYCNN, {}),
     "ppocr_cls": (lambda: pypi_model("ppocr_cls"), {"shapes": {"x": [1, 3, 48, 192]}}),
-    "yolov8n": (lambda: pypi_model("yolov8n"), {"shapes": {"images": [1, 3, 320, 320]},
+    # a range with min = max pins a dynamic dimension: ncnn cannot keep YOLOv8's sizes dynamic
+    "yolov8n": (lambda: pypi_model("yolov8n"), {"shapes": {"images": [1, 3, {"min": 320, "max": 320},
+                                                                      {"min": 320, "max": 320}]},
                                                "select": {"benchmark_s": 0.5}}),
 }
 

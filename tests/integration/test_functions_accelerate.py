@@ -149,18 +149,19 @@ def mean_confidence(outputs, inputs):
 
 def test_int8_static_wins_where_it_passes_the_gate(capsys, tmp_path, docker_hosts):
     model = pypi_model("yolov8n")
-    images = smooth_images([1, 3, 320, 320], 12, seed=2)
+    images = smooth_images([1, 3, 320, 320], 40, seed=2)  # half calibrates, half (20) judges
     code, _, manifest, text = build(
         capsys, tmp_path, docker_hosts, model, "quantised",
         files={"calibration.npz": {"images": images}, "metric.py": METRIC},
-        compilers=["onnxruntime"], calibration="calibration.npz", shapes={"images": [1, 3, 320, 320]},
+        compilers=["onnxruntime"], calibration="calibration.npz", shapes={"images": [1, 3, {"min": 320, "max": 320}, {"min": 320, "max": 320}]},
         accelerate={"variants": ["int8-static"], "gate": {"metric": "metric.py:mean_confidence", "max_drop": 0.05}},
         select={"benchmark_s": 0.5})
     assert code == 0, text
     rows = {c["id"]: c for c in manifest["candidates"]}
     int8 = rows["onnxruntime+int8-static"]
     assert int8["status"] == "selected", int8
-    assert int8["task_gate"]["passed"] and int8["task_gate"]["samples"] == 12
+    assert int8["task_gate"]["passed"] and int8["task_gate"]["samples"] == 20
+    assert manifest["acceleration"]["evaluation"]["calibration"] == 20
     gate = int8["task_gate"]
     assert gate["drop"] <= 0.05 and gate["drop"] == pytest.approx(gate["baseline"] - gate["value"], abs=1e-5)
     assert int8["versus_baseline"]["baseline"] == "onnxruntime" and int8["versus_baseline"]["speedup"] > 1

@@ -3,6 +3,7 @@ top-1 agreement over the calibration samples, and what a variant accepted that w
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tarfile
 
@@ -11,14 +12,15 @@ import numpy as np
 from orchestrator.cli import main
 from orchestrator.runtime import load
 from orchestrator.runtime.archive import extract
+from tests.models import make_grid_detector, make_linear_classifier, save
 
 
 def test_top1_agreement_gate_and_a_forced_variant_ships_its_own_golden_outputs(capsys, write_spec, local_hosts,
                                                                                tmp_path):
     spec = write_spec(compilers=["onnxruntime"], calibration="calibration.npz",
-                      accelerate={"variants": ["fp16"], "gate": {"top1_agreement": 0.99}},
+                      accelerate={"variants": ["fp16"], "gate": {"top1_agreement": 0.9}},
                       select={"engine": "onnxruntime+fp16", "benchmark_s": 0.05})
-    samples = np.random.default_rng(1).standard_normal((8, 1, 3, 32, 32)).astype(np.float32)
+    samples = np.random.default_rng(1).standard_normal((80, 1, 3, 32, 32)).astype(np.float32)
     np.savez(spec.parent / "calibration.npz", image=samples)
     out = tmp_path / "out"
     code = main(["build", str(spec), "--hosts", str(local_hosts), "--out", str(out), "--quiet"])
@@ -31,11 +33,11 @@ def test_top1_agreement_gate_and_a_forced_variant_ships_its_own_golden_outputs(c
     fp16, fp32 = rows["onnxruntime+fp16"], rows["onnxruntime"]
     assert fp16["status"] == "selected" and fp16["variant"] == "fp16"
     gate = fp16["task_gate"]
-    assert gate["samples"] == 8 and gate["criterion"] == "top1_agreement >= 0.99 on output 'probs'"
-    assert gate["value"] == 1.0 and gate["passed"]
+    assert gate["counted"] == "40 of 40 samples" and gate["criterion"] == "top1_agreement >= 0.9"
+    assert gate["tensor"] == "probs" and gate["value"] == 1.0 and gate["passed"]
     assert fp32.get("task_gate") is None, "fp32 compilers stay under the tolerance"
     assert fp16["versus_baseline"]["baseline"] == "onnxruntime"
-    assert manifest["acceleration"]["gate"] == {"top1_agreement": 0.99}
+    assert manifest["acceleration"]["gate"] == {"top1_agreement": 0.9}
     assert "selected variant onnxruntime+fp16" in manifest["samples"]["reference_engine"]
     extract(package, tmp_path / "pkg")
     assert load(tmp_path / "pkg").self_test().passed
@@ -48,3 +50,89 @@ def test_calibration_must_match_the_package_inputs(capsys, write_spec, local_hos
     err = capsys.readouterr().err
     assert "calibration" in err and "[samples, *['batch', 3, 32, 32]]" in err
     assert not (tmp_path / "o").exists()
+
+
+def build(capsys, spec, hosts, out):
+    code = main(["build", str(spec), "--hosts", str(hosts), "--out", str(out), "--quiet", "--no-cache"])
+    captured = capsys.readouterr()
+    manifest = None
+    for package in out.glob("*.tar.gz") if out.exists() else []:
+        with tarfile.open(package) as tar:
+            manifest = json.load(tar.extractfile("manifest.json"))
+    return code, manifest, captured.out + captured.err
+
+
+def test_a_fused_top_k_cannot_hide_an_int8_variant_that_flips_the_top_1(capsys, write_spec, local_hosts, tmp_path):
+    # The reported case: softmax + top-k fused, an int8 variant, a top-1 gate. The gate
+    # used to read the first output, top-k's sorted scores, whose arg-max is always 0.
+    model = save(make_linear_classifier(spread=0.01), tmp_path / "classifier.onnx")
+    spec = write_spec(model=model, name="classifier", compilers=["onnxruntime"], calibration="calibration.npz",
+                      functions={"post": ["softmax", {"topk": {"k": 3}}]},
+                      accelerate={"variants": ["int8-dynamic"], "gate": {"top1_agreement": 0.9}},
+                      select={"benchmark_s": 0.05})
+    np.savez(spec.parent / "calibration.npz",
+             pixels=np.random.default_rng(2).standard_normal((48, 1, 3, 8, 8)).astype(np.float32))
+    code, manifest, text = build(capsys, spec, local_hosts, tmp_path / "out")
+    assert code == 0, text
+    int8 = next(c for c in manifest["candidates"] if c.get("variant") == "int8-dynamic")
+    assert int8["status"] == "rejected", int8
+    gate = int8["task_gate"]
+    assert gate["tensor"] == "modelpack_fn/raw_logits", "the model's own logits, not the fused top-k"
+    assert gate["value"] < 0.8 and not gate["passed"] and gate["counted"].endswith("of 24 samples")
+    assert "modelpack_fn/raw_logits" in int8["reason"] and "24 samples" in int8["reason"]
+    held = int8["held_out"]
+    assert held["samples"] == 24 and held["outputs"]["logits"]["top1_agreement"] == gate["value"]
+    assert "top5_overlap" in held["outputs"]["logits"] and held["packaged_top1"]["tensor"] == "indices[0]"
+    assert manifest["selection"]["selected"] == "onnxruntime"
+    assert manifest["acceleration"]["gate_reads"]["model"] == {"logits": "modelpack_fn/raw_logits"}
+    assert [o["name"] for o in manifest["outputs"]] == ["scores", "indices"], "taps are not package outputs"
+
+
+def _digest(sample: dict) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(sample):
+        array = np.ascontiguousarray(sample[name])
+        digest.update(name.encode() + str(array.dtype).encode() + str(array.shape).encode() + array.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def test_a_variant_that_agrees_passes_on_held_out_samples_never_calibrated_on(capsys, write_spec, local_hosts,
+                                                                              tmp_path):
+    model = save(make_linear_classifier(spread=1.0), tmp_path / "classifier.onnx")
+    spec = write_spec(model=model, name="classifier", compilers=["onnxruntime"], calibration="calibration.npz",
+                      functions={"post": ["softmax", {"topk": {"k": 3}}]},
+                      accelerate={"variants": ["int8-static"], "gate": {"top1_agreement": 0.9}},
+                      select={"engine": "onnxruntime+int8-static", "benchmark_s": 0.05})
+    pixels = np.random.default_rng(4).standard_normal((120, 1, 3, 8, 8)).astype(np.float32)
+    np.savez(spec.parent / "calibration.npz", pixels=pixels)
+    code, manifest, text = build(capsys, spec, local_hosts, tmp_path / "out")
+    assert code == 0, text
+    int8 = next(c for c in manifest["candidates"] if c.get("variant") == "int8-static")
+    assert int8["status"] == "selected" and int8["task_gate"]["passed"], int8
+    assert int8["task_gate"]["interval_95"][0] >= 0.9, "passes only when the interval clears the limit"
+    split = manifest["acceleration"]["evaluation"]
+    assert split["source"].endswith("split") and split["calibration"] == 60 and split["held_out"] == 60
+    held, calibrated = set(split["held_out_digests"]), set(split["calibration_digests"])
+    assert not held & calibrated, "no sample both calibrates and judges"
+    assert held | calibrated == {_digest({"pixels": p}) for p in pixels}, "the split covers the file exactly"
+    assert int8["held_out"]["samples"] == 60
+
+
+def test_box_recall_rejects_an_int8_detector_that_drops_boxes(capsys, write_spec, local_hosts, tmp_path):
+    model = save(make_grid_detector(anchor=100.0), tmp_path / "detector.onnx")
+    spec = write_spec(model=model, name="detector", compilers=["onnxruntime"], evaluation="evaluation.npz",
+                      functions={"post": [{"detections": {"format": "yolov8"}}]},
+                      accelerate={"variants": ["int8-dynamic"], "gate": {"box_recall": 0.9}},
+                      select={"benchmark_s": 0.05})
+    np.savez(spec.parent / "evaluation.npz",
+             image=np.random.default_rng(6).standard_normal((30, 1, 3, 16, 16)).astype(np.float32))
+    code, manifest, text = build(capsys, spec, local_hosts, tmp_path / "out")
+    assert code == 0, text
+    int8 = next(c for c in manifest["candidates"] if c.get("variant") == "int8-dynamic")
+    assert int8["status"] == "rejected", int8
+    gate = int8["task_gate"]
+    assert gate["criterion"] == "box_recall@0.5 >= 0.9" and gate["tensor"] == "boxes, classes"
+    found, total = (int(n) for n in gate["counted"].split(" fp32 boxes")[0].split(" of "))
+    assert total > 30 and abs(found / total - gate["value"]) < 1e-6 and gate["value"] < 0.9
+    assert int8["held_out"]["box_recall"]["value"] == gate["value"]
+    assert manifest["acceleration"]["evaluation"]["source"] == "the spec's evaluation file"

@@ -226,6 +226,41 @@ def test_samples_outside_a_shape_range(capsys, write_spec, out_dir, local_hosts,
     assert_rejected(code, lines, out_dir, "samples", "size 40 in dimension 1", "2..16")
 
 
+def _gate_spec(write_spec, tmp_path, detector: bool, gate: dict, samples: int, key: str = "calibration"):
+    from tests.models import make_grid_detector, make_linear_classifier, save
+
+    model = save(make_grid_detector(1.0) if detector else make_linear_classifier(1.0), tmp_path / "m.onnx")
+    post = [{"detections": {"format": "yolov8"}}] if detector else ["softmax", {"topk": {"k": 3}}]
+    spec = write_spec(model=model, **{key: "data.npz"}, functions={"post": post},
+                      accelerate={"variants": ["int8-dynamic"], "gate": gate})
+    shape = (samples, 1, 3, 16, 16) if detector else (samples, 1, 3, 8, 8)
+    np.savez(spec.parent / "data.npz", **{"image" if detector else "pixels": np.zeros(shape, np.float32)})
+    return spec
+
+
+@pytest.mark.parametrize("key, samples, held", [("calibration", 24, "12"), ("evaluation", 19, "19")])
+def test_a_task_gate_over_too_few_held_out_samples(capsys, write_spec, out_dir, local_hosts, tmp_path, key,
+                                                   samples, held):
+    spec = _gate_spec(write_spec, tmp_path, False, {"top1_agreement": 0.9}, samples, key)
+    code, lines = run_build(capsys, spec, out_dir, local_hosts)
+    assert_rejected(code, lines, out_dir, str(spec), "accelerate.gate.top1_agreement", "at least 20 held-out",
+                    f"gives {held}")
+
+
+@pytest.mark.parametrize("detector, gate, needles", [
+    (True, {"top1_agreement": 0.9}, ["accelerate.gate.top1_agreement", "no meaning", "use box_recall"]),
+    (False, {"sequence_agreement": 0.9}, ["accelerate.gate.sequence_agreement", "not a sequence",
+                                          "use top1_agreement"]),
+    (False, {"box_recall": 0.9}, ["accelerate.gate.box_recall", "needs the detections function"]),
+    (False, {"top1_agreement": 0.9, "box_recall": 0.9}, ["accelerate.gate", "give one criterion"]),
+])
+def test_a_task_gate_that_does_not_fit_the_model(capsys, write_spec, out_dir, local_hosts, tmp_path, detector,
+                                                 gate, needles):
+    spec = _gate_spec(write_spec, tmp_path, detector, gate, 60)
+    code, lines = run_build(capsys, spec, out_dir, local_hosts)
+    assert_rejected(code, lines, out_dir, str(spec), *needles)
+
+
 def test_target_filter_matching_nothing(capsys, write_spec, out_dir, local_hosts):
     code, lines = run_build(capsys, write_spec(), out_dir, local_hosts, "--target", "ios-*")
     assert_rejected(code, lines, out_dir, "--target", "ios-*")
