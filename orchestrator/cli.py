@@ -1,8 +1,9 @@
 """The ``modelpack`` command: argument parsing and output only.
 
 Exit codes: 0 all good, 1 a job (or verification) failed, 2 a usage, configuration or
-input error, 130 interrupted. Input errors print one line naming the file, the key
-and the problem.
+input error, 128 + the signal's number when cancelled (130 SIGINT, 143 SIGTERM, 129
+SIGHUP; see interrupts.py). Input errors print one line naming the file, the key and
+the problem.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ import numpy as np
 
 from . import __version__
 from .errors import InputError
+from .interrupts import Cancelled, cancellable
+from .interrupts import exit_code as interrupt_exit_code
 from .execute import StageTimeouts
 
-EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_INPUT = 0, 1, 2
 
 
 def _out(text: str = "") -> None:
@@ -146,10 +149,10 @@ def cmd_build(args: argparse.Namespace) -> int:
         write_json(out_dir / "summary.json", data, staging)
         write_atomic(out_dir / "report.html", render_report(data, previous), staging)
         write_atomic(out_dir / "junit.xml", junit_xml(data), staging)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         scheduler.cancel()
-        print("modelpack: interrupted; build containers removed", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        print(f"modelpack: {interrupt_name(interrupt)}; build containers and workspaces removed", file=sys.stderr)
+        return interrupt_exit_code(interrupt)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -583,15 +586,25 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+#: what a second signal during cleanup may leave behind, and how to remove it
+LEFTOVERS = ("Build containers (label org.modelpack) or SSH workspaces may be left; `modelpack hosts clean`"
+             " removes them, and the next build removes containers whose controller is gone.")
+
+
+def interrupt_name(interrupt: KeyboardInterrupt) -> str:
+    return f"cancelled by {interrupt.args[0]}" if isinstance(interrupt, Cancelled) else "interrupted"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        return args.func(args)
+        with cancellable(LEFTOVERS):
+            return args.func(args)
     except InputError as exc:
         print(f"modelpack: error: {exc}", file=sys.stderr)
         return EXIT_INPUT
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as interrupt:
+        return interrupt_exit_code(interrupt)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,10 @@ PACKAGE = "package"
 T = TypeVar("T")
 
 
+#: time for copying in and out around a command's own limit, seconds
+LIFETIME_MARGIN = 10.0
+
+
 @dataclass(frozen=True)
 class StageTimeouts:
     """Time limits per stage of an attempt, seconds. Exceeding one is an infrastructure
@@ -45,6 +49,11 @@ class StageTimeouts:
     push: float = 600.0
     package: float = 1800.0
     pull: float = 600.0
+
+    @property
+    def lifetime(self) -> float:
+        """How long an attempt's workspace may live at most: every stage at its limit."""
+        return self.connect + self.push + self.package + self.pull + LIFETIME_MARGIN
 
 
 def within(limit: float, what: str, action: Callable[[], T], abort: Callable[[], None]) -> T:
@@ -72,7 +81,8 @@ def within(limit: float, what: str, action: Callable[[], T], abort: Callable[[],
     return result
 
 
-def open_within(transport: Transport, environment: str, labels: dict[str, str], limit: float) -> Workspace:
+def open_within(transport: Transport, environment: str, labels: dict[str, str], limit: float,
+                lifetime: float | None = None) -> Workspace:
     """``transport.open`` with a time limit. Opening cannot be interrupted from outside,
     so it runs in a helper thread; a workspace that arrives after the limit is closed."""
     box: dict[str, Any] = {}
@@ -81,7 +91,7 @@ def open_within(transport: Transport, environment: str, labels: dict[str, str], 
 
     def attempt() -> None:
         try:
-            box["workspace"] = transport.open(environment, labels)
+            box["workspace"] = transport.open(environment, labels, lifetime)
         except BaseException as exc:  # handed to the waiting thread
             box["error"] = exc
         finally:
@@ -156,7 +166,7 @@ def run_attempt(
     workspace: Workspace | None = None
     try:
         stage("connect")
-        workspace = open_within(transport, job.target.environment, labels, timeouts.connect)
+        workspace = open_within(transport, job.target.environment, labels, timeouts.connect, timeouts.lifetime)
         on_open(workspace)
         opened = workspace
         provenance = {"host": transport.name, "transport": type(transport).__name__.removesuffix("Transport").lower(),
@@ -225,7 +235,7 @@ def verify_remotely(
 ) -> tuple[bool, str, dict[str, Any] | None]:
     """Self-test a package in a fresh workspace on ``transport``'s host (never the one
     that built it). Returns (passed, message, packager result)."""
-    with transport.open(environment, labels) as workspace:
+    with transport.open(environment, labels, timeout + LIFETIME_MARGIN) as workspace:
         workspace.push({**packager_code(), f"in/{archive.name}": archive})
         code, result = run_packager(workspace, ["verify", f"in/{archive.name}"], timeout, on_line,
                                     staging / "verify.result.json")

@@ -77,3 +77,32 @@ def docker_client():
     if problem:
         unavailable(problem, "MODELPACK_REQUIRE_DOCKER")
     return client
+
+
+def _default_signals() -> None:
+    """In the child before exec: the default disposition for every signal a run is
+    cancelled by. Ignored dispositions survive exec, so a suite started from a
+    background job (SIGINT ignored) would otherwise start builds that cannot be
+    interrupted."""
+    import signal
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
+
+
+def spawn_modelpack(*args: str, cwd: Path, ignore_sigint: bool = False):
+    """``modelpack ARGS`` as a child process with plain signal dispositions (or, with
+    ``ignore_sigint``, SIGINT ignored as a background job of a non-interactive shell
+    starts it), its output merged and line-buffered."""
+    import signal
+    import subprocess
+    import sys
+
+    def prepare() -> None:
+        _default_signals()
+        if ignore_sigint:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, cwd=cwd, preexec_fn=prepare,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})

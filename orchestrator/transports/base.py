@@ -98,8 +98,11 @@ class Transport(ABC):
         """Is the host reachable and ready to build in ``environment``? Never raises."""
 
     @abstractmethod
-    def open(self, environment: str, labels: Mapping[str, str]) -> Workspace:
-        """Create a fresh workspace for the build environment ``environment``."""
+    def open(self, environment: str, labels: Mapping[str, str], lifetime: float | None = None) -> Workspace:
+        """Create a fresh workspace for the build environment ``environment``. With a
+        ``lifetime`` (seconds), a workspace the host can end by itself does so after
+        that long, so that it never outlives a controller that died without cleaning up
+        (a container's main process sleeps only that long)."""
 
     def reap(self) -> list[str]:
         """Remove workspaces that a crashed earlier run left behind; name them. Raises

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import shutil
 import socket
@@ -175,8 +176,8 @@ class DockerTransport(Transport):
         except (TransportError, images.ImageError) as exc:
             return HostStatus(False, str(exc))
 
-    def open(self, environment: str, labels: Mapping[str, str]) -> "DockerWorkspace":
-        return DockerWorkspace(self, self.image_for(environment), labels)
+    def open(self, environment: str, labels: Mapping[str, str], lifetime: float | None = None) -> "DockerWorkspace":
+        return DockerWorkspace(self, self.image_for(environment), labels, lifetime)
 
     def reap(self) -> list[str]:
         """Remove modelpack containers whose controller process on this machine died."""
@@ -194,7 +195,8 @@ class DockerWorkspace(Workspace):
     root = PurePosixPath("/work")
     python = "python"
 
-    def __init__(self, transport: DockerTransport, image: str, labels: Mapping[str, str]) -> None:
+    def __init__(self, transport: DockerTransport, image: str, labels: Mapping[str, str],
+                 lifetime: float | None = None) -> None:
         self._transport = transport
         self._image = image
         self._container: Any = None
@@ -202,9 +204,12 @@ class DockerWorkspace(Workspace):
         client = transport.client()
         try:
             with _infrastructure(f"creating a container from {image} on {transport.name}"):
+                # the main process is the container's lifetime: an orphan (its controller
+                # killed) stops and is removed by the engine once that has passed
                 self._container = client.containers.create(
                     image,
-                    command=["sleep", "infinity"],
+                    command=["sleep", str(math.ceil(lifetime)) if lifetime else "infinity"],
+                    auto_remove=bool(lifetime),
                     labels={LABEL: "1", OWNER: _owner(), **labels},
                     network_mode="none",
                     cap_drop=["ALL"],

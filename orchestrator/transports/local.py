@@ -43,7 +43,7 @@ class LocalTransport(Transport):
         return HostStatus(True, f"this machine ({os_name}/{arch}, Python {sys.version.split()[0]})",
                           arch=arch, emulated=False, facts={"environment_id": f"local:{identity}"})
 
-    def open(self, environment: str, labels: Mapping[str, str]) -> "LocalWorkspace":
+    def open(self, environment: str, labels: Mapping[str, str], lifetime: float | None = None) -> "LocalWorkspace":
         return LocalWorkspace(keep=self.keep_workspaces)
 
 
@@ -54,6 +54,8 @@ class LocalWorkspace(Workspace):
         self._dir = Path(tempfile.mkdtemp(prefix="modelpack-ws-"))
         self._keep = keep
         self.root = PurePosixPath(self._dir.as_posix())
+        #: process groups of commands still running: closing the workspace stops them
+        self._running: set[int] = set()
 
     def push(self, files: Mapping[str, Path]) -> None:
         try:
@@ -73,13 +75,11 @@ class LocalWorkspace(Workspace):
         except OSError as exc:
             raise TransportError(f"starting {argv[0]}: {exc}") from exc
         timed_out = threading.Event()
+        self._running.add(proc.pid)
 
         def cut_off() -> None:
             timed_out.set()
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            _kill_group(proc.pid)
 
         watchdog = threading.Timer(timeout, cut_off)
         watchdog.daemon = True
@@ -95,6 +95,7 @@ class LocalWorkspace(Workspace):
             raise
         finally:
             watchdog.cancel()
+            self._running.discard(proc.pid)
         if timed_out.is_set():
             raise CommandTimeout(f"{argv[0]} exceeded its {timeout:g} s limit and was killed")
         return code
@@ -106,6 +107,8 @@ class LocalWorkspace(Workspace):
         shutil.copyfile(source, dest)
 
     def close(self) -> None:
+        for group in list(self._running):  # a cancelled run: its packager stops with it
+            _kill_group(group)
         if self._keep:
             log.warning("kept %s (--keep)", self._dir)
             return
@@ -113,3 +116,10 @@ class LocalWorkspace(Workspace):
 
     def provenance(self) -> dict[str, Any]:
         return {"python": sys.executable, "emulated": False}
+
+
+def _kill_group(group: int) -> None:
+    try:
+        os.killpg(group, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

@@ -38,7 +38,7 @@ class SimulatedTransport(Transport):
         return HostStatus(True, "simulated host", arch="x86_64", emulated=False,
                           facts={"environment_id": f"simulated:{environment}"})
 
-    def open(self, environment: str, labels: Mapping[str, str]) -> "SimulatedWorkspace":
+    def open(self, environment: str, labels: Mapping[str, str], lifetime: float | None = None) -> "SimulatedWorkspace":
         return SimulatedWorkspace(self)
 
 

@@ -362,7 +362,7 @@ class SshTransport(Transport):
                           emulated=False, arch=facts.get("machine"),
                           facts={"environment_id": "ssh:" + hashlib.sha256(identity.encode()).hexdigest()})
 
-    def open(self, environment: str, labels: Mapping[str, str]) -> "SshWorkspace":
+    def open(self, environment: str, labels: Mapping[str, str], lifetime: float | None = None) -> "SshWorkspace":
         run = labels.get("org.modelpack.run", "")
         answer = self.call("open_workspace", {"prefix": run or "adhoc", "ttl": self.host.lease_ttl,
                                               "controller": socket.gethostname(), "run": run})

@@ -20,11 +20,12 @@ from orchestrator.collect import staging_dir
 from orchestrator.images import image_tag
 from orchestrator.inventory import Host, load_inventory
 from orchestrator.plan import plan
-from orchestrator.execute import StageTimeouts
+from orchestrator.execute import LIFETIME_MARGIN, StageTimeouts
 from orchestrator.scheduler import Scheduler
 from orchestrator.spec import load_spec
 from orchestrator.transports.base import TransportError
 from orchestrator.transports.docker import DockerTransport
+from tests.conftest import spawn_modelpack
 from tests.models import REPO, make_two_tower, renamed_specs, save
 
 LABEL = "org.modelpack"
@@ -138,28 +139,60 @@ def test_hung_packager_is_killed_at_the_timeout_and_cleaned_up(docker_client, tm
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
-def test_sigint_removes_containers_and_exits_130(docker_client, docker_hosts, tmp_path):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", "build", str(REPO / "examples/tinycnn/modelpack.yaml"),
-         "--out", str(tmp_path / "out"), "--hosts", str(docker_hosts)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO,
-    )
+def _until_packaging(proc) -> list[str]:
     seen = []
     for line in proc.stdout:
         seen.append(line)
         if "stage=package" in line:
             break
+    return seen
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_a_signal_removes_containers_and_staging_and_exits_128_plus_it(docker_client, docker_hosts, tmp_path,
+                                                                        signum, code):
+    # CI cancels with SIGTERM (GitLab, Jenkins, Buildkite) or SIGINT; a closed terminal sends SIGHUP
+    proc = spawn_modelpack("build", str(REPO / "examples/tinycnn/modelpack.yaml"), "--out", str(tmp_path / "out"),
+                           "--hosts", str(docker_hosts), "--no-cache", cwd=REPO)
+    seen = _until_packaging(proc)
     assert labelled(docker_client), "a build container should be running now"
-    proc.send_signal(signal.SIGINT)
-    deadline = time.monotonic() + 10
-    code = proc.wait(timeout=15)
-    assert code == 130, "".join(seen) + proc.stdout.read()
-    while labelled(docker_client) and time.monotonic() < deadline:
+    started = time.monotonic()
+    proc.send_signal(signum)
+    assert proc.wait(timeout=15) == code, "".join(seen) + proc.stdout.read()
+    assert time.monotonic() - started < 10
+    while labelled(docker_client) and time.monotonic() < started + 10:
         time.sleep(0.2)
     assert labelled(docker_client) == []
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
     assert not list(tmp_path.glob(".out.modelpack-*")), "staging must be removed"
+
+
+def test_started_with_sigint_ignored_it_keeps_ignoring_it_and_sigterm_still_cancels(docker_client, docker_hosts,
+                                                                                     tmp_path):
+    proc = spawn_modelpack("build", str(REPO / "examples/tinycnn/modelpack.yaml"), "--out", str(tmp_path / "out"),
+                           "--hosts", str(docker_hosts), "--no-cache", cwd=REPO, ignore_sigint=True)
+    seen = _until_packaging(proc)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(1.0)
+    assert proc.poll() is None, "SIGINT ignored at start stays ignored (POSIX): " + "".join(seen)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=15) == 143
+    assert not list(tmp_path.glob(".out.modelpack-*"))
+
+
+def test_a_killed_controllers_container_ends_within_its_lifetime(docker_client, docker_hosts, tmp_path):
+    limits = ["--connect-timeout", "5", "--push-timeout", "5", "--timeout", "5", "--pull-timeout", "5"]
+    proc = spawn_modelpack("build", str(REPO / "examples/tinycnn/modelpack.yaml"), "--out", str(tmp_path / "out"),
+                           "--hosts", str(docker_hosts), "--no-cache", *limits, cwd=REPO)
+    _until_packaging(proc)
+    [container] = labelled(docker_client)
+    proc.kill()  # SIGKILL: no cleanup at all
+    proc.wait(timeout=10)
+    lifetime = 4 * 5 + LIFETIME_MARGIN
+    deadline = time.monotonic() + lifetime + 15
+    while labelled(docker_client) and time.monotonic() < deadline:
+        time.sleep(1.0)
+    assert labelled(docker_client) == [], f"container {container.short_id} outlived its {lifetime:g} s lifetime"
 
 
 @pytest.fixture

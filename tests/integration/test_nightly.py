@@ -5,34 +5,31 @@ watched for partial files."""
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from orchestrator.cli import main
+from tests.conftest import spawn_modelpack
 from tests.integration.conftest import PYTHON
 from tests.models import REPO
 
 SPEC = REPO / "examples" / "tinycnn" / "modelpack.yaml"
 
 
-def test_sigint_during_an_ssh_build_leaves_no_remote_work_directory(sshd, client_key, tmp_path):
-    import os
-    import signal
-    import subprocess
-    import sys
-
+@pytest.mark.parametrize("signum, expected", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_a_signal_during_an_ssh_build_leaves_no_remote_work_directory(sshd, client_key, tmp_path, signum, expected):
     address, host_key, container, _ = sshd
     hosts = tmp_path / "hosts.yaml"
     hosts.write_text(
         "hosts:\n"
         f"  - {{name: ssh, transport: ssh, address: {address}, user: root, key: {client_key[0]},"
         f" host_key: \"{host_key}\", python: {PYTHON}, targets: [linux-x86_64]}}\n")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", "build", str(SPEC), "--out", str(tmp_path / "out"),
-         "--hosts", str(hosts), "--no-cache", "--verbose"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = spawn_modelpack("build", str(SPEC), "--out", str(tmp_path / "out"), "--hosts", str(hosts), "--no-cache",
+                           "--verbose", cwd=REPO)
     seen = []
     for line in proc.stdout:
         seen.append(line)
@@ -41,9 +38,9 @@ def test_sigint_during_an_ssh_build_leaves_no_remote_work_directory(sshd, client
     remote = container.exec_run(["sh", "-c", "ls -d /root/.modelpack/runs/* 2>/dev/null"]).output.split()
     assert remote, "a remote work directory should exist while the packager runs: " + "".join(seen)
     started = time.monotonic()
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     code = proc.wait(timeout=15)
-    assert code == 130, "".join(seen) + proc.stdout.read()
+    assert code == expected, "".join(seen) + proc.stdout.read()
     assert time.monotonic() - started < 10
     running = container.exec_run(["sh", "-c", "pgrep -f [o]rchestrator.packager || true"]).output.split()
     assert running == [], "the remote packager and its workers must be stopped"
