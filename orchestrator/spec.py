@@ -28,7 +28,7 @@ from .packager.signature import ModelError, load_onnx, signature
 from .runtime.checks import content_sha256
 from .targets import TARGETS, Target, known_target
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")  # fullmatch: "$" would let a trailing newline in
 
 
 class _Strict(BaseModel):
@@ -89,7 +89,7 @@ class Gate(_Strict):
             raise ValueError(f"give one criterion, not {' and '.join(given)}")
         if (self.metric is None) != (self.max_drop is None):
             raise ValueError("metric and max_drop go together")
-        if self.metric is not None and not re.match(r"^[^:]+\.py:[A-Za-z_][A-Za-z0-9_]*$", self.metric):
+        if self.metric is not None and not re.fullmatch(r"[^:\n]+\.py:[A-Za-z_][A-Za-z0-9_]*", self.metric):
             raise ValueError("metric must be written FILE.py:FUNCTION")
         return self
 
@@ -172,7 +172,7 @@ class Spec(_Strict):
     def _plain_name(cls, value: Any) -> Any:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             raise ValueError(f"must be a string; quote it in YAML, e.g. \"{value}\"")
-        if isinstance(value, str) and not _NAME.match(value):
+        if isinstance(value, str) and not _NAME.fullmatch(value):
             raise ValueError("may contain only letters, digits, '.', '_', '+' and '-', and must not start with a symbol")
         return value
 

@@ -120,6 +120,16 @@ def verify_files(package_dir: Path, manifest: Mapping[str, Any]) -> None:
                            + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
 
 
+def inside(package_dir: Path, relative: str) -> Path:
+    """``package_dir / relative`` for a path the manifest names, refused unless it stays
+    inside the package: an absolute or ``..`` path would run a file no checksum covers."""
+    root = Path(package_dir).resolve()
+    path = (root / relative).resolve()
+    if not isinstance(relative, str) or Path(relative).is_absolute() or not path.is_relative_to(root) or path == root:
+        raise PackageError(f"{package_dir}: manifest.json names {relative!r}, which is outside the package")
+    return path
+
+
 class Session:
     """A loaded package artifact; ``run`` validates feeds against the signature."""
 
@@ -129,7 +139,7 @@ class Session:
         self.artifact = dict(artifact)
         self.inputs = [TensorSpec.from_json(t) for t in manifest["inputs"]]
         self.outputs = [TensorSpec.from_json(t) for t in manifest["outputs"]]
-        self._runner = open_artifact(artifact["engine"], self.package_dir / artifact["path"],
+        self._runner = open_artifact(artifact["engine"], inside(self.package_dir, artifact["path"]),
                                      artifact.get("runtime", {}))
 
     def _check_feeds(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -167,8 +177,10 @@ class Session:
         tolerance = self.manifest["tolerance"]
         result = Comparison(tolerance["atol"], tolerance["rtol"])
         for size in [{"point": "bench", **samples}, *samples.get("sizes", [])]:
-            feeds = {name: np.load(self.package_dir / rel) for name, rel in size["inputs"].items()}
-            reference = {name: np.load(self.package_dir / rel) for name, rel in size["reference"].items()}
+            feeds = {name: np.load(inside(self.package_dir, rel), allow_pickle=False)
+                     for name, rel in size["inputs"].items()}
+            reference = {name: np.load(inside(self.package_dir, rel), allow_pickle=False)
+                         for name, rel in size["reference"].items()}
             compared = compare_outputs(self.run(feeds), reference, tolerance["atol"], tolerance["rtol"])
             for output in compared.outputs:
                 if size["point"] != "bench":

@@ -146,6 +146,8 @@ def test_invalid_host_fields(capsys, write_spec, out_dir, tmp_path, host, needle
     [
         ({"version": 1.0}, ("version", "quote it")),
         ({"name": "../evil"}, ("name", "may contain only")),
+        ({"name": "abc\n"}, ("name", "may contain only")),
+        ({"version": "1.0\n"}, ("version", "may contain only")),
         ({"targets": []}, ("targets",)),
         ({"compilers": ["tensorrt"]}, ("unknown compiler 'tensorrt'",)),
         ({"compilers": [{"onnxruntime": {"optimisation": "max"}}]}, ("compilers[0].onnxruntime", "unknown option")),

@@ -99,3 +99,21 @@ def test_load_refuses_modified_or_extra_files(unpacked):
     shutil.copyfile(unpacked / "model" / "model.ort", unpacked / "model" / "extra.bin")
     with pytest.raises(PackageError, match="extra.bin: present but not listed"):
         load(unpacked)
+
+
+@pytest.mark.parametrize("where", ["absolute", "parent"])
+def test_manifest_paths_that_leave_the_package_are_refused(unpacked, tmp_path, where):
+    # a hostile manifest pointing at a model (or samples) no checksum covers
+    outside = tmp_path / "outside.onnx"
+    outside.write_bytes((unpacked / "model" / "model.onnx").read_bytes())
+    path = str(outside) if where == "absolute" else "../outside.onnx"
+    _edit_manifest(unpacked, lambda m: m["artifacts"][0].update(path=path))
+    with pytest.raises(PackageError, match="outside the package"):
+        load(unpacked)
+
+
+def test_sample_paths_that_leave_the_package_are_refused(unpacked, tmp_path):
+    np.save(tmp_path / "outside.npy", np.zeros((1, 3, 32, 32), np.float32))
+    _edit_manifest(unpacked, lambda m: m["samples"]["inputs"].update(image="../outside.npy"))
+    with pytest.raises(PackageError, match="outside the package"):
+        load(unpacked).self_test()
