@@ -102,13 +102,23 @@ def _probe(inputs: list[dict[str, Any]], dims: dict[str, list[Dim]], bench: Size
     whole = attempt(groups)
     free, pinned = groups, {}
     if isinstance(whole, str):  # find which dimensions are not free
-        free = []
+        free, failed = [], {}
         for group in groups:
             alone = attempt([group])
             if isinstance(alone, str):
-                pinned.update({f"{n}[{a}]": alone.replace("the probe size", "twice the given size") for n, a in group})
+                name, axis = group[0]
+                failed.setdefault(shapes[name][axis], []).append((group, alone))
             else:
                 free.append(group)
+        for tied in failed.values():
+            # unnamed dimensions the model ties together (a batch shared by an input and
+            # its state) only run doubled together: try those of one size as one group
+            merged = [dim for group, _ in tied for dim in group]
+            if len(tied) > 1 and not isinstance(attempt([*free, merged]), str):
+                free.append(merged)
+                continue
+            for group, reason in tied:
+                pinned.update({f"{n}[{a}]": reason.replace("the probe size", "twice the given size") for n, a in group})
         whole = attempt(free) if free else "no dimension runs at twice its size"
         if isinstance(whole, str) and len(free) > 1:  # free alone, not together: keep the first
             pinned.update({f"{n}[{a}]": f"runs at twice its size only alone: {whole}" for g in free[1:] for n, a in g})

@@ -69,6 +69,9 @@ class NcnnCompiler(BaseCompiler):
             notes.append(f"pnnx could not keep the input sizes dynamic ({unusable}); converted for the"
                          f" benchmark size only")
         proc = self._convert(argv, work)
+        unusable = _unloadable(work / "model.ncnn.param")
+        if unusable:
+            raise CompilerError(f"pnnx converted the model, but ncnn cannot load the result: {unusable}")
         return self._result(work, root, context, options, proc.reproducible, notes)
 
     @staticmethod
@@ -102,10 +105,13 @@ class NcnnCompiler(BaseCompiler):
 
 
 def _unloadable(param: Path) -> str | None:
-    """Why ncnn cannot load a pnnx ``.param`` (a layer pnnx left in its own dialect, such
-    as the shape expressions of a dynamic conversion), or None."""
+    """Why ncnn cannot load a pnnx ``.param``: a layer type ncnn does not have (one pnnx
+    left in its own dialect, such as the shape expressions of a dynamic conversion, or
+    an ONNX op it passed through unconverted), or None."""
+    import ncnn
+
     for line in param.read_text(encoding="utf-8", errors="replace").splitlines()[2:]:
         layer = line.split(maxsplit=1)[0] if line.strip() else ""
-        if layer.startswith("pnnx."):
+        if layer and ncnn.layer_to_index(layer) < 0:
             return f"layer {layer} is not an ncnn layer"
     return None
