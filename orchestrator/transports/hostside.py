@@ -243,9 +243,23 @@ def supervise(params, stdin):
         out.write(str(os.getpid()))
     env = dict(os.environ)
     env.update(params.get("env") or {})
+    if params.get("lifetime"):  # a controller killed outright cannot stop us: end by ourselves
+        timer = threading.Timer(float(params["lifetime"]), _end_own_group)
+        timer.daemon = True
+        timer.start()
     sys.stdout.flush()
     code = subprocess.call(params["argv"], cwd=root, env=env, stdin=subprocess.DEVNULL)
     sys.exit(code)
+
+
+def _end_own_group():
+    """The workspace's lifetime has passed: stop the packager and everything it started
+    (this supervisor leads their process group; on Windows, its process tree)."""
+    if WINDOWS:
+        subprocess.call(["taskkill", "/T", "/F", "/PID", str(os.getpid())],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    else:
+        os.killpg(os.getpid(), signal.SIGKILL)
 
 
 def _stop(root):

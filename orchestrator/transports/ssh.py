@@ -366,7 +366,7 @@ class SshTransport(Transport):
         run = labels.get("org.modelpack.run", "")
         answer = self.call("open_workspace", {"prefix": run or "adhoc", "ttl": self.host.lease_ttl,
                                               "controller": socket.gethostname(), "run": run})
-        return SshWorkspace(self, PurePosixPath(answer["root"]))
+        return SshWorkspace(self, PurePosixPath(answer["root"]), lifetime)
 
     def reap(self) -> list[str]:
         """Workspaces whose lease expired (a crashed run's, or one kept with --keep)."""
@@ -392,9 +392,11 @@ HOSTSIDE_BOOT = _hostside_boot()
 
 
 class SshWorkspace(Workspace):
-    def __init__(self, transport: SshTransport, root: PurePosixPath) -> None:
+    def __init__(self, transport: SshTransport, root: PurePosixPath, lifetime: float | None = None) -> None:
         self._transport = transport
         self.root = root
+        #: when the host stops what runs here by itself (a controller that died cannot)
+        self._deadline = time.monotonic() + lifetime if lifetime else None
         self.python = transport.packager_python()
         self._closed = False
         #: bytes actually sent by push(): what the host did not hold already
@@ -432,7 +434,9 @@ class SshWorkspace(Workspace):
 
     def run(self, argv: list[str], env: Mapping[str, str], timeout: float, on_line: LineSink) -> int:
         t = self._transport
-        line = json.dumps({"workdir": t.host.workdir, "root": str(self.root), "argv": argv, "env": dict(env)})
+        lifetime = max(1.0, self._deadline - time.monotonic()) if self._deadline else None
+        line = json.dumps({"workdir": t.host.workdir, "root": str(self.root), "argv": argv, "env": dict(env),
+                           "lifetime": lifetime})
         pending, status = b"", []
         feed: Feed = lambda send, read_line: send(line.encode() + b"\n")  # noqa: E731
         for chunk in t.stream(t.hostside_command("supervise"), timeout, status, feed):

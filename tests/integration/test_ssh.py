@@ -87,6 +87,20 @@ def test_arguments_arrive_exact_and_large_output_does_not_deadlock(sshd, client_
     assert status == 1, "the work directory is removed on close"
 
 
+def test_a_silent_command_ends_with_its_workspace_lifetime_on_the_host(sshd, client_key):
+    # what a controller killed outright leaves: a packager that prints nothing for a long
+    # compile never meets a closed pipe, so the host must end it by itself
+    address, host_key, container, _ = sshd
+    transport = SshTransport(ssh_host(address, client_key[0], host_key))
+    with transport.open("linux-x86_64", {}, lifetime=3.0) as ws:
+        started = time.monotonic()
+        code = ws.run(["sh", "-c", "sleep 120 & sleep 121; echo never"], {}, 60, lambda line: None)
+        elapsed = time.monotonic() - started
+    assert code != 0 and elapsed < 15, (code, elapsed)
+    left = container.exec_run(["sh", "-c", "pgrep -f 'sleep 12[01]' || true"]).output.split()
+    assert left == [], "the command and what it started are gone"
+
+
 def test_uploads_are_content_addressed_so_unchanged_files_are_not_sent_again(sshd, client_key, tmp_path):
     address, host_key, container, _ = sshd
     transport = SshTransport(ssh_host(address, client_key[0], host_key))
