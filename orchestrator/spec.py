@@ -387,7 +387,7 @@ def _check_gate(path: Path, spec: Spec, outputs: list[dict[str, Any]], evaluatio
     if criterion == "box_recall" and "detections" not in post:
         raise InputError(path, "accelerate.gate.box_recall", "needs the detections function (functions.post), whose"
                          " boxes it compares with the fp32 model's")
-    if criterion == "sequence_agreement" and len(shape) < 3:
+    if criterion == "sequence_agreement" and len(shape) != 3:
         raise InputError(path, "accelerate.gate.sequence_agreement", f"output {read!r} {shape} is not a sequence of"
                          " class scores [batch, steps, classes]; use top1_agreement for a classifier")
     held = held_out_count(_sample_count(evaluation) if evaluation else None,

@@ -127,7 +127,7 @@ def loss_report(outputs: list[dict[str, np.ndarray]], reference: list[dict[str, 
                 overlap = [len(set(_top(g, axis, 5).ravel()) & set(_top(w, axis, 5).ravel())) / 5
                            for g, w in zip(got, want)]
                 entry["top5_overlap"] = round(float(np.mean(overlap)), 6)
-        elif want and want[0].ndim >= 3:
+        elif want and want[0].ndim == 3 and want[0].shape[-1] > 1:  # [batch, steps, classes]
             steps = [(np.argmax(g, -1) == np.argmax(w, -1)) for g, w in zip(got, want)]
             entry["sequence_agreement"] = round(float(np.mean(np.concatenate([s.ravel() for s in steps]))), 6)
         report["outputs"][name] = entry

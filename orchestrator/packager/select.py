@@ -334,6 +334,10 @@ def _task_summary(verdict: dict[str, Any]) -> str:
 
 
 def _gate_summary(accuracy: dict[str, Any]) -> str:
+    held = accuracy.get("held_out") or {}
+    if held and not held["passed"] and all(o["passed"] for o in accuracy["outputs"].values()):
+        return (f"the tolerance fails on {held['failing']} of {held['samples']} held-out samples"
+                f" ({held['first_failure']})")
     parts = []
     for name, o in accuracy["outputs"].items():
         if not o["passed"]:

@@ -132,3 +132,22 @@ def test_box_recall_rejects_an_int8_detector_that_drops_boxes(capsys, write_spec
     assert total > 30 and abs(found / total - gate["value"]) < 1e-6 and gate["value"] < 0.9
     assert int8["held_out"]["box_recall"]["value"] == gate["value"]
     assert manifest["acceleration"]["evaluation"]["source"] == "the spec's evaluation file"
+
+
+def test_the_tolerance_must_hold_on_held_out_samples_not_only_on_the_golden_one(capsys, write_spec, local_hosts,
+                                                                                tmp_path):
+    # an all-zero golden sample quantises exactly: judged on it alone, int8 would pass
+    model = save(make_linear_classifier(spread=1.0), tmp_path / "classifier.onnx")
+    spec = write_spec(model=model, name="tolerance", compilers=["onnxruntime"], samples="golden.npy",
+                      evaluation="evaluation.npz", accelerate={"variants": ["int8-dynamic"]},
+                      select={"benchmark_s": 0.05})
+    np.save(spec.parent / "golden.npy", np.zeros((1, 3, 8, 8), np.float32))
+    np.savez(spec.parent / "evaluation.npz",
+             pixels=np.random.default_rng(8).standard_normal((20, 1, 3, 8, 8)).astype(np.float32))
+    code, manifest, text = build(capsys, spec, local_hosts, tmp_path / "out")
+    assert code == 0, text
+    int8 = next(c for c in manifest["candidates"] if c.get("variant") == "int8-dynamic")
+    assert all(o["passed"] for o in int8["accuracy"]["outputs"].values()), "exact on the golden sample"
+    assert int8["status"] == "rejected", int8
+    assert "held-out samples" in int8["reason"] and int8["accuracy"]["held_out"]["failing"] > 0
+    assert int8["held_out"]["outputs"]["logits"]["max_abs"] > 1e-4
