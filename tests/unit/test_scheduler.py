@@ -31,7 +31,7 @@ class InstrumentedTransport(LocalTransport):
         self.peak = 0
         self._lock = threading.Lock()
 
-    def open(self, environment, labels):
+    def open(self, environment, labels, lifetime=None):
         with self._lock:
             self.opened += 1
         if self.dead:
@@ -184,7 +184,7 @@ class StallingTransport:
     def probe(self, environment):
         return self.inner.probe(environment)
 
-    def open(self, environment, labels):
+    def open(self, environment, labels, lifetime=None):
         if self.stall == "connect":
             time.sleep(30)
         workspace = self.inner.open(environment, labels)
@@ -237,9 +237,11 @@ def test_native_hosts_are_preferred_and_emulated_ones_get_longer_to_package(tmp_
     jobs = plan(specs(tmp_path, TINYCNN, 1))
     env = jobs[0].target.environment
     seen: dict[str, float] = {}
+    lifetimes: dict[str, float] = {}
 
     class Recording(SimulatedTransport):
-        def open(self, environment, labels):
+        def open(self, environment, labels, lifetime=None):
+            lifetimes[self.name] = lifetime
             workspace = super().open(environment, labels)
             original = workspace.run
 
@@ -264,3 +266,6 @@ def test_native_hosts_are_preferred_and_emulated_ones_get_longer_to_package(tmp_
     assert [a.host for a in record.attempts] == ["native"], "a free native host wins over a faster emulated one"
     [record] = run([emulated])
     assert record.status == "built" and seen == {"native": 60, "emulated": 600}
+    limits = StageTimeouts(package=60)
+    assert lifetimes["native"] == limits.lifetime, "a workspace lives for its attempt's stage limits"
+    assert lifetimes["emulated"] == limits.lifetime + 540, "...with the longer packaging limit of emulation"
