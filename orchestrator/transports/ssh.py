@@ -204,9 +204,9 @@ class SshTransport(Transport):
         first. Silence longer than the liveness timeout triggers a liveness check."""
         channel = self.channel()
         channel.set_combine_stderr(combine)
-        channel.exec_command(command)
         deadline = time.monotonic() + timeout
         try:
+            self._exec(channel, command)
             if feed is not None:
                 self._feed(channel, feed)
             channel.settimeout(1.0)
@@ -238,6 +238,24 @@ class SshTransport(Transport):
             raise TransportError(f"{self.name}: connection lost: {exc or type(exc).__name__}") from exc
         finally:
             channel.close()
+
+    def _exec(self, channel: paramiko.Channel, command: str) -> None:
+        """Start ``command``. paramiko waits for the host to accept it with no time limit,
+        so a host cut off just after the channel opened would hold it until TCP gives up;
+        a watchdog drops the connection when the host stops answering, which ends the wait."""
+        started = threading.Event()
+
+        def guard() -> None:
+            while not started.wait(self.liveness_timeout):
+                if not self.alive():
+                    self.drop()
+                    return
+
+        threading.Thread(target=guard, daemon=True, name=f"exec-watchdog-{self.name}").start()
+        try:
+            channel.exec_command(command)
+        finally:
+            started.set()
 
     def _feed(self, channel: paramiko.Channel, feed: Feed) -> None:
         """Write a command's stdin, then close it. A peer that vanished mid-upload leaves
