@@ -16,12 +16,11 @@ import subprocess
 import sys
 import tempfile
 import threading
+from importlib import metadata
 from pathlib import Path, PurePosixPath
 from typing import Any, Mapping
 
 from ..inventory import Host
-from ..packager.platform import TOOLCHAIN
-from ..runtime.engines import installed_version
 from ..runtime.platforms import this_machine
 from .base import CommandTimeout, HostStatus, LineSink, Transport, TransportError, Workspace, disk_problem
 
@@ -37,8 +36,9 @@ class LocalTransport(Transport):
         if problem:
             return HostStatus(False, problem)
         os_name, arch = this_machine()
-        # the environment is this interpreter and its engines: their versions identify it
-        versions = {name: installed_version(name) for name in TOOLCHAIN}
+        # the environment is this interpreter and what is installed in it: every
+        # distribution's version identifies it (engines, converters and their dependencies)
+        versions = sorted((d.metadata["Name"] or "", d.version) for d in metadata.distributions())
         identity = hashlib.sha256(json.dumps([sys.version, versions], sort_keys=True).encode()).hexdigest()
         return HostStatus(True, f"this machine ({os_name}/{arch}, Python {sys.version.split()[0]})",
                           arch=arch, emulated=False, facts={"environment_id": f"local:{identity}"})

@@ -10,7 +10,6 @@ fleet in CI offers (5,000 jobs over 200 hosts). It is not selectable in hosts.ya
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import threading
@@ -18,21 +17,21 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Mapping
 
 from ..inventory import Host
-from ..packager.job import RESULT_FILE, Job, package_filename
-from ..packager.package import write_archive, write_manifest
-from ..runtime.checks import sha256_file
 from .base import HostStatus, LineSink, Transport, TransportError, Workspace
 
-#: seconds a job takes on a host, from the job's name and the host's name
-Duration = Callable[[Job, str], float]
+#: what a simulated host runs in place of the command it is asked to run:
+#: (workspace folder, the files pushed by name, host name, wait) -> exit code, where
+#: ``wait(seconds)`` returns True when the workspace was closed meanwhile. The caller
+#: supplies it (``orchestrator/packager/stand_in.py`` plays the packager), so this
+#: transport, like the real ones, knows nothing of packages.
+Program = Callable[[Path, Mapping[str, Path], str, Callable[[float], bool]], int]
 
 
 class SimulatedTransport(Transport):
-    def __init__(self, host: Host, duration: Duration, fail: Callable[[Job, str], bool] | None = None) -> None:
+    def __init__(self, host: Host, program: Program) -> None:
         self.host = host
         self.name = host.name
-        self._duration = duration
-        self._fail = fail or (lambda job, host: False)
+        self._program = program
 
     def probe(self, environment: str) -> HostStatus:
         return HostStatus(True, "simulated host", arch="x86_64", emulated=False,
@@ -50,27 +49,19 @@ class SimulatedWorkspace(Workspace):
         self._dir = Path(tempfile.mkdtemp(prefix="modelpack-sim-"))
         self.root = PurePosixPath(self._dir.as_posix())
         self._closed = threading.Event()
+        #: pushed files stay where they are: the program reads what it needs of them
+        self._files: dict[str, Path] = {}
 
     def push(self, files: Mapping[str, Path]) -> None:
-        # only the job file matters to the synthetic packager; the rest is not copied
-        if "in/job.json" in files:
-            (self._dir / "in").mkdir(exist_ok=True)
-            shutil.copyfile(files["in/job.json"], self._dir / "in" / "job.json")
+        self._files.update(files)
 
     def run(self, argv: list[str], env: Mapping[str, str], timeout: float, on_line: LineSink) -> int:
-        job = Job.read(self._dir / "in" / "job.json")
-        if self._closed.wait(min(self._transport._duration(job, self._transport.name), timeout)):
-            raise TransportError(f"{self._transport.name}: workspace closed while the job ran")
-        if self._transport._fail(job, self._transport.name):
-            raise TransportError(f"{self._transport.name}: simulated host failure")
-        out = self._dir / "out"
-        out.mkdir(exist_ok=True)
-        archive = out / package_filename(job.name, job.version, job.target.name)
-        _synthetic_package(job, self._dir / "package", archive)
-        result = {"status": "ok", "package": archive.name, "sha256": sha256_file(archive),
-                  "size": archive.stat().st_size, "timings": {}, "selected": {"engine": "simulated"}}
-        (out / RESULT_FILE).write_text(json.dumps(result))
-        return 0
+        t = self._transport
+        code = t._program(self._dir, dict(self._files), t.name,
+                          lambda seconds: self._closed.wait(min(seconds, timeout)))
+        if self._closed.is_set():
+            raise TransportError(f"{t.name}: workspace closed while the job ran")
+        return code
 
     def pull(self, relative: str, dest: Path) -> None:
         source = self._dir / relative
@@ -84,19 +75,3 @@ class SimulatedWorkspace(Workspace):
 
     def provenance(self) -> dict[str, Any]:
         return {"simulated": True, "emulated": False}
-
-
-def _synthetic_package(job: Job, root: Path, archive: Path) -> None:
-    """The smallest package that passes the controller's verification."""
-    (root / "model").mkdir(parents=True)
-    (root / "model" / "model.bin").write_bytes(job.model_sha256.encode())
-    manifest: dict[str, Any] = {
-        "schema_version": 1, "name": job.name, "version": job.version, "target": vars(job.target),
-        "source": {"sha256": job.model_sha256}, "inputs": [], "outputs": [],
-        "artifacts": [{"path": "model/model.bin", "format": "simulated", "engine": "simulated", "role": "primary"}],
-        "engines": {"simulated": {"version": "0"}}, "candidates": [], "selection": {},
-        "selftest": {"passed": True, "artifacts": {}},
-    }
-    write_manifest(root, manifest)
-    write_archive(root, archive)
-    shutil.rmtree(root)

@@ -184,6 +184,7 @@ def test_windows_packages_get_a_deterministic_zip_twin_when_asked(tmp_path):
     from orchestrator.plan import plan
     from orchestrator.scheduler import Scheduler
     from orchestrator.spec import load_spec
+    from orchestrator.packager.stand_in import stand_in
     from orchestrator.transports.simulated import SimulatedTransport
 
     folder = tmp_path / "spec"
@@ -193,7 +194,7 @@ def test_windows_packages_get_a_deterministic_zip_twin_when_asked(tmp_path):
         {"name": "m", "version": "1", "model": "m.onnx", "targets": ["windows-x86_64", "linux-x86_64"], "zip": True}))
     jobs = plan([load_spec(folder / "modelpack.yaml")], None, None)
     host = Host(name="sim", transport="local", targets=["windows-x86_64", "linux-x86_64"])
-    transport = SimulatedTransport(host, lambda job, h: 0.0)
+    transport = SimulatedTransport(host, stand_in(lambda job, h: 0.0))
     out = tmp_path / "out"
     records = Scheduler(jobs, {j.id: [host] for j in jobs}, {"sim": transport}, out, staging_dir(out),
                         run_labels={}).run()

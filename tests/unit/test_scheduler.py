@@ -141,6 +141,7 @@ def test_load_100_jobs_over_4_hosts_with_2_slots_never_oversubscribes(tmp_path):
     more than a host's slots at once, and the run must finish (no deadlock)."""
     import random
 
+    from orchestrator.packager.stand_in import stand_in
     from orchestrator.transports.simulated import SimulatedTransport
     from tests.models import TINYCNN, renamed_specs
 
@@ -148,7 +149,7 @@ def test_load_100_jobs_over_4_hosts_with_2_slots_never_oversubscribes(tmp_path):
     rng = random.Random(7)
     durations = {j.spec.spec.name: rng.uniform(0.01, 0.08) for j in jobs}
     hosts = [Host(name=f"h{i}", transport="local", targets=["linux-x86_64"], slots=2) for i in range(4)]
-    transports = [SimulatedTransport(h, lambda job, host: durations[job.name]) for h in hosts]
+    transports = [SimulatedTransport(h, stand_in(lambda job, host: durations[job.name])) for h in hosts]
     out = tmp_path / "out"
     sched = Scheduler(jobs, {j.id: hosts for j in jobs}, {t.name: t for t in transports}, out, staging_dir(out),
                       run_labels={})
@@ -175,9 +176,10 @@ class StallingTransport:
     """A host that stalls in one stage until its workspace is destroyed (the abort)."""
 
     def __init__(self, name: str, stall: str) -> None:
+        from orchestrator.packager.stand_in import stand_in
         from orchestrator.transports.simulated import SimulatedTransport
 
-        self.inner = SimulatedTransport(host(name), lambda job, h: 0.0)
+        self.inner = SimulatedTransport(host(name), stand_in(lambda job, h: 0.0))
         self.host, self.name, self.stall = self.inner.host, name, stall
         self.closed = threading.Event()
 
@@ -208,12 +210,13 @@ class StallingTransport:
 @pytest.mark.parametrize("stall", ["connect", "push"])
 def test_a_stalled_stage_fails_over_at_its_own_timeout(tmp_path, stall):
     from orchestrator.execute import StageTimeouts
+    from orchestrator.packager.stand_in import stand_in
     from orchestrator.transports.simulated import SimulatedTransport
     from tests.models import TINYCNN
 
     jobs = plan(specs(tmp_path, TINYCNN, 1))
     stuck = StallingTransport("stuck", stall)
-    good = SimulatedTransport(host("good", speed=0.1), lambda job, h: 0.0)  # slower: tried second
+    good = SimulatedTransport(host("good", speed=0.1), stand_in(lambda job, h: 0.0))  # slower: tried second
     out = tmp_path / "out"
     sched = Scheduler(jobs, {jobs[0].id: [stuck.host, good.host]}, {"stuck": stuck, "good": good}, out,
                       staging_dir(out), run_labels={},
@@ -231,6 +234,7 @@ def test_a_stalled_stage_fails_over_at_its_own_timeout(tmp_path, stall):
 
 def test_native_hosts_are_preferred_and_emulated_ones_get_longer_to_package(tmp_path):
     from orchestrator.execute import StageTimeouts
+    from orchestrator.packager.stand_in import stand_in
     from orchestrator.transports.simulated import SimulatedTransport
     from tests.models import TINYCNN
 
@@ -252,8 +256,8 @@ def test_native_hosts_are_preferred_and_emulated_ones_get_longer_to_package(tmp_
             workspace.run = run
             return workspace
 
-    emulated = Recording(host("emulated", speed=50.0), lambda job, h: 0.0)
-    native = Recording(host("native", speed=0.1), lambda job, h: 0.0)
+    emulated = Recording(host("emulated", speed=50.0), stand_in(lambda job, h: 0.0))
+    native = Recording(host("native", speed=0.1), stand_in(lambda job, h: 0.0))
     out = tmp_path / "out"
 
     def run(hosts: list) -> list:
