@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .images import IMAGES_DIR, ImageError, download_wheelhouse, requirement_lists
-from .transports.base import TransportError
 from .runtime.checks import content_sha256
 from .runtime.platforms import normalise_arch, normalise_os
 from .targets import TARGETS

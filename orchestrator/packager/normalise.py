@@ -45,9 +45,6 @@ class Normalised:
     fixed: Path
     record: dict[str, Any] = field(default_factory=dict)
 
-    def model_for(self, fixed_shapes: bool) -> Path:
-        return self.fixed if fixed_shapes else self.dynamic
-
 
 def _copy(model: Any) -> Any:
     import onnx

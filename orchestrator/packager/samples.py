@@ -127,11 +127,6 @@ def _show(dim: Dim) -> str:
     return f"{dim.min}..{dim.max}" if isinstance(dim, DimRange) else str(dim)
 
 
-def concrete_shapes(inputs: list[dict[str, Any]], overrides: Mapping[str, list[Any]]) -> dict[str, list[int]]:
-    """The benchmark size of every input (ranges at their ``bench`` size)."""
-    return shapes_at(resolve_dims(inputs, overrides), "bench")
-
-
 def shapes_at(dims: Mapping[str, list[Dim]], point: str) -> dict[str, list[int]]:
     """Every input's shape with its ranges at ``point``: "min", "bench" or "max"."""
     return {name: [getattr(d, point) if isinstance(d, DimRange) else d for d in ds] for name, ds in dims.items()}
