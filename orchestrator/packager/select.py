@@ -164,7 +164,7 @@ def compile_all(
         compiler = compilers[call.name]
         cid = candidate_id(call, seen) + setting.suffix
         progress(f"compile: {cid} ({number}/{len(calls)})")
-        fixed = bool(getattr(compiler, "fixed_shapes", False)) and setting.fixed_model is not None
+        fixed = compiler.fixed_shapes and setting.fixed_model is not None
         candidate = Candidate(cid, call.name, compiler.engine, dict(call.options), version=compiler.version(),
                               variant=call.variant, functions=setting.functions, call=call, fixed_shapes=fixed)
         candidates.append(candidate)
