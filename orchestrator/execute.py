@@ -12,25 +12,43 @@ The outcome is classified here, because only here are both sides visible:
 from __future__ import annotations
 
 import collections
-import json
 import shutil
 import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from . import __version__
 from .collect import VerificationError, verify_archive
-from .packager.job import EXIT_OK, EXIT_PACKAGE_FAILED, RESULT_FILE, STAGE_MARKER
+from .packager.job import RESULT_FILE, STAGE_MARKER, Outcome, Result
 from .plan import Job, packager_code
 from .transports.base import Transport, TransportError, Workspace
 
 LOG_TAIL = 200
 
-INFRASTRUCTURE = "infrastructure"
-PACKAGE = "package"
+
+class AttemptStatus(StrEnum):
+    """How one attempt ended; the scheduler acts on it (retry elsewhere or not)."""
+
+    RUNNING = "running"
+    OK = "ok"
+    #: the host, the link, or what came back failed: another host may succeed
+    INFRASTRUCTURE = "infrastructure"
+    #: the packager ran and said the model cannot be packaged as instructed
+    PACKAGE = "package"
+
+
+def classify(code: int, result: Result | None) -> AttemptStatus:
+    """The one place a packager run becomes an attempt outcome. A package failure needs
+    both the exit code and the result file to say so; a bad job (the host refused it),
+    a signal, or a run that left no valid result is the host's failure."""
+    if result is not None and code == result.outcome.exit_code:
+        return {Outcome.OK: AttemptStatus.OK, Outcome.FAILED: AttemptStatus.PACKAGE,
+                Outcome.BAD_JOB: AttemptStatus.INFRASTRUCTURE}[result.outcome]
+    return AttemptStatus.INFRASTRUCTURE
 
 T = TypeVar("T")
 
@@ -113,7 +131,7 @@ def open_within(transport: Transport, environment: str, labels: dict[str, str], 
 @dataclass
 class Attempt:
     host: str
-    status: str = "running"  # ok | infrastructure | package
+    status: AttemptStatus = AttemptStatus.RUNNING
     reason: str | None = None
     stages: dict[str, float] = field(default_factory=dict)
     packager_timings: dict[str, float] = field(default_factory=dict)
@@ -180,41 +198,43 @@ def run_attempt(
         code, result = run_packager(workspace, ["build", "in/job.json"], timeouts.package, on_line,
                                     own / "result.json")
         stage("pull")
-        attempt.packager_timings = result.get("timings", {}) if result else {}
-        if code != EXIT_OK:
-            message = (result or {}).get("error") or _last_lines(log) or f"packager exited with code {code}"
-            attempt.status = PACKAGE if code == EXIT_PACKAGE_FAILED and result else INFRASTRUCTURE
-            attempt.reason = message if attempt.status == PACKAGE else f"{transport.name}: {message}"
+        attempt.packager_timings = result.timings if result else {}
+        status = classify(code, result)
+        if status is not AttemptStatus.OK:
+            message = (result and result.error) or _last_lines(log) or f"packager exited with code {code}"
+            attempt.status = status
+            attempt.reason = message if status is AttemptStatus.PACKAGE else f"{transport.name}: {message}"
             return attempt
-        if not result or result.get("package") != job.package_filename:
-            raise TransportError(f"packager reported success but its result names {result and result.get('package')!r}")
+        assert result is not None
+        if result.package != job.package_filename or result.sha256 is None:
+            raise TransportError(f"packager reported success but its result names {result.package!r}")
         staged = own / job.package_filename
-        on_stage(f"pull {_size(result.get('size', 0))}")
+        on_stage(f"pull {_size(result.size or 0)}")
         within(timeouts.pull, f"{transport.name}: pull",
                lambda: opened.pull(f"out/{job.package_filename}", staged), opened.close)
         stage("verify")
-        attempt.manifest = verify_archive(staged, result["sha256"])
-        attempt.staged, attempt.sha256 = staged, result["sha256"]
-        attempt.status = "ok"
+        attempt.manifest = verify_archive(staged, result.sha256)
+        attempt.staged, attempt.sha256 = staged, result.sha256
+        attempt.status = AttemptStatus.OK
     except (TransportError, VerificationError) as exc:
-        attempt.status, attempt.reason = INFRASTRUCTURE, str(exc)
+        attempt.status, attempt.reason = AttemptStatus.INFRASTRUCTURE, str(exc)
     finally:
         stage(None)
         attempt.log_tail = list(log)
         if workspace is not None:
             workspace.close()
         attempt.ended_at = time.time()
-        if attempt.status != "ok":
+        if attempt.status is not AttemptStatus.OK:
             shutil.rmtree(own, ignore_errors=True)
     return attempt
 
 
 def run_packager(
     workspace: Workspace, command: list[str], timeout: float, on_line: Callable[[str], None], result_dest: Path
-) -> tuple[int, dict[str, Any] | None]:
+) -> tuple[int, Result | None]:
     """Run ``python -m orchestrator.packager COMMAND --out out`` in a workspace that
     holds the packager code; return its exit code and its ``result.json`` (None when
-    it wrote none, e.g. because it was killed)."""
+    it wrote none, e.g. because it was killed, or wrote something that is not a result)."""
     code = workspace.run(
         [workspace.python, "-m", "orchestrator.packager", *command, "--out", "out"],
         {"PYTHONPATH": str(workspace.root), "PYTHONDONTWRITEBYTECODE": "1"},
@@ -223,25 +243,24 @@ def run_packager(
     result_dest.unlink(missing_ok=True)
     try:
         workspace.pull(f"out/{RESULT_FILE}", result_dest)
-        data = json.loads(result_dest.read_text(encoding="utf-8"))
-    except (TransportError, ValueError, OSError):
+        return code, Result.from_json(result_dest.read_text(encoding="utf-8"))
+    except (TransportError, ValueError, TypeError, OSError):
         return code, None
-    return code, data if isinstance(data, dict) else None
 
 
 def verify_remotely(
     archive: Path, environment: str, transport: Transport, staging: Path, timeout: float,
     labels: dict[str, str], on_line: Callable[[str], None],
-) -> tuple[bool, str, dict[str, Any] | None]:
+) -> tuple[bool, str, Result | None]:
     """Self-test a package in a fresh workspace on ``transport``'s host (never the one
     that built it). Returns (passed, message, packager result)."""
     with transport.open(environment, labels, timeout + LIFETIME_MARGIN) as workspace:
         workspace.push({**packager_code(), f"in/{archive.name}": archive})
         code, result = run_packager(workspace, ["verify", f"in/{archive.name}"], timeout, on_line,
                                     staging / "verify.result.json")
-    if code == EXIT_OK and result and result.get("status") == "ok":
+    if classify(code, result) is AttemptStatus.OK:
         return True, "self-test passed", result
-    return False, (result or {}).get("error") or f"packager exited with code {code}", result
+    return False, (result and result.error) or f"packager exited with code {code}", result
 
 
 def _size(n: int) -> str:

@@ -20,7 +20,7 @@ from typing import Any, Callable, Protocol
 
 from .cache import PackageCache
 from .collect import publish, zip_from_archive
-from .execute import INFRASTRUCTURE, PACKAGE, Attempt, StageTimeouts, run_attempt
+from .execute import Attempt, AttemptStatus, StageTimeouts, run_attempt
 from .inventory import Host
 from .plan import Job
 from .transports.base import Transport, Workspace
@@ -34,7 +34,7 @@ EMULATION_SLOWDOWN = 10
 class JobRecord:
     job: Job
     status: str = "pending"  # pending | running | built | failed | cancelled
-    failure: str | None = None  # infrastructure | package
+    failure: AttemptStatus | None = None  # INFRASTRUCTURE or PACKAGE
     reason: str | None = None
     attempts: list[Attempt] = field(default_factory=list)
     package: Path | None = None
@@ -309,10 +309,10 @@ class Scheduler:
                         on_open=self._track,
                     )
                 finally:
-                    failed_infra = attempt is None or attempt.status == INFRASTRUCTURE
+                    failed_infra = attempt is None or attempt.status is AttemptStatus.INFRASTRUCTURE
                     self._release(state, attempt.reason if attempt and failed_infra else None)
                 record.attempts.append(attempt)
-                if attempt.status == "ok" and not self.cancelled.is_set():
+                if attempt.status is AttemptStatus.OK and not self.cancelled.is_set():
                     assert attempt.staged is not None and attempt.sha256 is not None
                     key = self._key_for(job, name) if self._cache else None
                     if key:
@@ -322,8 +322,8 @@ class Scheduler:
                     shutil.rmtree(attempt.staged.parent, ignore_errors=True)
                     record.status = "built"
                     return
-                if attempt.status == PACKAGE:
-                    record.status, record.failure, record.reason = "failed", PACKAGE, attempt.reason
+                if attempt.status is AttemptStatus.PACKAGE:
+                    record.status, record.failure, record.reason = "failed", AttemptStatus.PACKAGE, attempt.reason
                     return
                 # infrastructure failure: back off briefly before the next host
                 if self.cancelled.wait(min(0.5 * 2 ** (len(record.attempts) - 1), 5.0)):
@@ -335,7 +335,7 @@ class Scheduler:
             skipped = [h.name for h in self._eligible[job.id] if self._hosts[h.name].disabled and h.name not in tried]
             if skipped:
                 reasons += f"; disabled earlier in this run: {', '.join(skipped)}"
-            record.status, record.failure = "failed", INFRASTRUCTURE
+            record.status, record.failure = "failed", AttemptStatus.INFRASTRUCTURE
             record.reason = f"no host could build it ({reasons})"
         finally:
             record.finished = time.time()

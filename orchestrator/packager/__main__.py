@@ -8,7 +8,6 @@ learns the outcome from data, not from scraping logs; the exit code says the cla
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import traceback
@@ -18,8 +17,8 @@ from typing import Any
 from ..runtime import PackageError
 from ..runtime import load as load_package
 from ..runtime.archive import ArchiveError, extract
-from .build import BadJob, PackageFailed, build
-from .job import EXIT_BAD_JOB, EXIT_OK, EXIT_PACKAGE_FAILED, RESULT_FILE, STAGE_MARKER, Job
+from .build import build
+from .job import RESULT_FILE, STAGE_MARKER, BadJob, Job, Outcome, PackageFailed, Result
 
 
 def _stage(name: str) -> None:
@@ -32,7 +31,7 @@ def _verify(archive: Path) -> dict[str, Any]:
         _stage("extract")
         try:
             extract(archive, Path(tmp))
-        except ArchiveError as exc:
+        except (ArchiveError, OSError) as exc:
             raise BadJob(f"{archive.name}: {exc}") from None
         _stage("selftest")
         first = load_package(tmp)
@@ -60,25 +59,30 @@ def main(argv: list[str] | None = None) -> int:
     args.out = args.out.resolve()  # converters run in their own working folders
     args.out.mkdir(parents=True, exist_ok=True)
 
-    result: dict[str, Any]
     try:
         if args.command == "build":
             job = Job.read(args.job)
-            result = {"status": "ok", **build(job, args.job.resolve().parent, args.out, _stage)}
+            result = Result(Outcome.OK, **build(job, args.job.resolve().parent, args.out, _stage))
         else:
-            result = {"status": "ok", **_verify(args.package)}
-        code = EXIT_OK
-    except (BadJob, ValueError, FileNotFoundError) as exc:
-        result, code = {"status": "bad-job", "error": str(exc)}, EXIT_BAD_JOB
-    except (PackageFailed, PackageError) as exc:
-        result, code = {"status": "failed", "error": str(exc)}, EXIT_PACKAGE_FAILED
-    except Exception as exc:  # an unexpected bug is still a package failure with a trace
-        traceback.print_exc()
-        result, code = {"status": "failed", "error": f"packager crashed: {type(exc).__name__}: {exc}"}, EXIT_PACKAGE_FAILED
-    if code != EXIT_OK:
-        print(f"packager: {result['error']}", file=sys.stderr, flush=True)
-    (args.out / RESULT_FILE).write_text(json.dumps(result, indent=2, sort_keys=True))
-    return code
+            result = Result(Outcome.OK, **_verify(args.package))
+    except Exception as exc:
+        result = Result(*failure(exc))
+        print(f"packager: {result.error}", file=sys.stderr, flush=True)
+    (args.out / RESULT_FILE).write_text(result.to_json())
+    return result.outcome.exit_code
+
+
+def failure(exc: Exception) -> tuple[Outcome, str]:
+    """The one place an exception becomes an outcome. Only a job that does not fit this
+    host (or arrived broken) is a bad job: the controller then tries another host. Any
+    other error, a stray ValueError from NumPy or JSON included, is this model's failure:
+    the same packager would fail the same way anywhere, so no healthy host is blamed."""
+    if isinstance(exc, BadJob):
+        return Outcome.BAD_JOB, str(exc)
+    if isinstance(exc, (PackageFailed, PackageError)):
+        return Outcome.FAILED, str(exc)
+    traceback.print_exc()  # an unexpected bug: the trace goes to the log
+    return Outcome.FAILED, f"packager crashed: {type(exc).__name__}: {exc}"
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from .accelerate import ALWAYS_APPLIED, VARIANTS, VariantError, load_calibration
 from .compilers import OptionsError, parse_options, registry
 from .functions import Resolved, fuse, is_tap, tap_name
 from .functions import resolve as resolve_functions
-from .job import Job, package_filename
+from .job import BadJob, Job, PackageFailed, package_filename
 from .causes import exception_cause
 from .evaluate import GateTensors, sample_digest, save_sample_list, split
 from .golden import Golden, make_golden
@@ -49,14 +49,6 @@ from .signature import ANONYMOUS, load_onnx, opsets, signature
 
 MANIFEST_SCHEMA_VERSION = 1
 BENCHMARK = {"warmup_s": 0.1, "budget_s": 0.4, "min_runs": 5, "max_runs": 100_000}
-
-
-class BadJob(ValueError):
-    """The job itself is wrong (mismatched host, corrupt transfer): exit code 2."""
-
-
-class PackageFailed(RuntimeError):
-    """The model could not be packaged as instructed: exit code 1, not retried."""
 
 
 def _write_samples(root: Path, kind: str, arrays: dict[str, np.ndarray], names: list[str],
@@ -253,6 +245,8 @@ def build(job: Job, in_dir: Path, out_dir: Path, stage: Callable[[str], None]) -
     except platform.PlatformMismatch as exc:
         raise BadJob(str(exc)) from None
     model_path = in_dir / job.model
+    if not model_path.is_file():
+        raise BadJob(f"{job.model}: not in the job's input folder; the transfer was incomplete")
     if sha256_file(model_path) != job.model_sha256:
         raise BadJob(f"{job.model}: sha256 differs from the controller's; the transfer was corrupted")
     compilers = registry()

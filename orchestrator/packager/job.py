@@ -8,17 +8,38 @@ share one definition while the build host needs only the standard library to rea
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 JOB_SCHEMA_VERSION = 1
 RESULT_FILE = "result.json"
 
-#: packager exit codes; anything else (a signal, a crash) is an infrastructure failure
-EXIT_OK = 0
-EXIT_PACKAGE_FAILED = 1
-EXIT_BAD_JOB = 2
+
+class Outcome(str, Enum):
+    """How a packager run ended, as ``result.json`` and the exit code say it. Anything
+    else (a signal, a crash before the result was written) is the host's failure."""
+
+    OK = "ok"
+    #: the model cannot be packaged as instructed; another host would say the same
+    FAILED = "failed"
+    #: the job does not fit this host or arrived broken (platform, checksum, job file)
+    BAD_JOB = "bad-job"
+
+    @property
+    def exit_code(self) -> int:
+        return {Outcome.OK: 0, Outcome.FAILED: 1, Outcome.BAD_JOB: 2}[self]
+
+
+
+class BadJob(ValueError):
+    """The job does not fit this host or arrived broken: exit code 2. Raised only where
+    that is what happened, never for a stray ``ValueError``."""
+
+
+class PackageFailed(RuntimeError):
+    """The model could not be packaged as instructed: exit code 1, not retried."""
 
 
 @dataclass
@@ -78,19 +99,70 @@ class Job:
 
     @classmethod
     def from_json(cls, text: str) -> "Job":
-        data = json.loads(text)
+        """The job from its JSON; raises BadJob naming what is wrong."""
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise BadJob(f"not JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise BadJob("not a JSON object")
         if data.get("schema_version") != JOB_SCHEMA_VERSION:
-            raise ValueError(
-                f"job schema_version {data.get('schema_version')!r} is not {JOB_SCHEMA_VERSION};"
+            raise BadJob(
+                f"schema_version {data.get('schema_version')!r} is not {JOB_SCHEMA_VERSION};"
                 " controller and packager versions differ"
             )
-        data["target"] = JobTarget(**data["target"])
-        data["compilers"] = [CompilerCall(**c) for c in data["compilers"]]
-        return cls(**data)
+        try:
+            data["target"] = JobTarget(**data["target"])
+            data["compilers"] = [CompilerCall(**c) for c in data["compilers"]]
+            return cls(**data)
+        except (KeyError, TypeError) as exc:
+            raise BadJob(f"malformed: {type(exc).__name__}: {exc}") from None
 
     @classmethod
     def read(cls, path: Path) -> "Job":
-        return cls.from_json(Path(path).read_text(encoding="utf-8"))
+        try:
+            return cls.from_json(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise BadJob(f"{path}: cannot be read: {exc}") from None
+        except BadJob as exc:
+            raise BadJob(f"{path}: {exc}") from None
+
+
+@dataclass
+class Result:
+    """``result.json``: what a packager run tells the controller, read as data (never
+    scraped from logs) and validated where it is read."""
+
+    outcome: Outcome
+    error: str | None = None
+    #: a built package: its file name in ``out/``, checksum and size
+    package: str | None = None
+    sha256: str | None = None
+    size: int | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    selftest: dict[str, Any] | None = None
+    selected: dict[str, Any] | None = None
+
+    def to_json(self) -> str:
+        data = {k: v for k, v in asdict(self).items() if v is not None}
+        data["status"] = data.pop("outcome").value
+        return json.dumps(data, indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Result":
+        """Raises ValueError when the text is not a result the packager writes."""
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError("result is not a JSON object")
+        known = {f.name for f in fields(cls)} - {"outcome"}
+        result = cls(Outcome(data.get("status")), **{k: v for k, v in data.items() if k in known})
+        if result.outcome is Outcome.OK and result.package is not None:
+            if not (isinstance(result.package, str) and isinstance(result.sha256, str) and len(result.sha256) == 64
+                    and isinstance(result.size, int)):
+                raise ValueError("a built result needs package, sha256 and size")
+        if not isinstance(result.timings, dict):
+            raise ValueError("timings is not an object")
+        return result
 
 
 def package_filename(name: str, version: str, target: str) -> str:

@@ -8,13 +8,12 @@ scale no real fleet in CI offers (the load test and ``scripts/bench-matrix``).
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from ..runtime.checks import sha256_file
-from .job import EXIT_OK, RESULT_FILE, Job, package_filename
+from .job import RESULT_FILE, Job, Outcome, Result, package_filename
 from .package import write_archive, write_manifest
 
 #: seconds a job takes on a host, from the job and the host's name
@@ -27,15 +26,15 @@ def stand_in(duration: Duration) -> Callable[[Path, Mapping[str, Path], str, Cal
     def program(folder: Path, files: Mapping[str, Path], host: str, wait: Callable[[float], bool]) -> int:
         job = Job.read(files["in/job.json"])
         if wait(duration(job, host)):
-            return EXIT_OK  # the workspace was closed: the transport reports that
+            return Outcome.OK.exit_code  # the workspace was closed: the transport reports that
         out = folder / "out"
         out.mkdir(exist_ok=True)
         archive = out / package_filename(job.name, job.version, job.target.name)
         _synthetic_package(job, folder / "package", archive)
-        result = {"status": "ok", "package": archive.name, "sha256": sha256_file(archive),
-                  "size": archive.stat().st_size, "timings": {}, "selected": {"engine": "simulated"}}
-        (out / RESULT_FILE).write_text(json.dumps(result))
-        return EXIT_OK
+        result = Result(Outcome.OK, package=archive.name, sha256=sha256_file(archive),
+                        size=archive.stat().st_size, selected={"engine": "simulated"})
+        (out / RESULT_FILE).write_text(result.to_json())
+        return result.outcome.exit_code
 
     return program
 

@@ -84,3 +84,66 @@ def test_measurements_under_emulation_are_flagged(tmp_path):
     assert manifest["selection"]["emulated"] is True and "emulation" in manifest["selection"]["note"]
     assert all(row["emulated"] is True for row in manifest["candidates"] if "latency_ms" in row)
     assert len([row for row in manifest["candidates"] if "latency_ms" in row]) == 2
+
+
+def _numpy_value_error() -> None:
+    np = __import__("numpy")
+    np.zeros(3) + np.zeros(4)  # raises ValueError: operands could not be broadcast together
+
+
+def _json_value_error() -> None:
+    json.loads("{not json")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.mark.parametrize("stray", [_numpy_value_error, _json_value_error], ids=["numpy", "json"])
+def test_a_stray_value_error_is_a_package_failure_not_a_bad_job(tmp_path, monkeypatch, stray):
+    """A ValueError from NumPy or JSON inside the packager is a bug or a model problem,
+    not a job that does not match its host: reporting it as a bad job made the controller
+    count it as an infrastructure failure and disable a healthy host (#17)."""
+    from orchestrator.packager import __main__ as entry
+
+    inp = tmp_path / "in"
+    inp.mkdir()
+    (inp / "job.json").write_text(Job(name="t", version="1", target=JobTarget("linux-x86_64", "linux", "x86_64",
+                                                                                  "linux", "x86_64"),
+                                      model="model.onnx", model_sha256="0" * 64, compilers=[], atol=1e-4,
+                                      rtol=1e-3).to_json())
+
+    def build(*args, **kwargs):
+        stray()
+
+    monkeypatch.setattr(entry, "build", build)
+    code = entry.main(["build", str(inp / "job.json"), "--out", str(tmp_path / "out")])
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert (code, result["status"]) == (1, "failed")
+    assert "packager crashed" in result["error"]
+
+
+def test_an_unreadable_job_file_is_a_bad_job(tmp_path):
+    """What the controller sent is broken: that is the host's or the link's business."""
+    from orchestrator.packager import __main__ as entry
+
+    (tmp_path / "job.json").write_text('{"schema_version": 1, "name": "t"')
+    code = entry.main(["build", str(tmp_path / "job.json"), "--out", str(tmp_path / "out")])
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert (code, result["status"]) == (2, "bad-job")
+    assert "job.json" in result["error"]
+
+
+def test_the_controller_blames_the_host_only_when_the_packager_did_not_blame_the_model():
+    """Exit 1 with a result saying so is the model's failure (not retried); a refused
+    job, a result that disagrees with the exit code, or no readable result is the host's."""
+    from orchestrator.execute import AttemptStatus, classify
+    from orchestrator.packager.job import Outcome, Result
+
+    failed = Result.from_json(Result(Outcome.FAILED, error="no candidate passed").to_json())
+    refused = Result.from_json(Result(Outcome.BAD_JOB, error="wrong platform").to_json())
+    assert classify(1, failed) is AttemptStatus.PACKAGE
+    assert classify(2, refused) is AttemptStatus.INFRASTRUCTURE
+    assert classify(-9, failed) is AttemptStatus.INFRASTRUCTURE  # killed after writing: not a verdict
+    assert classify(1, None) is AttemptStatus.INFRASTRUCTURE
+    with pytest.raises(ValueError):
+        Result.from_json('{"status": "ok", "package": "m.tar.gz"}')  # success without a checksum
