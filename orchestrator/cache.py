@@ -26,13 +26,9 @@ from typing import Any, Iterator
 
 from .collect import VerificationError, verify_archive
 from .runtime.checks import sha256_file
+from .storage import write_atomic
 
 ENTRY = "entry.json"
-
-
-def default_root() -> Path:
-    base = os.environ.get("MODELPACK_CACHE") or os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / ("" if os.environ.get("MODELPACK_CACHE") else "modelpack")
 
 
 def cache_key(parts: dict[str, Any]) -> str:
@@ -115,7 +111,4 @@ class DurationHistory:
         if not built:
             return
         self.seconds.update(built)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        scratch = self.path.with_name(f".{self.path.name}.{os.getpid()}")
-        scratch.write_text(json.dumps(self.seconds, sort_keys=True))
-        os.replace(scratch, self.path)
+        write_atomic(self.path, json.dumps(self.seconds, sort_keys=True))

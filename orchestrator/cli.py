@@ -69,10 +69,11 @@ def cmd_build(args: argparse.Namespace) -> int:
     from .plan import plan
     from .report.compare import regressions
     from .report.console import ConsoleEvents
-    from .cache import DurationHistory, PackageCache, default_root
+    from .cache import DurationHistory, PackageCache
     from .report.html import render_report
     from .report.junit import junit_xml
-    from .report.summary import summary, write_atomic, write_json
+    from .report.summary import summary, write_json
+    from .storage import cache_root, write_atomic
     from .scheduler import Scheduler
     from .spec import load_spec
     from .transports import make_transport
@@ -112,8 +113,8 @@ def cmd_build(args: argparse.Namespace) -> int:
             raise InputError(inventory.source, "hosts", f"{job.id}: every host for {job.target.name} would run it"
                              f" under emulation and none has allow_emulation: true")
         eligible[job.id] = allowed
-    cache = None if args.no_cache else PackageCache(args.cache_dir or default_root())
-    history = DurationHistory((args.cache_dir or default_root()) / "durations.json")
+    cache = None if args.no_cache else PackageCache(args.cache_dir or cache_root())
+    history = DurationHistory((args.cache_dir or cache_root()) / "durations.json")
     jobs = history.longest_first(jobs)
 
     def key_for(job: Any, host: str) -> str | None:
@@ -197,7 +198,7 @@ def _read_summary(path: Path) -> dict[str, Any]:
 def cmd_report(args: argparse.Namespace) -> int:
     from .report.compare import regressions
     from .report.html import render_report
-    from .report.summary import write_atomic
+    from .storage import write_atomic
 
     data = _read_summary(args.summary)
     previous = _read_summary(args.compare) if args.compare else None
@@ -398,6 +399,7 @@ def _parse_inputs(values: list[str]) -> dict[str, np.ndarray]:
 def cmd_run(args: argparse.Namespace) -> int:
     from .runtime import PackageError, load
     from .runtime.archive import extract
+    from .storage import write_atomic
 
     _checked_package(args.package)
     feeds = _parse_inputs(args.input)
@@ -410,10 +412,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise InputError(args.package, None, str(exc)) from None
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, partial = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".npz", dir=out.parent)
-    with open(fd, "wb") as stream:
-        np.savez(stream, **outputs)
-    Path(partial).replace(out)
+    write_atomic(out, lambda stream: np.savez(stream, **outputs))
     for name, value in outputs.items():
         dtype = "string" if value.dtype.kind == "U" else str(value.dtype)
         shown = f" = {value.tolist()}" if value.size <= 10 else ""  # labels, top-k, a few boxes
@@ -476,7 +475,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
 
 def cmd_init(args: argparse.Namespace) -> int:
     from .init import render
-    from .report.summary import write_atomic
+    from .storage import write_atomic
     from .spec import load_spec
 
     out = args.output or args.model.with_name("modelpack.yaml")

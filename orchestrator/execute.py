@@ -26,6 +26,7 @@ from .collect import VerificationError, verify_archive
 from .packager.job import RESULT_FILE, STAGE_MARKER, Outcome, Result
 from .plan import Job, packager_code
 from .transports.base import Transport, TransportError, Workspace
+from .transports.watchdog import Watchdog
 
 LOG_TAIL = 200
 
@@ -77,24 +78,14 @@ class StageTimeouts:
 def within(limit: float, what: str, action: Callable[[], T], abort: Callable[[], None]) -> T:
     """Run ``action``; after ``limit`` seconds call ``abort`` (which makes a blocked
     action fail) and report the stage as timed out rather than whatever broke."""
-    fired = threading.Event()
-
-    def expire() -> None:
-        fired.set()
-        abort()
-
-    timer = threading.Timer(limit, expire)
-    timer.daemon = True
-    timer.start()
-    try:
-        result = action()
-    except Exception:
-        if fired.is_set():
-            raise TransportError(f"{what} exceeded its {limit:g} s limit") from None
-        raise
-    finally:
-        timer.cancel()
-    if fired.is_set():
+    with Watchdog(limit, abort) as watchdog:
+        try:
+            result = action()
+        except Exception:
+            if watchdog.fired:
+                raise TransportError(f"{what} exceeded its {limit:g} s limit") from None
+            raise
+    if watchdog.fired:
         raise TransportError(f"{what} exceeded its {limit:g} s limit")
     return result
 

@@ -27,9 +27,9 @@ import docker
 import docker.errors
 
 from .runtime.platforms import normalise_arch
+from .storage import cache_root
 
 IMAGES_DIR = Path(__file__).resolve().parent.parent / "images"
-CACHE_DIR = Path(__file__).resolve().parent.parent / ".cache"
 LABEL_ENV = "org.modelpack.environment"
 LABEL_INPUTS = "org.modelpack.inputs-sha256"
 
@@ -177,7 +177,7 @@ def download_wheelhouse(name: str, lists: list[tuple[list[Path], bool]], python_
         key.update(b"nodeps" if nodeps else b"deps")
         for path in files:
             key.update(path.read_bytes())
-    house = CACHE_DIR / "wheelhouse" / f"{name}-{key.hexdigest()[:16]}"
+    house = cache_root() / "wheelhouse" / f"{name}-{key.hexdigest()[:16]}"
     if (house / ".complete").exists():
         return house
     if house.exists():

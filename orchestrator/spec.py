@@ -18,7 +18,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 from .config import read_yaml, validate
 from .errors import InputError
-from .packager.compilers import OptionsError, parse_options, registry
+from .packager.accelerate import ALWAYS_APPLIED, VARIANTS
+from .packager.compilers import call_problem, registry
 from .packager.functions import FunctionError, package_inputs
 from .packager.functions import resolve as resolve_functions
 from .packager.evaluate import MIN_EVALUATION_SAMPLES, held_out_count
@@ -51,10 +52,7 @@ class SelectPolicy(_Strict):
     benchmark_s: float = Field(0.4, gt=0, le=60, description="timed-run budget per candidate in each of 5 interleaved rounds, seconds")
 
 
-AccelerateVariant = Literal[
-    "simplify", "ort-optimize", "fp16", "int8-dynamic", "int8-static",
-    "openvino-bf16", "openvino-f16", "mnn-fp16", "mnn-weight-int8", "ncnn-fp16",
-]
+AccelerateVariant = Literal[tuple([*ALWAYS_APPLIED, *VARIANTS])]  # type: ignore[valid-type]
 
 
 class Gate(_Strict):
@@ -208,13 +206,9 @@ class Spec(_Strict):
     def _compilers_valid(self) -> "Spec":
         known = registry()
         for index, call in enumerate(self.compiler_calls()):
-            compiler = known.get(call.name)
-            if compiler is None:
-                raise ValueError(f"compilers[{index}]: unknown compiler {call.name!r}; known: {', '.join(known)}")
-            try:
-                parse_options(compiler.options_type, call.options)
-            except (OptionsError, TypeError) as exc:
-                raise ValueError(f"compilers[{index}].{call.name}: {exc}") from None
+            problem = call_problem(call.name, call.options)
+            if problem:
+                raise ValueError(f"compilers[{index}]{'.' if call.name in known else ': '}{problem}")
         calls = self.compiler_calls()
         for target in self.targets:
             able = [c.name for c in calls if target in known[c.name].targets]
@@ -222,8 +216,6 @@ class Spec(_Strict):
                 names = ", ".join(c.name for c in calls)
                 raise ValueError(f"no compiler in the list ({names}) can build for {target}")
         if self.accelerate:
-            from .packager.accelerate import VARIANTS
-
             names = {c.name for c in calls}
             for variant in self.accelerate.variants:
                 if variant in VARIANTS and VARIANTS[variant].compiler not in names:
@@ -261,8 +253,6 @@ class Spec(_Strict):
     def variant_calls(self) -> list[CompilerCall]:
         """One extra candidate per acceleration variant, built by its compiler with the
         baseline's options plus the variant's own."""
-        from .packager.accelerate import VARIANTS
-
         if not self.accelerate:
             return []
         baseline = {c.name: c.options for c in self.compiler_calls()}

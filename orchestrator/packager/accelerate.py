@@ -22,6 +22,8 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from .causes import exception_cause
+
 
 class VariantError(RuntimeError):
     """The transform failed on this model: the candidate fails with this reason."""
@@ -112,9 +114,8 @@ def prepare_for_quantisation(source: Path, dest: Path) -> list[str]:
         quant_pre_process(str(staged), str(dest), skip_symbolic_shape=False)
         notes.append("onnxruntime quantisation pre-processing (shape inference, constant folding)")
     except Exception as exc:  # it is an optimisation: quantise the unprocessed model instead
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         staged.replace(dest)
-        notes.append(f"onnxruntime quantisation pre-processing skipped: {first}")
+        notes.append(f"onnxruntime quantisation pre-processing skipped: {exception_cause(exc)}")
     staged.unlink(missing_ok=True)
     return notes
 
@@ -201,5 +202,4 @@ def transform(name: str, source: Path, dest: Path, calibration: Path | None) -> 
     except VariantError:
         raise
     except Exception as exc:  # quantisers raise anything; the candidate fails with the reason
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise VariantError(f"{name} transform failed: {type(exc).__name__}: {first}") from None
+        raise VariantError(f"{name} transform failed: {type(exc).__name__}: {exception_cause(exc)}") from None

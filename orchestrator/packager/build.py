@@ -24,8 +24,8 @@ from ..runtime.engines import OnnxRuntimeRunner, open_artifact, usable_providers
 from ..runtime.functions import FunctionsRunner, apply_pre
 from . import platform
 from .platform import CompileEnvironment
-from .accelerate import ALWAYS_APPLIED, VARIANTS, VariantError, load_calibration
-from .compilers import OptionsError, parse_options, registry
+from .accelerate import ALWAYS_APPLIED, VariantError, load_calibration
+from .compilers import call_problem, registry
 from .functions import Resolved, fuse, is_tap, tap_name
 from .functions import resolve as resolve_functions
 from .job import BadJob, Job, PackageFailed, package_filename
@@ -251,14 +251,9 @@ def build(job: Job, in_dir: Path, out_dir: Path, stage: Callable[[str], None]) -
         raise BadJob(f"{job.model}: sha256 differs from the controller's; the transfer was corrupted")
     compilers = registry()
     for call in job.compilers:
-        if call.name not in compilers:
-            raise BadJob(f"unknown compiler {call.name!r}")
-        if call.variant is not None and call.variant not in VARIANTS:
-            raise BadJob(f"unknown acceleration variant {call.variant!r}")
-        try:
-            parse_options(compilers[call.name].options_type, call.options)
-        except (OptionsError, TypeError) as exc:
-            raise BadJob(f"compilers.{call.name}: {exc}") from None
+        problem = call_problem(call.name, call.options, call.variant)
+        if problem:
+            raise BadJob(f"compilers: {problem}")
     work = out_dir / "work"
     if work.exists():
         shutil.rmtree(work)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from .causes import root_cause
 from .compilers import Compiler
 from .job import CompilerCall, JobTarget
 from .worker import latency_stats
@@ -113,8 +114,7 @@ def run_worker(kind: str, request: dict[str, Any], folder: Path, timeout: float)
         name = signal.Signals(-proc.returncode).name
         raise WorkerFailed("crashed", f"{kind} crashed the worker process ({name})")
     if not result_path.is_file():
-        tail = " | ".join(proc.stderr.strip().splitlines()[-2:])
-        raise WorkerFailed("crashed", f"{kind} worker exited with code {proc.returncode}: {tail}")
+        raise WorkerFailed("crashed", f"{kind} worker exited with code {proc.returncode}: {root_cause(proc.stderr)}")
     result = json.loads(result_path.read_text())
     if not result.get("ok"):
         raise WorkerFailed("failed", f"{kind} failed: {result.get('error')}")

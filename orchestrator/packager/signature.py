@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from .causes import exception_cause
+
 
 #: how an unnamed dynamic dimension is written; unlike named ones, two of them need not agree
 ANONYMOUS = "?"
@@ -38,8 +40,7 @@ def load_onnx(path: Path) -> Any:
     try:
         onnx.checker.check_model(model)
     except Exception as exc:  # onnx raises its own ValidationError and plain C++ errors
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"ONNX checker rejected the model: {first}") from None
+        raise ModelError(f"ONNX checker rejected the model: {exception_cause(exc)}") from None
     if not tensor_inputs(model):
         raise ModelError("the model has no inputs")
     return model

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from .. import __version__
 from ..scheduler import JobRecord
+from ..storage import write_atomic
 
 
 def summary(records: list[JobRecord], run_id: str, inventory_source: str) -> dict[str, Any]:
@@ -24,20 +23,6 @@ def summary(records: list[JobRecord], run_id: str, inventory_source: str) -> dic
         "counts": counts,
         "jobs": jobs,
     }
-
-
-def write_atomic(path: Path, text: str, scratch: Path | None = None) -> None:
-    """Write via a temporary file and a rename, so a reader never sees half a file.
-    ``scratch`` (on the same filesystem) keeps even the temporary file out of sight."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=scratch or path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_json(path: Path, data: Any, scratch: Path | None = None) -> None:

@@ -36,6 +36,7 @@ from .base import CommandTimeout, HostStatus, LineSink, Transport, TransportErro
 from .emulation import QEMU_CPU, cpuinfo_file
 from .seccomp import SECURITY_OPT
 from .tarstream import pack, unpack_single_file
+from .watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -248,35 +249,30 @@ class DockerWorkspace(Workspace):
             sock = api.exec_start(exec_id, socket=True)
             raw = getattr(sock, "_sock", sock)
             raw.settimeout(None)  # the watchdog below bounds the wait, not the socket
-            timed_out = threading.Event()
 
             def cut_off() -> None:
-                timed_out.set()
                 with contextlib.suppress(*_ERRORS):
                     self._container.kill()
                 with contextlib.suppress(OSError):
                     raw.shutdown(socket.SHUT_RDWR)
 
-            watchdog = threading.Timer(timeout, cut_off)
-            watchdog.daemon = True
-            watchdog.start()
             pending = b""
-            try:
-                for _, payload in frames_iter(sock, tty=False):
-                    pending += payload
-                    *lines, pending = pending.split(b"\n")
-                    for line in lines:
-                        on_line(line.decode("utf-8", "replace"))
-            except OSError:
-                if not timed_out.is_set():
-                    raise
-            finally:
-                watchdog.cancel()
-                with contextlib.suppress(OSError):
-                    sock.close()
+            with Watchdog(timeout, cut_off) as watchdog:
+                try:
+                    for _, payload in frames_iter(sock, tty=False):
+                        pending += payload
+                        *lines, pending = pending.split(b"\n")
+                        for line in lines:
+                            on_line(line.decode("utf-8", "replace"))
+                except OSError:
+                    if not watchdog.fired:
+                        raise
+                finally:
+                    with contextlib.suppress(OSError):
+                        sock.close()
             if pending:
                 on_line(pending.decode("utf-8", "replace"))
-            if timed_out.is_set():
+            if watchdog.fired:
                 raise CommandTimeout(f"{argv[0]} exceeded its {timeout:g} s limit on {self._transport.name} and was killed")
             code = api.exec_inspect(exec_id).get("ExitCode")
             self._container.reload()

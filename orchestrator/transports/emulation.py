@@ -15,6 +15,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..storage import cache_root, write_atomic
+
 #: guest architecture -> qemu CPU model that the engines compute correctly on
 QEMU_CPU = {"aarch64": "cortex-a72"}
 
@@ -39,12 +41,8 @@ def cpuinfo_file(arch: str) -> Path:
     """A cpuinfo file for ``arch`` on this machine, to bind-mount over /proc/cpuinfo."""
     if arch != "aarch64":
         raise ValueError(f"no emulated cpuinfo for {arch}")
-    root = Path(os.environ.get("MODELPACK_CACHE") or Path.home() / ".cache" / "modelpack")
-    path = root / "emulation" / f"cpuinfo-{arch}"
+    path = cache_root() / "emulation" / f"cpuinfo-{arch}"
     text = arm_cpuinfo(os.cpu_count() or 1)
     if not path.is_file() or path.read_text() != text:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        scratch = path.with_name(f".{path.name}.{os.getpid()}")
-        scratch.write_text(text)
-        scratch.replace(path)
+        write_atomic(path, text)
     return path

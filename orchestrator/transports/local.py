@@ -15,13 +15,13 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 from importlib import metadata
 from pathlib import Path, PurePosixPath
 from typing import Any, Mapping
 
 from ..inventory import Host
 from ..runtime.platforms import this_machine
+from .watchdog import Watchdog
 from .base import CommandTimeout, HostStatus, LineSink, Transport, TransportError, Workspace, disk_problem
 
 log = logging.getLogger(__name__)
@@ -74,29 +74,21 @@ class LocalWorkspace(Workspace):
             )
         except OSError as exc:
             raise TransportError(f"starting {argv[0]}: {exc}") from exc
-        timed_out = threading.Event()
         self._running.add(proc.pid)
-
-        def cut_off() -> None:
-            timed_out.set()
-            _kill_group(proc.pid)
-
-        watchdog = threading.Timer(timeout, cut_off)
-        watchdog.daemon = True
-        watchdog.start()
         try:
-            assert proc.stdout is not None
-            for raw in proc.stdout:
-                on_line(raw.decode("utf-8", "replace").rstrip("\n"))
-            code = proc.wait()
-        except BaseException:
-            cut_off()
-            proc.wait()
-            raise
+            with Watchdog(timeout, lambda: _kill_group(proc.pid)) as watchdog:
+                try:
+                    assert proc.stdout is not None
+                    for raw in proc.stdout:
+                        on_line(raw.decode("utf-8", "replace").rstrip("\n"))
+                    code = proc.wait()
+                except BaseException:
+                    _kill_group(proc.pid)
+                    proc.wait()
+                    raise
         finally:
-            watchdog.cancel()
             self._running.discard(proc.pid)
-        if timed_out.is_set():
+        if watchdog.fired:
             raise CommandTimeout(f"{argv[0]} exceeded its {timeout:g} s limit and was killed")
         return code
 

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..causes import root_cause
 from ..job import JobTarget
-from . import Artifact, BaseCompiler, CompileContext, CompileResult, CompilerError, choice
+from .base import Artifact, BaseCompiler, CompileContext, CompileResult, CompilerError, choice
 
 _FORMATS = ("mlprogram", "neuralnetwork")
 _PRECISIONS = ("float32", "float16")
@@ -66,8 +67,8 @@ def xcrun_compile(package: Path, out_dir: Path) -> tuple[Path | None, str]:
                           capture_output=True, text=True)
     compiled = out_dir / (package.stem + ".mlmodelc")
     if proc.returncode != 0 or not compiled.is_dir():
-        tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-2:])
-        return None, f"not compiled: xcrun coremlcompiler failed (code {proc.returncode}): {tail}"
+        cause = root_cause(proc.stderr or proc.stdout)
+        return None, f"not compiled: xcrun coremlcompiler failed (code {proc.returncode}): {cause}"
     return compiled, "compiled with xcrun coremlcompiler"
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .. import reproducible
 from ..job import JobTarget
-from . import Artifact, BaseCompiler, CompileContext, CompileResult, choice, converter_failed
+from .base import Artifact, BaseCompiler, CompileContext, CompileResult, choice, converter_failed
 
 
 @dataclass

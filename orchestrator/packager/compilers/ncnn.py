@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .. import reproducible
 from ..job import JobTarget
-from . import Artifact, BaseCompiler, CompileContext, CompileResult, CompilerError, choice, converter_failed
+from .base import Artifact, BaseCompiler, CompileContext, CompileResult, CompilerError, choice, converter_failed
 
 
 def _pnnx_binary() -> Path | None:

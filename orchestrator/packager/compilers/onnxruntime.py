@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .. import reproducible
 from ..job import JobTarget
-from . import Artifact, BaseCompiler, CompileContext, CompileResult, CompilerError, choice, converter_failed
+from .base import Artifact, BaseCompiler, CompileContext, CompileResult, CompilerError, choice, converter_failed
 
 _LEVELS = ("basic", "extended")
 #: target operating systems whose onnxruntime builds are the reduced mobile ones

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..causes import exception_cause
 from ..job import JobTarget
-from . import Artifact, BaseCompiler, CompileContext, CompileResult, CompilerError, choice
+from .base import Artifact, BaseCompiler, CompileContext, CompileResult, CompilerError, choice
 
 _PRECISIONS = ("f32", "bf16", "f16")
 
