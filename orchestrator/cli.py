@@ -62,6 +62,15 @@ def _probe_all(transports: dict[str, Any], environments: dict[str, list[str]]) -
     return dict(zip(pairs, statuses))
 
 
+def _transport(host: Any) -> Any:
+    """A host's transport; Docker hosts build an image the first time a job needs it."""
+    from .images import on_demand
+    from .transports import make_transport
+
+    return make_transport(host, on_demand(lambda line: print(f"modelpack: {host.name}: {line}", file=sys.stderr,
+                                                              flush=True)))
+
+
 # -- build -----------------------------------------------------------------------------
 def cmd_build(args: argparse.Namespace) -> int:
     from .collect import staging_dir
@@ -76,7 +85,6 @@ def cmd_build(args: argparse.Namespace) -> int:
     from .storage import cache_root, write_atomic
     from .scheduler import Scheduler
     from .spec import load_spec
-    from .transports import make_transport
     from .transports.base import TransportError
 
     specs = [load_spec(p) for p in _spec_files(args.spec)]
@@ -84,7 +92,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     jobs = plan(specs, args.target, args.model)
     eligible = {job.id: eligible_hosts(inventory, job.target, job.required_features) for job in jobs}
     used = {h.name: h for hosts in eligible.values() for h in hosts}
-    transports = {name: make_transport(host) for name, host in used.items()}
+    transports = {name: _transport(host) for name, host in used.items()}
     for transport in transports.values():
         transport.keep_workspaces = args.keep
 
@@ -238,9 +246,8 @@ def cmd_hosts(args: argparse.Namespace) -> int:
     hosts = [h for h in inventory.hosts if h.enabled]
     environments = {h.name: sorted({TARGETS[t].environment for t in h.targets}) for h in hosts}
     ready_hosts = [h for h in hosts if all(rejection(h, TARGETS[t]) is None for t in h.targets)]
-    from .transports import make_transport
 
-    health = _probe_all({h.name: make_transport(h) for h in ready_hosts},
+    health = _probe_all({h.name: _transport(h) for h in ready_hosts},
                         {h.name: environments[h.name] for h in ready_hosts})
     for host in inventory.hosts:
         for target in host.targets:
@@ -272,7 +279,6 @@ def _chosen_hosts(inventory: Any, names: list[str]) -> list[Any]:
 
 def _bootstrap_hosts(inventory: Any, hosts: list[Any], named: bool, wheelhouse: Path | None) -> int:
     from .bootstrap import BootstrapError, bootstrap
-    from .transports import make_transport
     from .transports.base import TransportError
 
     not_ssh = [h.name for h in hosts if h.transport != "ssh"]
@@ -288,7 +294,7 @@ def _bootstrap_hosts(inventory: Any, hosts: list[Any], named: bool, wheelhouse: 
     failed = False
     for host in hosts:
         try:
-            done = bootstrap(make_transport(host), wheelhouse, lambda step: _out(f"{host.name}: {step}"))
+            done = bootstrap(_transport(host), wheelhouse, lambda step: _out(f"{host.name}: {step}"))
         except (BootstrapError, TransportError) as exc:
             _out(f"FAIL {host.name}: {exc}")
             failed = True
@@ -304,13 +310,12 @@ def _mb(size: int) -> str:
 
 
 def _clean_hosts(hosts: list[Any]) -> int:
-    from .transports import make_transport
     from .transports.base import TransportError
 
     failed = False
     for host in hosts:
         try:
-            removed = make_transport(host).reap()
+            removed = _transport(host).reap()
         except TransportError as exc:
             _out(f"FAIL {host.name}: {exc}")
             failed = True
@@ -425,7 +430,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from .execute import verify_remotely
     from .inventory import eligible_hosts
     from .targets import get_target
-    from .transports import make_transport
     from .transports.base import TransportError
 
     manifest = _checked_package(args.package)
@@ -434,7 +438,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     inventory = _inventory(args.hosts)
     failures = []
     for host in eligible_hosts(inventory, target):
-        transport = make_transport(host)
+        transport = _transport(host)
         with tempfile.TemporaryDirectory(prefix="modelpack-verify-") as tmp:
             try:
                 passed, message, _ = verify_remotely(
@@ -474,7 +478,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from .init import render
+    from .scaffold import render
     from .storage import write_atomic
     from .spec import load_spec
 

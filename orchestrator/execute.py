@@ -24,7 +24,7 @@ from typing import Any, Callable, TypeVar
 from . import __version__
 from .collect import VerificationError, verify_archive
 from .packager.job import RESULT_FILE, STAGE_MARKER, Outcome, Result
-from .plan import Job, packager_code
+from .plan import PlannedJob, packager_code
 from .transports.base import Transport, TransportError, Workspace
 from .transports.watchdog import Watchdog
 
@@ -142,7 +142,7 @@ class Attempt:
 
 
 def run_attempt(
-    job: Job,
+    job: PlannedJob,
     transport: Transport,
     staging: Path,
     timeouts: StageTimeouts,

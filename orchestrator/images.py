@@ -20,14 +20,18 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import docker
 import docker.errors
 
 from .runtime.platforms import normalise_arch
 from .storage import cache_root
+from .transports.base import TransportError
 
 IMAGES_DIR = Path(__file__).resolve().parent.parent / "images"
 LABEL_ENV = "org.modelpack.environment"
@@ -102,10 +106,6 @@ class Environment:
 
 def available() -> list[str]:
     return sorted(p.parent.name for p in IMAGES_DIR.glob("*/image.json"))
-
-
-def image_tag(environment: str) -> str:
-    return Environment.load(environment).tag
 
 
 def _exists(client: docker.DockerClient, tag: str) -> bool:
@@ -255,6 +255,43 @@ def build(client: docker.DockerClient, name: str) -> tuple[str, bool]:
 
 
 _DEBIAN_TO_MACHINE = {"amd64": "x86_64", "arm64": "aarch64"}
+
+
+def image_tag(environment: str) -> str:
+    return Environment.load(environment).tag
+
+
+#: one build per tag at a time: parallel preflight checks of hosts on one engine share it
+_BUILDING: dict[str, threading.Lock] = {}
+_BUILDING_GUARD = threading.Lock()
+
+
+def on_demand(progress: Callable[[str], None]) -> Callable[[docker.DockerClient, str], str]:
+    """What the controller hands Docker transports: the tag of an environment's image on
+    an engine, built there first when it is missing (a first run builds only the images
+    its jobs need). Build failures become the host's failure, with the reason."""
+
+    def image_for(client: docker.DockerClient, name: str) -> str:
+        try:
+            env = Environment.load(name)
+        except (OSError, KeyError, ValueError) as exc:
+            raise TransportError(f"no build environment {name!r} in {IMAGES_DIR}: {exc}") from None
+        with _BUILDING_GUARD:
+            lock = _BUILDING.setdefault(env.tag, threading.Lock())
+        with lock:
+            if _exists(client, env.tag):
+                return env.tag
+            started = time.monotonic()
+            progress(f"building image {env.tag} for {name}: first use on this engine (one-off; minutes, longer"
+                     f" under emulation)")
+            try:
+                build(client, name)
+            except (ImageError, docker.errors.DockerException) as exc:
+                raise TransportError(f"building image {env.tag}: {exc}") from None
+            progress(f"built image {env.tag} in {time.monotonic() - started:.0f} s")
+            return env.tag
+
+    return image_for
 
 
 def cannot_run_here(name: str) -> str | None:

@@ -41,7 +41,7 @@ def packager_digest() -> str:
 
 
 @dataclass(frozen=True)
-class Job:
+class PlannedJob:
     spec: LoadedSpec
     target: Target
 
@@ -118,7 +118,7 @@ class Job:
 
 
 def plan(specs: list[LoadedSpec], target_patterns: list[str] | None = None,
-         model_patterns: list[str] | None = None) -> list[Job]:
+         model_patterns: list[str] | None = None) -> list[PlannedJob]:
     """Expand specs into jobs, keeping only targets matching ``target_patterns`` and
     package names matching ``model_patterns`` (globs)."""
     if model_patterns:
@@ -134,7 +134,7 @@ def plan(specs: list[LoadedSpec], target_patterns: list[str] | None = None,
         paths = [str(s.path) for s in specs if s.spec.name in twice]
         raise InputError(paths[0], "name", f"{twice[0]!r} is also the name in {', '.join(paths[1:])}; packages would collide")
     jobs = [
-        Job(spec, target)
+        PlannedJob(spec, target)
         for spec in specs
         for target in spec.targets
         if not target_patterns or any(fnmatch.fnmatchcase(target.name, p) for p in target_patterns)

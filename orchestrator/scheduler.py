@@ -22,7 +22,7 @@ from .cache import PackageCache
 from .collect import publish, zip_from_archive
 from .execute import Attempt, AttemptStatus, StageTimeouts, run_attempt
 from .inventory import Host
-from .plan import Job
+from .plan import PlannedJob
 from .transports.base import Transport, Workspace
 
 
@@ -32,7 +32,7 @@ EMULATION_SLOWDOWN = 10
 
 @dataclass
 class JobRecord:
-    job: Job
+    job: PlannedJob
     status: str = "pending"  # pending | running | built | failed | cancelled
     failure: AttemptStatus | None = None  # INFRASTRUCTURE or PACKAGE
     reason: str | None = None
@@ -150,7 +150,7 @@ class _HostState:
 class Scheduler:
     def __init__(
         self,
-        jobs: list[Job],
+        jobs: list[PlannedJob],
         eligible: dict[str, list[Host]],
         transports: dict[str, Transport],
         out_dir: Path,
@@ -162,7 +162,7 @@ class Scheduler:
         max_parallel: int | None = None,
         disabled: dict[str, str] | None = None,
         cache: PackageCache | None = None,
-        cache_key_for: Callable[[Job, str], str | None] | None = None,
+        cache_key_for: Callable[[PlannedJob, str], str | None] | None = None,
         rebuild: bool = False,
         emulated: set[tuple[str, str]] | None = None,
     ) -> None:
@@ -190,7 +190,7 @@ class Scheduler:
         self.cancelled = threading.Event()
 
     # -- host choice -------------------------------------------------------------
-    def _acquire(self, job: Job, tried: set[str]) -> _HostState | None:
+    def _acquire(self, job: PlannedJob, tried: set[str]) -> _HostState | None:
         """Block until an eligible, healthy, untried host has a free slot; None when
         no such host is left or the run was cancelled."""
         with self._cond:
@@ -212,7 +212,7 @@ class Scheduler:
                     return best
                 self._cond.wait()
 
-    def _is_emulated(self, host: str, job: Job) -> bool:
+    def _is_emulated(self, host: str, job: PlannedJob) -> bool:
         return (host, job.target.environment) in self._emulated
 
     def _release(self, state: _HostState, failure: str | None) -> None:

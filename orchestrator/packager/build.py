@@ -22,8 +22,8 @@ from ..runtime import load as load_package
 from ..runtime.checks import compare_outputs, sha256_file
 from ..runtime.engines import OnnxRuntimeRunner, open_artifact, usable_providers
 from ..runtime.functions import FunctionsRunner, apply_pre
-from . import platform
-from .platform import CompileEnvironment
+from . import environment
+from .environment import CompileEnvironment
 from .accelerate import ALWAYS_APPLIED, VariantError, load_calibration
 from .compilers import call_problem, registry
 from .functions import Resolved, fuse, is_tap, tap_name
@@ -35,7 +35,7 @@ from .golden import Golden, make_golden
 from .normalise import SizeSet, normalise
 from .package import add_runtime, write_archive, write_manifest
 from .samples import input_hints, signature_ranges
-from .select import (
+from .selection import (
     Candidate,
     CompileSetting,
     Measurement,
@@ -241,8 +241,8 @@ def build(job: Job, in_dir: Path, out_dir: Path, stage: Callable[[str], None]) -
 
     stage("platform")
     try:
-        env = platform.detect(job.target)
-    except platform.PlatformMismatch as exc:
+        env = environment.detect(job.target)
+    except environment.PlatformMismatch as exc:
         raise BadJob(str(exc)) from None
     model_path = in_dir / job.model
     if not model_path.is_file():

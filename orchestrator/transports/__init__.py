@@ -3,16 +3,19 @@ and knows nothing about models (see base.py for the interface)."""
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 from ..inventory import Host
 from .base import Transport
 
 
-def make_transport(host: Host) -> Transport:
-    """The transport for an inventory host (imported lazily: each pulls its own SDK)."""
+def make_transport(host: Host, images: Callable[[Any, str], str] | None = None) -> Transport:
+    """The transport for an inventory host (imported lazily: each pulls its own SDK).
+    ``images`` gives Docker hosts their image tag per environment (docker.ImageSource)."""
     if host.transport == "docker":
         from .docker import DockerTransport
 
-        return DockerTransport(host)
+        return DockerTransport(host, images)
     if host.transport == "local":
         from .local import LocalTransport
 

@@ -34,7 +34,6 @@ class CommandTimeout(TransportError):
 class HostStatus:
     reachable: bool
     detail: str
-    arch: str | None = None
     emulated: bool | None = None
     facts: dict[str, Any] = field(default_factory=dict)
 

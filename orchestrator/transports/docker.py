@@ -17,7 +17,7 @@ import shutil
 import socket
 import threading
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import docker
 import docker.constants
@@ -28,7 +28,6 @@ import paramiko
 import requests.exceptions
 from docker.utils.socket import frames_iter
 
-from .. import images
 from ..inventory import Host
 from ..runtime.archive import ArchiveError
 from ..runtime.platforms import normalise_arch
@@ -77,10 +76,16 @@ def _infrastructure(what: str) -> Iterator[None]:
         raise TransportError(f"{what}: {exc}") from exc
 
 
+#: (engine, environment) -> the image tag to run it in; the controller's builds a missing
+#: image first (images.on_demand). Raises TransportError when there is none.
+ImageSource = Callable[[docker.DockerClient, str], str]
+
+
 class DockerTransport(Transport):
-    def __init__(self, host: Host, api_timeout: float = 60.0) -> None:
+    def __init__(self, host: Host, images: ImageSource | None = None, api_timeout: float = 60.0) -> None:
         self.host = host
         self.name = host.name
+        self._images = images
         self._api_timeout = api_timeout
         self._client: docker.DockerClient | None = None
         self._lock = threading.Lock()
@@ -129,7 +134,13 @@ class DockerTransport(Transport):
             raise TransportError(f"{self.name}: TLS settings: {exc}") from None
 
     def image_for(self, environment: str) -> str:
-        return self.host.image or images.image_tag(environment)
+        """The host's own ``image:`` when it names one, else what the controller provides."""
+        if self.host.image:
+            return self.host.image
+        if self._images is None:
+            raise TransportError(f"{self.name}: no image for {environment}: set image: in the hosts file")
+        with _infrastructure(f"providing the {environment} image on {self.name}"):
+            return self._images(self.client(), environment)
 
     def architectures(self, image: str) -> tuple[str, str]:
         """(engine architecture, image architecture); they differ under emulation."""
@@ -164,17 +175,14 @@ class DockerTransport(Transport):
                 try:
                     found = client.images.get(image)
                 except docker.errors.ImageNotFound:
-                    return HostStatus(False, f"engine answers but image {image} is missing; run scripts/build-images",
-                                      arch=arch)
+                    return HostStatus(False, f"engine answers but image {image} is missing")
                 image_arch = normalise_arch(found.attrs.get("Architecture", arch))
                 problem = disk_problem(self.host, _local_free_bytes(client, info), "the engine's data root")
                 if problem:
-                    return HostStatus(False, problem, arch=arch)
-                return HostStatus(True, f"Docker {info.get('ServerVersion', '?')}, image {image}", arch=arch,
-                                  emulated=image_arch != arch,
-                                  facts={"image": image, "image_id": found.id, "image_arch": image_arch,
-                                         "environment_id": found.id})
-        except (TransportError, images.ImageError) as exc:
+                    return HostStatus(False, problem)
+                return HostStatus(True, f"Docker {info.get('ServerVersion', '?')}, image {image}",
+                                  emulated=image_arch != arch, facts={"environment_id": found.id})
+        except TransportError as exc:
             return HostStatus(False, str(exc))
 
     def open(self, environment: str, labels: Mapping[str, str], lifetime: float | None = None) -> "DockerWorkspace":

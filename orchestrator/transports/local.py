@@ -41,7 +41,7 @@ class LocalTransport(Transport):
         versions = sorted((d.metadata["Name"] or "", d.version) for d in metadata.distributions())
         identity = hashlib.sha256(json.dumps([sys.version, versions], sort_keys=True).encode()).hexdigest()
         return HostStatus(True, f"this machine ({os_name}/{arch}, Python {sys.version.split()[0]})",
-                          arch=arch, emulated=False, facts={"environment_id": f"local:{identity}"})
+                          emulated=False, facts={"environment_id": f"local:{identity}"})
 
     def open(self, environment: str, labels: Mapping[str, str], lifetime: float | None = None) -> "LocalWorkspace":
         return LocalWorkspace(keep=self.keep_workspaces)

@@ -34,7 +34,7 @@ class SimulatedTransport(Transport):
         self._program = program
 
     def probe(self, environment: str) -> HostStatus:
-        return HostStatus(True, "simulated host", arch="x86_64", emulated=False,
+        return HostStatus(True, "simulated host", emulated=False,
                           facts={"environment_id": f"simulated:{environment}"})
 
     def open(self, environment: str, labels: Mapping[str, str], lifetime: float | None = None) -> "SimulatedWorkspace":

@@ -377,7 +377,7 @@ class SshTransport(Transport):
         return HostStatus(True, f"ssh {self.host.address} ({self.shell().name}, {facts['os']}/{facts['machine']}),"
                                 f" Python/onnxruntime/numpy {text}" + (f", environment {facts['env_hash'][:12]}"
                                                                         if facts.get("env_hash") else ""),
-                          emulated=False, arch=facts.get("machine"),
+                          emulated=False,
                           facts={"environment_id": "ssh:" + hashlib.sha256(identity.encode()).hexdigest()})
 
     def open(self, environment: str, labels: Mapping[str, str], lifetime: float | None = None) -> "SshWorkspace":

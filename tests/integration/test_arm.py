@@ -21,10 +21,14 @@ from orchestrator.images import cannot_run_here, image_tag
 from orchestrator.inventory import Host
 from orchestrator.runtime.archive import extract
 from orchestrator.transports.docker import DockerTransport
+from orchestrator.images import on_demand
 from tests.conftest import unavailable
 from tests.models import TINYCNN, pypi_model
 
 LABEL = "org.modelpack"
+
+#: builds a missing build image on first use, as the CLI does
+IMAGES = on_demand(lambda line: None)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +63,7 @@ def test_emulated_workspace_sets_up_cpuinfo_and_cpu_model(docker_client_module, 
     qemu 10 here neither failure reproduces, so this checks the set-up and its effect:
     the CPU the engines see is a Cortex-A72, not qemu's unnamed default (implementer 0)."""
     transport = DockerTransport(Host(name="arm", transport="docker", targets=["linux-aarch64"],
-                                     platform="linux/arm64"))
+                                     platform="linux/arm64"), IMAGES)
     probe = ["python", "-c", "import onnxruntime, os; print(onnxruntime.__version__, os.environ.get('QEMU_CPU'));"
              "print(open('/proc/cpuinfo').read())"]
     with transport.open("linux-aarch64", {f"{LABEL}.run": f"arm-{os.getpid()}"}) as ws:

@@ -25,10 +25,14 @@ from orchestrator.scheduler import Scheduler
 from orchestrator.spec import load_spec
 from orchestrator.transports.base import TransportError
 from orchestrator.transports.docker import DockerTransport
+from orchestrator.images import on_demand
 from tests.conftest import spawn_modelpack
 from tests.models import REPO, make_two_tower, renamed_specs, save
 
 LABEL = "org.modelpack"
+
+#: builds a missing build image on first use, as the CLI does
+IMAGES = on_demand(lambda line: None)
 
 
 def labelled(client, run: str | None = None) -> list:
@@ -88,7 +92,7 @@ def _scheduler(spec_path: Path, hosts: Path, out: Path, timeout: float = 600.0, 
     inventory = load_inventory(hosts)
     base = load_spec(spec_path)
     jobs = plan([base] if copies == 1 else renamed_specs(base, copies))
-    transports = {h.name: DockerTransport(h) for h in inventory.hosts}
+    transports = {h.name: DockerTransport(h, IMAGES) for h in inventory.hosts}
     return Scheduler(jobs, {j.id: inventory.hosts for j in jobs}, transports, out, staging_dir(out),
                      run_labels={f"{LABEL}.run": f"test-{os.getpid()}-{time.monotonic_ns()}"},
                      timeouts=StageTimeouts(package=timeout))
@@ -197,7 +201,7 @@ def test_a_killed_controllers_container_ends_within_its_lifetime(docker_client, 
 
 @pytest.fixture
 def workspace(docker_client):
-    transport = DockerTransport(Host(name="raw", transport="docker", targets=["linux-x86_64"]))
+    transport = DockerTransport(Host(name="raw", transport="docker", targets=["linux-x86_64"]), IMAGES)
     with transport.open("linux-x86_64", {f"{LABEL}.run": f"raw-{os.getpid()}"}) as ws:
         yield ws
 
@@ -236,6 +240,24 @@ def test_missing_image_is_explained_by_hosts_check(capsys, docker_client, tmp_pa
     assert main(["hosts", "check", "--hosts", str(hosts)]) == 1
     out = capsys.readouterr().out
     assert "FAIL stale" in out and "modelpack/none:0 is missing" in out
+
+
+def test_a_missing_build_image_is_built_when_a_job_first_needs_it_with_a_progress_line(docker_client):
+    """A first run builds the images its jobs use, and only those (#17: the demo waited
+    ten minutes for an arm64 image it never used). The sshd test environment is built on
+    the x86_64 one, so removing and rebuilding it takes seconds."""
+    tag = image_tag("sshd-test")
+    if any(c.image.tags and tag in c.image.tags for c in docker_client.containers.list(all=True)):
+        pytest.skip(f"{tag} is in use")
+    docker_client.images.remove(tag)
+    lines: list[str] = []
+    transport = DockerTransport(Host(name="fresh", transport="docker", targets=["linux-x86_64"]),
+                                on_demand(lines.append))
+    status = transport.probe("sshd-test")
+    assert status.reachable, status.detail
+    assert docker_client.images.get(tag)
+    assert lines[0].startswith(f"building image {tag} for sshd-test: first use") and lines[1].startswith("built")
+    assert transport.probe("sshd-test").reachable and len(lines) == 2  # built once, not per check
 
 
 def test_containers_of_a_crashed_run_are_reaped_at_start(capsys, docker_client, docker_hosts, tmp_path):

@@ -21,8 +21,12 @@ from cryptography.x509.oid import NameOID
 
 from orchestrator.inventory import Host
 from orchestrator.transports.docker import DockerTransport
+from orchestrator.images import on_demand
 
 DOCKER_SOCKET = "/var/run/docker.sock"
+
+#: builds a missing build image on first use, as the CLI does
+IMAGES = on_demand(lambda line: None)
 
 
 def _certificate(name: str, key, issuer_name: str, issuer_key, ca: bool, ip: str | None = None):
@@ -122,7 +126,7 @@ def assert_builds_through(engine: DockerTransport) -> None:
 
 def remote(port: int, **tls) -> DockerTransport:
     return DockerTransport(Host(name="remote", transport="docker", targets=["linux-x86_64"],
-                                docker_host=f"tcp://127.0.0.1:{port}", **{k: str(v) for k, v in tls.items()}))
+                                docker_host=f"tcp://127.0.0.1:{port}", **{k: str(v) for k, v in tls.items()}), IMAGES)
 
 
 @pytest.mark.skipif(not os.path.exists(DOCKER_SOCKET), reason="needs the engine's unix socket to put TLS in front")
@@ -163,7 +167,7 @@ def test_ssh_engine_needs_a_known_host_key(sshd_with_docker, client_key, tmp_pat
 
     def engine() -> DockerTransport:
         return DockerTransport(Host(name="arm-box", transport="docker", targets=["linux-x86_64"],
-                                    docker_host=f"ssh://root@{address}"))
+                                    docker_host=f"ssh://root@{address}"), IMAGES)
 
     unknown = engine().probe("linux-x86_64")
     assert not unknown.reachable and "not found in known_hosts" in unknown.detail

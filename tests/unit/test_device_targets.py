@@ -28,7 +28,7 @@ from tests.models import TINYCNN
 
 
 def pretend(monkeypatch, machine: tuple[str, str]) -> None:
-    monkeypatch.setattr("orchestrator.packager.platform.this_machine", lambda: machine)
+    monkeypatch.setattr("orchestrator.packager.environment.this_machine", lambda: machine)
     monkeypatch.setattr("orchestrator.runtime.checks.this_machine", lambda: machine)
 
 

@@ -13,7 +13,7 @@ import yaml
 
 from orchestrator.collect import staging_dir
 from orchestrator.inventory import Host
-from orchestrator.plan import Job, plan
+from orchestrator.plan import PlannedJob, plan
 from orchestrator.scheduler import Scheduler
 from orchestrator.spec import load_spec
 from orchestrator.transports.base import TransportError
@@ -66,7 +66,7 @@ def specs(tmp_path: Path, tinycnn: Path, count: int) -> list:
     return loaded
 
 
-def scheduler(jobs: list[Job], transports: list[InstrumentedTransport], out: Path) -> Scheduler:
+def scheduler(jobs: list[PlannedJob], transports: list[InstrumentedTransport], out: Path) -> Scheduler:
     return Scheduler(jobs, {j.id: [t.host for t in transports] for j in jobs},
                      {t.name: t for t in transports}, out, staging_dir(out), run_labels={})
 

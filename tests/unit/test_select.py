@@ -12,7 +12,7 @@ import numpy as np
 
 from orchestrator.packager.compilers import registry
 from orchestrator.packager.job import CompilerCall, JobTarget
-from orchestrator.packager.select import (
+from orchestrator.packager.selection import (
     Candidate, CompileSetting, Measurement, benchmark_all, choose, compile_all, gate_all,
 )
 from tests.models import TINYCNN
