@@ -1,11 +1,11 @@
-"""Reference documentation generated from the pydantic schemas, so it cannot drift.
+"""Reference documentation generated from the schemas, so it cannot drift.
 
-    python -m orchestrator.docs > docs/reference.md
+    python -m orchestrator.docs    # rewrites docs/reference.md and the manifest tables of docs/package-format.md
 """
 
 from __future__ import annotations
 
-import sys
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
@@ -78,5 +78,25 @@ def reference() -> str:
     return "\n".join(out)
 
 
+#: docs/package-format.md is prose down to this line and generated after it
+GENERATED_MARK = "<!-- generated from orchestrator/runtime/manifest.py by python -m orchestrator.docs -->"
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+def package_format(current: str) -> str:
+    """docs/package-format.md with its manifest tables regenerated from the manifest
+    definition (runtime/manifest.py)."""
+    from .runtime.manifest import reference as manifest_reference
+
+    prose = current.split(GENERATED_MARK)[0].rstrip()
+    return f"{prose}\n\n{GENERATED_MARK}\n\n{manifest_reference()}"
+
+
+def main() -> None:
+    (DOCS / "reference.md").write_text(reference())
+    path = DOCS / "package-format.md"
+    path.write_text(package_format(path.read_text()))
+
+
 if __name__ == "__main__":
-    sys.stdout.write(reference())
+    main()

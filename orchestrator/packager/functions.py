@@ -67,10 +67,6 @@ class Resolved:
     def to_json(self) -> dict[str, Any]:
         return {"pre": self.pre, "post": self.post, "runtime": self.runtime, "fallback": self.fallback}
 
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "Resolved":
-        return cls(list(data["pre"]), list(data["post"]), list(data["runtime"]), data["fallback"])
-
 
 def _entry(raw: Any, where: str) -> tuple[str, dict[str, Any]]:
     if isinstance(raw, str):

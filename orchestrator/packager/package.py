@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..runtime import MANIFEST
+from ..runtime.manifest import Manifest
 from ..runtime.checks import sha256_file
 from ..runtime.engines import installed_version
 
@@ -35,6 +36,7 @@ def file_table(root: Path) -> dict[str, str]:
 
 def write_manifest(root: Path, manifest: dict[str, Any]) -> None:
     manifest["files"] = file_table(root)
+    Manifest.from_json(manifest)  # what every reader will check: a packager bug fails here, not on a device
     text = json.dumps(manifest, indent=2, sort_keys=True, allow_nan=True) + "\n"
     (root / MANIFEST).write_text(text, encoding="utf-8")
 

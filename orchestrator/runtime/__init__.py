@@ -28,11 +28,11 @@ from .checks import (
     sha256_file,
 )
 from .engines import ENGINES, EngineUnavailable, installed_version, open_artifact
+from .manifest import Manifest, ManifestError
 
 MANIFEST = "manifest.json"
-SCHEMA_VERSION = 1
 
-__all__ = ["PackageError", "Session", "TensorSpec", "load", "read_manifest", "MANIFEST"]
+__all__ = ["PackageError", "Session", "TensorSpec", "load", "read_manifest", "MANIFEST", "Manifest"]
 
 
 class PackageError(RuntimeError):
@@ -98,11 +98,10 @@ def read_manifest(package_dir: Path) -> dict[str, Any]:
         raise PackageError(f"{path}: not found; this is not a modelpack package") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PackageError(f"{path}: not valid JSON: {exc}") from None
-    if manifest.get("schema_version") != SCHEMA_VERSION:
-        raise PackageError(
-            f"{path}: schema_version {manifest.get('schema_version')!r} is not supported"
-            f" by this runtime (supports {SCHEMA_VERSION})"
-        )
+    try:
+        Manifest.from_json(manifest)
+    except ManifestError as exc:
+        raise PackageError(f"{path}: {exc}") from None
     return manifest
 
 

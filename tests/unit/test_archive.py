@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import re
 import tarfile
 from pathlib import Path
 
@@ -75,14 +76,21 @@ def test_expansion_limit_stops_a_bomb(tmp_path):
         extract(archive, dest, max_bytes=1000)
 
 
-def _package(tmp_path: Path, files: dict[str, bytes], table: dict[str, str] | None = None) -> Path:
+def _package(tmp_path: Path, files: dict[str, bytes], table: dict[str, str] | None = None,
+             **changes) -> Path:
     import hashlib
 
     manifest = {
-        "schema_version": 1, "name": "m", "version": "1", "target": {}, "source": {}, "inputs": [],
-        "outputs": [], "artifacts": [], "selftest": {},
+        "schema_version": 1, "name": "m", "version": "1",
+        "target": {"name": "linux-x86_64", "os": "linux", "arch": "x86_64", "build_os": "linux",
+                   "build_arch": "x86_64"},
+        "source": {"sha256": "0" * 64}, "inputs": [{"name": "x", "dtype": "float32", "shape": [1, 3]}],
+        "outputs": [], "artifacts": [{"path": "model/model.onnx", "format": "onnx", "engine": "onnxruntime",
+                                      "role": "primary"}],
+        "engines": {"onnxruntime": {"version": "1"}}, "selftest": {"passed": True, "artifacts": {}},
         "files": table if table is not None else {k: hashlib.sha256(v).hexdigest() for k, v in files.items()},
     }
+    manifest.update(changes)
     members = [(member("manifest.json"), json.dumps(manifest).encode())]
     members += [(member(name), data) for name, data in files.items()]
     return make_tgz(tmp_path / "pkg.tar.gz", members)
@@ -129,3 +137,27 @@ def test_single_file_transfer_round_trip_and_refusals(tmp_path):
         unpack_single_file([link.getvalue()], "pkg.tar.gz", tmp_path / "x", max_bytes=1 << 20)
     with pytest.raises(ArchiveError, match="exceeds"):
         unpack_single_file([data], "pkg.tar.gz", tmp_path / "y", max_bytes=10)
+
+
+@pytest.mark.parametrize("changes, where", [
+    ({"inputs": [{"name": "x", "shape": [1, 3]}]}, "manifest.inputs[0].dtype: missing"),
+    ({"inputs": [{"name": "x", "dtype": "float32", "shape": "1x3"}]}, "manifest.inputs[0].shape: expected a list"),
+    ({"artifacts": "model/model.onnx"}, "manifest.artifacts: expected a list"),
+    ({"artifacts": []}, "artifacts: empty"),
+    ({"target": {"name": "linux-x86_64"}}, "manifest.target.os: missing"),
+    ({"engines": {"onnxruntime": "1.20"}}, "manifest.engines.onnxruntime: expected an object"),
+    ({"selftest": {"passed": "yes", "artifacts": {}}}, "manifest.selftest.passed: expected bool"),
+    ({"schema_version": 2}, "schema_version: 2 is not supported"),
+])
+def test_a_malformed_manifest_is_one_line_naming_the_key_not_a_crash(tmp_path, capsys, changes, where):
+    """Every reader sees the manifest through one typed definition, checked on read
+    (runtime/manifest.py): a package from a broken or hostile host is refused with the
+    key that is wrong (#17), by inspect (exit 2) as by the controller's verification."""
+    from orchestrator.cli import main
+
+    archive = _package(tmp_path, {"model/model.onnx": b"weights"}, **changes)
+    with pytest.raises(VerificationError, match=re.escape(where)):
+        verify_archive(archive)
+    assert main(["inspect", str(archive)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and where in err[0] and "pkg.tar.gz" in err[0]

@@ -68,4 +68,11 @@ def test_reference_docs_match_the_schemas():
     from orchestrator.docs import reference
 
     assert (REPO / "docs" / "reference.md").read_text() == reference(), \
-        "docs/reference.md is stale: run python -m orchestrator.docs > docs/reference.md"
+        "docs/reference.md is stale: run python -m orchestrator.docs"
+
+
+def test_package_format_docs_match_the_manifest_definition():
+    from orchestrator.docs import package_format
+
+    current = (REPO / "docs" / "package-format.md").read_text()
+    assert current == package_format(current), "docs/package-format.md is stale: run python -m orchestrator.docs"
