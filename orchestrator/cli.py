@@ -14,7 +14,6 @@ import shutil
 import sys
 import tempfile
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -53,15 +52,6 @@ def _local_docker_answers() -> bool:
         return False
 
 
-def _probe_all(transports: dict[str, Any], environments: dict[str, list[str]]) -> dict[tuple[str, str], Any]:
-    """Probe every (host, environment) pair in parallel; a dead host costs one timeout.
-    The transports are the run's own, so an SSH host's connection serves the whole run."""
-    pairs = [(name, env) for name in transports for env in environments[name]]
-    with ThreadPoolExecutor(max_workers=max(1, min(8, len(pairs)))) as pool:
-        statuses = list(pool.map(lambda p: transports[p[0]].probe(p[1]), pairs))
-    return dict(zip(pairs, statuses))
-
-
 def _transport(host: Any) -> Any:
     """A host's transport; Docker hosts build an image the first time a job needs it."""
     from .images import on_demand
@@ -74,8 +64,8 @@ def _transport(host: Any) -> Any:
 # -- build -----------------------------------------------------------------------------
 def cmd_build(args: argparse.Namespace) -> int:
     from .collect import staging_dir
-    from .inventory import eligible_hosts
     from .plan import plan
+    from .preflight import prepare
     from .report.compare import regressions
     from .report.console import ConsoleEvents
     from .cache import DurationHistory, PackageCache
@@ -85,59 +75,24 @@ def cmd_build(args: argparse.Namespace) -> int:
     from .storage import cache_root, write_atomic
     from .scheduler import Scheduler
     from .spec import load_spec
-    from .transports.base import TransportError
 
     specs = [load_spec(p) for p in _spec_files(args.spec)]
     inventory = _inventory(args.hosts)
     jobs = plan(specs, args.target, args.model)
-    eligible = {job.id: eligible_hosts(inventory, job.target, job.required_features) for job in jobs}
-    used = {h.name: h for hosts in eligible.values() for h in hosts}
-    transports = {name: _transport(host) for name, host in used.items()}
-    for transport in transports.values():
-        transport.keep_workspaces = args.keep
-
-    environments: dict[str, list[str]] = {name: [] for name in used}
-    for job in jobs:
-        for host in eligible[job.id]:
-            if job.target.environment not in environments[host.name]:
-                environments[host.name].append(job.target.environment)
-    health = _probe_all(transports, environments)
-    down = {name: status.detail for (name, _), status in health.items() if not status.reachable}
-    for name, detail in down.items():
-        print(f"modelpack: host {name} failed its preflight check and is disabled for this run: {detail}",
-              file=sys.stderr)
-    for name, transport in transports.items():
-        if name not in down:
-            try:
-                for leftover in transport.reap():
-                    print(f"modelpack: removed {leftover} left by an earlier run on {name}", file=sys.stderr)
-            except TransportError as exc:  # leftovers are untidy, not fatal; the build goes on
-                print(f"modelpack: could not look for leftovers on {name}: {exc}", file=sys.stderr)
-    environment_ids = {(name, env): status.facts.get("environment_id") for (name, env), status in health.items()}
-    emulated = {pair for pair, status in health.items() if status.reachable and status.emulated}
-    for job in jobs:  # emulation only where the inventory allows it
-        allowed = [h for h in eligible[job.id] if h.allow_emulation or (h.name, job.target.environment) not in emulated]
-        if not allowed:
-            raise InputError(inventory.source, "hosts", f"{job.id}: every host for {job.target.name} would run it"
-                             f" under emulation and none has allow_emulation: true")
-        eligible[job.id] = allowed
+    run = prepare(jobs, inventory, _transport, args.keep)
     cache = None if args.no_cache else PackageCache(args.cache_dir or cache_root())
     history = DurationHistory((args.cache_dir or cache_root()) / "durations.json")
     jobs = history.longest_first(jobs)
-
-    def key_for(job: Any, host: str) -> str | None:
-        environment_id = environment_ids.get((host, job.target.environment))
-        return job.cache_key(environment_id) if environment_id else None
 
     previous = _read_summary(args.compare) if args.compare else None
     out_dir = Path(args.out)
     staging = staging_dir(out_dir)
     run_id = uuid.uuid4().hex[:12]
     scheduler = Scheduler(
-        jobs, eligible, transports, out_dir, staging,
-        run_labels={"org.modelpack.run": run_id}, disabled=down,
+        jobs, run.eligible, run.transports, out_dir, staging,
+        run_labels={"org.modelpack.run": run_id}, disabled=run.down,
         timeouts=StageTimeouts(args.connect_timeout, args.push_timeout, args.timeout, args.pull_timeout),
-        max_parallel=args.jobs, cache=cache, cache_key_for=key_for, rebuild=args.rebuild, emulated=emulated,
+        max_parallel=args.jobs, cache=cache, cache_key_for=run.cache_key, rebuild=args.rebuild, emulated=run.emulated,
     )
     console = ConsoleEvents(scheduler.records, sys.stdout, verbosity=args.verbosity)
     scheduler.events = console
@@ -247,7 +202,9 @@ def cmd_hosts(args: argparse.Namespace) -> int:
     environments = {h.name: sorted({TARGETS[t].environment for t in h.targets}) for h in hosts}
     ready_hosts = [h for h in hosts if all(rejection(h, TARGETS[t]) is None for t in h.targets)]
 
-    health = _probe_all({h.name: _transport(h) for h in ready_hosts},
+    from .preflight import probe_all
+
+    health = probe_all({h.name: _transport(h) for h in ready_hosts},
                         {h.name: environments[h.name] for h in ready_hosts})
     for host in inventory.hosts:
         for target in host.targets:

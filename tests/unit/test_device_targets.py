@@ -184,8 +184,8 @@ def test_windows_packages_get_a_deterministic_zip_twin_when_asked(tmp_path):
     from orchestrator.plan import plan
     from orchestrator.scheduler import Scheduler
     from orchestrator.spec import load_spec
-    from orchestrator.packager.stand_in import stand_in
-    from orchestrator.transports.simulated import SimulatedTransport
+    from tests.stand_in import stand_in
+    from tests.simulated import SimulatedTransport
 
     folder = tmp_path / "spec"
     folder.mkdir()

@@ -141,8 +141,8 @@ def test_load_100_jobs_over_4_hosts_with_2_slots_never_oversubscribes(tmp_path):
     more than a host's slots at once, and the run must finish (no deadlock)."""
     import random
 
-    from orchestrator.packager.stand_in import stand_in
-    from orchestrator.transports.simulated import SimulatedTransport
+    from tests.stand_in import stand_in
+    from tests.simulated import SimulatedTransport
     from tests.models import TINYCNN, renamed_specs
 
     jobs = plan(renamed_specs(specs(tmp_path, TINYCNN, 1)[0], 100))
@@ -176,8 +176,8 @@ class StallingTransport:
     """A host that stalls in one stage until its workspace is destroyed (the abort)."""
 
     def __init__(self, name: str, stall: str) -> None:
-        from orchestrator.packager.stand_in import stand_in
-        from orchestrator.transports.simulated import SimulatedTransport
+        from tests.stand_in import stand_in
+        from tests.simulated import SimulatedTransport
 
         self.inner = SimulatedTransport(host(name), stand_in(lambda job, h: 0.0))
         self.host, self.name, self.stall = self.inner.host, name, stall
@@ -210,8 +210,8 @@ class StallingTransport:
 @pytest.mark.parametrize("stall", ["connect", "push"])
 def test_a_stalled_stage_fails_over_at_its_own_timeout(tmp_path, stall):
     from orchestrator.execute import StageTimeouts
-    from orchestrator.packager.stand_in import stand_in
-    from orchestrator.transports.simulated import SimulatedTransport
+    from tests.stand_in import stand_in
+    from tests.simulated import SimulatedTransport
     from tests.models import TINYCNN
 
     jobs = plan(specs(tmp_path, TINYCNN, 1))
@@ -234,8 +234,8 @@ def test_a_stalled_stage_fails_over_at_its_own_timeout(tmp_path, stall):
 
 def test_native_hosts_are_preferred_and_emulated_ones_get_longer_to_package(tmp_path):
     from orchestrator.execute import StageTimeouts
-    from orchestrator.packager.stand_in import stand_in
-    from orchestrator.transports.simulated import SimulatedTransport
+    from tests.stand_in import stand_in
+    from tests.simulated import SimulatedTransport
     from tests.models import TINYCNN
 
     jobs = plan(specs(tmp_path, TINYCNN, 1))

@@ -1,4 +1,4 @@
-"""A stand-in for the packager on simulated hosts (``transports/simulated.py``).
+"""A stand-in for the packager on simulated hosts (``tests/simulated.py``).
 
 It waits for a job's simulated duration, then writes the smallest package that passes
 the controller's verification, and its result file, where the real packager would.
@@ -12,9 +12,10 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from ..runtime.checks import sha256_file
-from .job import RESULT_FILE, Job, Outcome, Result, package_filename
-from .package import write_archive, write_manifest
+from orchestrator.runtime.checks import sha256_file
+from orchestrator.runtime.manifest import SCHEMA_VERSION
+from orchestrator.packager.job import RESULT_FILE, Job, Outcome, Result, package_filename
+from orchestrator.packager.package import write_archive, write_manifest
 
 #: seconds a job takes on a host, from the job and the host's name
 Duration = Callable[[Job, str], float]
@@ -44,7 +45,7 @@ def _synthetic_package(job: Job, root: Path, archive: Path) -> None:
     (root / "model").mkdir(parents=True)
     (root / "model" / "model.bin").write_bytes(job.model_sha256.encode())
     manifest: dict[str, Any] = {
-        "schema_version": 1, "name": job.name, "version": job.version, "target": vars(job.target),
+        "schema_version": SCHEMA_VERSION, "name": job.name, "version": job.version, "target": vars(job.target),
         "source": {"sha256": job.model_sha256}, "inputs": [], "outputs": [],
         "artifacts": [{"path": "model/model.bin", "format": "simulated", "engine": "simulated", "role": "primary"}],
         "engines": {"simulated": {"version": "0"}}, "candidates": [], "selection": {},

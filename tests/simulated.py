@@ -16,13 +16,13 @@ import threading
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Mapping
 
-from ..inventory import Host
-from .base import HostStatus, LineSink, Transport, TransportError, Workspace
+from orchestrator.inventory import Host
+from orchestrator.transports.base import HostStatus, LineSink, Transport, TransportError, Workspace
 
 #: what a simulated host runs in place of the command it is asked to run:
 #: (workspace folder, the files pushed by name, host name, wait) -> exit code, where
 #: ``wait(seconds)`` returns True when the workspace was closed meanwhile. The caller
-#: supplies it (``orchestrator/packager/stand_in.py`` plays the packager), so this
+#: supplies it (``tests/stand_in.py`` plays the packager), so this
 #: transport, like the real ones, knows nothing of packages.
 Program = Callable[[Path, Mapping[str, Path], str, Callable[[float], bool]], int]
 
