@@ -317,12 +317,13 @@ class SshTransport(Transport):
             return self.host.python
         return "python"
 
-    def hostside_command(self, operation: str) -> str:
-        return self.shell().command([self.python, "-c", HOSTSIDE_BOOT, operation])
+    def hostside_command(self, operation: str, program: str | None = None) -> str:
+        return self.shell().command([self.python, "-c", program or HOSTSIDE_BOOT, operation])
 
     def call(self, operation: str, params: dict[str, Any], timeout: float = 120.0,
-             payload: Feed | None = None) -> Any:
-        """Run one host-side operation and return its answer."""
+             payload: Feed | None = None, program: str | None = None) -> Any:
+        """Run one host-side operation and return its answer; ``program`` is the host-side
+        program that has it (hostside_program with a caller's operations added)."""
         line = json.dumps({"workdir": self.host.workdir, **params}).encode() + b"\n"
 
         def feed(send: Callable[[bytes | memoryview], None], read_line: Callable[[], str]) -> None:
@@ -331,7 +332,7 @@ class SshTransport(Transport):
                 payload(send, read_line)
 
         status: list[int] = []
-        output = b"".join(self.stream(self.hostside_command(operation), timeout, status, feed))
+        output = b"".join(self.stream(self.hostside_command(operation, program), timeout, status, feed))
         text = output.decode("utf-8", "replace")
         for row in reversed(text.splitlines()):
             if row.startswith(hostside.ERROR):
@@ -392,11 +393,21 @@ class SshTransport(Transport):
         return [f"{self.host.workdir or '~/.modelpack'}/{name}" for name in answer["removed"]]
 
 
-def _hostside_boot() -> str:
-    """``python -c`` text that runs hostside.py. Docstrings are dropped and the rest is
-    compressed to stay well under cmd.exe's 8191-character command line; base64
-    survives every shell dialect as it is."""
+def hostside_program(*extra: Path) -> str:
+    """``python -c`` text that runs hostside.py, with ``extra`` modules added (written to
+    run in its namespace, e.g. bootstrap's): their public functions become operations.
+    Docstrings and relative imports are dropped and the rest is compressed to stay well
+    under cmd.exe's 8191-character command line; base64 survives every shell dialect."""
     tree = ast.parse(Path(hostside.__file__).read_text(encoding="utf-8"))
+    start = [node for node in tree.body if isinstance(node, ast.If)
+             and "__main__" in ast.unparse(node.test)]  # main() runs after every operation is defined
+    tree.body = [node for node in tree.body if node not in start]
+    for module in extra:
+        added = ast.parse(module.read_text(encoding="utf-8"))
+        tree.body += [node for node in added.body if not (isinstance(node, ast.ImportFrom) and node.level)]
+        names = [node.name for node in added.body if isinstance(node, ast.FunctionDef) and not node.name.startswith("_")]
+        tree.body += ast.parse(f"OPERATIONS.update({{{', '.join(f'{n!r}: {n}' for n in names)}}})").body
+    tree.body += start
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
         if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
@@ -406,7 +417,7 @@ def _hostside_boot() -> str:
     return f"import base64,zlib;exec(zlib.decompress(base64.b64decode('{base64.b64encode(source).decode()}')))"
 
 
-HOSTSIDE_BOOT = _hostside_boot()
+HOSTSIDE_BOOT = hostside_program()
 
 
 class SshWorkspace(Workspace):

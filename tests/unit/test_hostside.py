@@ -232,10 +232,13 @@ def verbatim_tokens(text: str) -> list[str]:
 
 
 def test_cmd_hosts_get_the_boot_text_and_operation_byte_exact():
+    from orchestrator.bootstrap import PROGRAM
+
     transport = windows_transport("cmd")
-    line = transport.hostside_command("supervise")
-    assert len(line) < 8191, "cmd.exe refuses longer command lines"
-    assert msvcrt_split(cmd_phase(line)) == ["python", "-c", HOSTSIDE_BOOT, "supervise"]
+    for program, operation in ((HOSTSIDE_BOOT, "supervise"), (PROGRAM, "make_env")):
+        line = transport.hostside_command(operation, program)
+        assert len(line) < 8191, "cmd.exe refuses longer command lines"
+        assert msvcrt_split(cmd_phase(line)) == ["python", "-c", program, operation]
 
 
 def test_boot_text_runs_the_host_side_unchanged():
@@ -253,3 +256,19 @@ def test_windows_paths_on_the_host_side_stay_inside_the_workspace():
         with pytest.raises(hostside.Refused):
             hostside._inside("C:/work/runs/r", bad)
     assert hostside._inside("/w", "in\\model.onnx") == os.path.join("/w", "in", "model.onnx")
+
+
+def test_bootstrap_program_adds_its_environment_builder_to_the_host_side(tmp_path):
+    """Bootstrap ships its own host-side code (bootstrap/hostside_env.py) with the
+    transport's program; the transport's own program does not carry it."""
+    from orchestrator.bootstrap import PROGRAM
+
+    plain = subprocess.run([sys.executable, "-c", HOSTSIDE_BOOT.replace("exec(", "print(", 1)],
+                           capture_output=True, text=True, check=True).stdout
+    with_env = subprocess.run([sys.executable, "-c", PROGRAM.replace("exec(", "print(", 1)],
+                              capture_output=True, text=True, check=True).stdout
+    assert "def make_env(" not in plain and "def make_env(" in with_env
+    done = subprocess.run([sys.executable, "-c", PROGRAM, "make_env"], input=json.dumps(
+        {"workdir": str(tmp_path), "hash": "a" * 64, "wheels": str(tmp_path / "missing")}).encode() + b"\n",
+        capture_output=True)
+    assert done.returncode == 3 and b"missing" in done.stderr  # reached make_env, which found no wheels

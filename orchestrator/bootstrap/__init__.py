@@ -15,14 +15,46 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable, Mapping, Protocol
 
-from .images import IMAGES_DIR, ImageError, download_wheelhouse, requirement_lists
-from .runtime.checks import content_sha256
-from .runtime.platforms import normalise_arch, normalise_os
-from .targets import TARGETS
-from .transports.ssh import SshTransport
+from ..images import IMAGES_DIR, ImageError, download_wheelhouse, requirement_lists
+from ..runtime.checks import content_sha256
+from ..runtime.platforms import normalise_arch, normalise_os
+from ..targets import TARGETS
+from ..transports.ssh import hostside_program
+from . import hostside_env
+
+#: the SSH host-side program with the environment builder added
+PROGRAM = hostside_program(Path(hostside_env.__file__))
+
+
+class WheelWorkspace(Protocol):
+    """Where the wheels go: a workspace whose push sends only what the host lacks."""
+
+    root: PurePosixPath
+    sent_bytes: int
+
+    def push(self, files: Mapping[str, Path]) -> None: ...
+
+    def __enter__(self) -> "WheelWorkspace": ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+class BootstrapHost(Protocol):
+    """What bootstrapping needs of a host: the SSH transport's host-side calls."""
+
+    name: str
+
+    def facts(self) -> dict[str, Any]: ...
+
+    def forget_facts(self) -> None: ...
+
+    def open(self, environment: str, labels: Mapping[str, str], lifetime: float | None = None) -> WheelWorkspace: ...
+
+    def call(self, operation: str, params: dict[str, Any], timeout: float = 120.0, payload: Any = None,
+             program: str | None = None) -> Any: ...
 
 class BootstrapError(RuntimeError):
     """The host cannot be bootstrapped; the message says why."""
@@ -95,7 +127,7 @@ def environment_hash(facts: dict[str, Any], wheels: list[Path]) -> str:
     return digest.hexdigest()
 
 
-def bootstrap(transport: SshTransport, wheelhouse: Path | None = None,
+def bootstrap(transport: BootstrapHost, wheelhouse: Path | None = None,
               on_step: Callable[[str], None] = lambda text: None) -> Bootstrapped:
     """Make ``transport``'s host ready, reusing its environment when the hash matches."""
     facts = transport.facts()
@@ -113,7 +145,8 @@ def bootstrap(transport: SshTransport, wheelhouse: Path | None = None,
     with transport.open(environment, {"org.modelpack.run": "bootstrap"}) as workspace:
         workspace.push({f"wheels/{w.name}": w for w in wheels})
         on_step(f"creating environment {env_hash[:12]}")
-        answer = transport.call("make_env", {"hash": env_hash, "wheels": f"{workspace.root}/wheels"}, timeout=3600)
+        answer = transport.call("make_env", {"hash": env_hash, "wheels": f"{workspace.root}/wheels"}, timeout=3600,
+                                program=PROGRAM)
         sent = workspace.sent_bytes
     transport.forget_facts()
     return Bootstrapped(transport.name, environment, env_hash, answer["reused"], len(wheels), sent, answer["python"])
