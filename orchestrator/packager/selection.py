@@ -12,7 +12,6 @@ byte-reproducible.
 
 from __future__ import annotations
 
-import json
 import shutil
 import signal
 import subprocess
@@ -24,6 +23,7 @@ from typing import Any, Callable
 from .causes import root_cause
 from .compilers import Compiler
 from .job import CompilerCall, JobTarget
+from .messages import CompileRequest, MeasureRequest, WorkerResult
 from .worker import latency_stats
 
 #: within this fraction of the best value, candidates tie and `prefer` decides
@@ -98,10 +98,13 @@ class WorkerFailed(RuntimeError):
         self.status = status
 
 
-def run_worker(kind: str, request: dict[str, Any], folder: Path, timeout: float) -> dict[str, Any]:
+def run_worker(request: CompileRequest | MeasureRequest, folder: Path, timeout: float) -> dict[str, Any]:
+    """Run one step in a worker process; what it found, or WorkerFailed with the reason
+    (a timeout, a crash of the process, or the step's own error)."""
+    kind = request.kind
     folder.mkdir(parents=True, exist_ok=True)
     request_path, result_path = folder / f"{kind}.request.json", folder / f"{kind}.result.json"
-    request_path.write_text(json.dumps(request))
+    request_path.write_text(request.to_json())
     result_path.unlink(missing_ok=True)
     try:
         proc = subprocess.run(
@@ -115,10 +118,13 @@ def run_worker(kind: str, request: dict[str, Any], folder: Path, timeout: float)
         raise WorkerFailed("crashed", f"{kind} crashed the worker process ({name})")
     if not result_path.is_file():
         raise WorkerFailed("crashed", f"{kind} worker exited with code {proc.returncode}: {root_cause(proc.stderr)}")
-    result = json.loads(result_path.read_text())
-    if not result.get("ok"):
-        raise WorkerFailed("failed", f"{kind} failed: {result.get('error')}")
-    return result
+    try:
+        result = WorkerResult.from_json(result_path.read_text())
+    except ValueError as exc:
+        raise WorkerFailed("crashed", f"{kind} worker wrote no valid result: {exc}") from None
+    if result.error is not None:
+        raise WorkerFailed("failed", f"{kind} failed: {result.error}")
+    return result.found
 
 
 def _quiet(message: str) -> None:
@@ -180,13 +186,11 @@ def compile_all(
         if root.exists():
             shutil.rmtree(root)
         model = setting.fixed_model if fixed else setting.model
-        request = {"compiler": call.name, "options": call.options, "model": str(model), "root": str(root),
-                   "target": vars(target), "inputs": setting.inputs, "outputs": setting.outputs,
-                   "alternate_inputs": None if fixed else setting.alternate_inputs,
-                   "variant": call.variant,
-                   "calibration": str(setting.calibration) if setting.calibration else None}
+        request = CompileRequest(call.name, call.options, str(model), str(root), vars(target), setting.inputs,
+                                 setting.outputs, None if fixed else setting.alternate_inputs, call.variant,
+                                 str(setting.calibration) if setting.calibration else None)
         try:
-            result = run_worker("compile", request, work / f"{folder}.worker", timeout)
+            result = run_worker(request, work / f"{folder}.worker", timeout)
         except WorkerFailed as exc:
             candidate.status, candidate.reason = exc.status, str(exc)
             continue
@@ -222,13 +226,12 @@ class Measurement:
     #: what the gates read (evaluate.GateTensors as JSON)
     tensors: dict[str, Any] = field(default_factory=dict)
 
-    def request(self, c: Candidate, artifact: dict[str, Any], bench: dict[str, Any] | None) -> dict[str, Any]:
+    def request(self, c: Candidate, artifact: dict[str, Any], bench: dict[str, Any] | None) -> MeasureRequest:
         sizes = self.sizes[:1] if (bench or c.fixed_shapes) else self.sizes
         judged = bool(c.variant) and not bench
-        return {"root": str(c.root), "artifact": artifact, "sizes": sizes,
-                "atol": self.atol, "rtol": self.rtol, "benchmark": bench, "variant": c.variant,
-                "gate": self.gate if judged else None, "evaluation": self.evaluation if judged else None,
-                "metric_file": self.metric_file, "tensors": self.tensors}
+        return MeasureRequest(str(c.root), artifact, sizes, self.atol, self.rtol, bench, c.variant,
+                              self.gate if judged else None, self.evaluation if judged else None,
+                              self.metric_file, self.tensors)
 
 
 def gate_all(candidates: list[Candidate], measurement: Measurement, work: Path, timeout: float,
@@ -240,7 +243,7 @@ def gate_all(candidates: list[Candidate], measurement: Measurement, work: Path, 
         runnable = [a for a in c.artifacts if a["role"] in ("primary", "alternate")]
         folder = work / f"{c.id.replace('+', '_')}.gate"
         try:
-            checks = {a["path"]: run_worker("measure", measurement.request(c, a, None), folder, timeout)
+            checks = {a["path"]: run_worker(measurement.request(c, a, None), folder, timeout)
                       for a in runnable}
         except WorkerFailed as exc:
             c.status, c.reason = exc.status, str(exc)
@@ -297,7 +300,7 @@ def benchmark_all(candidates: list[Candidate], measurement: Measurement, work: P
         for c in (c for c in candidates if c.status == "passed"):
             progress(f"select: benchmark {c.id} (round {round_number}/{rounds})")
             try:
-                result = run_worker("measure", measurement.request(c, c.artifacts[0], benchmark),
+                result = run_worker(measurement.request(c, c.artifacts[0], benchmark),
                                     work / f"{c.id.replace('+', '_')}.bench", timeout)
             except WorkerFailed as exc:
                 c.status, c.reason = exc.status, f"benchmark: {exc}"

@@ -10,7 +10,6 @@ in a child with a time limit, and a crash becomes one row in the candidates tabl
 from __future__ import annotations
 
 import importlib.util
-import json
 import statistics
 import sys
 import time
@@ -27,23 +26,24 @@ from .causes import exception_cause
 from .compilers import CompileContext, parse_options, registry
 from .evaluate import GateTensors, load_sample_list, loss_report, task_verdict
 from .job import JobTarget
+from .messages import CompileRequest, MeasureRequest, WorkerResult
 
 
-def compile_candidate(request: dict[str, Any]) -> dict[str, Any]:
+def compile_candidate(request: CompileRequest) -> dict[str, Any]:
     """Compile one candidate; an acceleration variant's ONNX transform runs first."""
-    compiler = registry()[request["compiler"]]
-    options = parse_options(compiler.options_type, request["options"])
-    context = CompileContext(request["inputs"], request["outputs"], request.get("alternate_inputs"))
-    model, root = Path(request["model"]), Path(request["root"])
+    compiler = registry()[request.compiler]
+    options = parse_options(compiler.options_type, request.options)
+    context = CompileContext(request.inputs, request.outputs, request.alternate_inputs)
+    model, root = Path(request.model), Path(request.root)
     notes: list[str] = []
-    variant = VARIANTS.get(request.get("variant") or "")
+    variant = VARIANTS.get(request.variant or "")
     if variant is not None and variant.transform:
         root.mkdir(parents=True, exist_ok=True)
         transformed = root.parent / f"{root.name}.variant.onnx"
-        calibration = request.get("calibration")
+        calibration = request.calibration
         notes = transform(variant.transform, model, transformed, Path(calibration) if calibration else None)
         model = transformed
-    result = compiler.compile(model, root, JobTarget(**request["target"]), options, context)
+    result = compiler.compile(model, root, JobTarget(**request.target), options, context)
     return {"artifacts": [vars(a) for a in result.artifacts], "reproducible": result.reproducible,
             "preparation": notes, "notes": result.notes}
 
@@ -57,49 +57,49 @@ def _peak_rss_mb() -> float | None:
     return round(peak / (1 << 20) if sys.platform == "darwin" else peak / 1024, 1)
 
 
-def measure_candidate(request: dict[str, Any]) -> dict[str, Any]:
+def measure_candidate(request: MeasureRequest) -> dict[str, Any]:
     """Load, check accuracy on the golden samples at every size, judge a variant on the
     held-out samples, then (if asked) benchmark."""
-    artifact = request["artifact"]
-    tensors = GateTensors.from_json(request.get("tensors") or {})
+    artifact = request.artifact
+    tensors = GateTensors.from_json(request.tensors)
     # a variant is held to the tolerance on the model's own outputs, not on fused
     # post-processing (a top-k's order flips on any tie, its sorted scores hide any loss)
-    keep = set(tensors.model.values()) if request.get("variant") and tensors.model else None
+    keep = set(tensors.model.values()) if request.variant and tensors.model else None
     sizes = [({name: np.load(path) for name, path in s["inputs"].items()},
               {name: np.load(path) for name, path in s["reference"].items() if keep is None or name in keep})
-             for s in request["sizes"]]
+             for s in request.sizes]
     if keep is None:  # the package's outputs: taps are for the gates only
         sizes = [(f, {k: v for k, v in r.items() if not k.startswith(TAP_PREFIX)}) for f, r in sizes]
     feeds = sizes[0][0]
     started = time.perf_counter()
-    runner = open_artifact(artifact["engine"], Path(request["root"]) / artifact["path"], artifact.get("runtime", {}))
+    runner = open_artifact(artifact["engine"], Path(request.root) / artifact["path"], artifact.get("runtime", {}))
     outputs = runner.run(feeds)
     load_s = time.perf_counter() - started
-    accuracy = compare_outputs(outputs, sizes[0][1], request["atol"], request["rtol"]).to_json()
-    accuracy["sizes"] = {request["sizes"][0]["point"]: _size_check(outputs, sizes[0][1], accuracy["passed"], None)}
-    for size, (size_feeds, size_reference) in zip(request["sizes"][1:], sizes[1:]):
+    accuracy = compare_outputs(outputs, sizes[0][1], request.atol, request.rtol).to_json()
+    accuracy["sizes"] = {request.sizes[0]["point"]: _size_check(outputs, sizes[0][1], accuracy["passed"], None)}
+    for size, (size_feeds, size_reference) in zip(request.sizes[1:], sizes[1:]):
         try:
             size_outputs = runner.run(size_feeds)
         except Exception as exc:  # an engine that cannot run this size: the finding, not a crash
             accuracy["sizes"][size["point"]] = {"ran": False, "passed": False,
                                                 "problem": f"the engine failed: {exception_cause(exc)}"}
             continue
-        comparison = compare_outputs(size_outputs, size_reference, request["atol"], request["rtol"])
+        comparison = compare_outputs(size_outputs, size_reference, request.atol, request.rtol)
         accuracy["sizes"][size["point"]] = _size_check(size_outputs, size_reference, comparison.passed,
                                                        None if comparison.passed else comparison.summary())
     result: dict[str, Any] = {"accuracy": accuracy}
-    if request.get("evaluation"):
-        held = load_sample_list(request["evaluation"]["inputs"])
-        reference = load_sample_list(request["evaluation"]["reference"])
+    if request.evaluation:
+        held = load_sample_list(request.evaluation["inputs"])
+        reference = load_sample_list(request.evaluation["reference"])
         held_outputs = [runner.run(feed) for feed in held]
-        result["held_out"] = loss_report(held_outputs, reference, tensors, (request.get("gate") or {}).get("iou", 0.5))
-        if not request.get("gate"):  # the tolerance holds on every held-out sample too, not on one golden sample
-            accuracy["held_out"] = held_out_tolerance(held_outputs, reference, tensors, request["atol"], request["rtol"])
+        result["held_out"] = loss_report(held_outputs, reference, tensors, (request.gate or {}).get("iou", 0.5))
+        if not request.gate:  # the tolerance holds on every held-out sample too, not on one golden sample
+            accuracy["held_out"] = held_out_tolerance(held_outputs, reference, tensors, request.atol, request.rtol)
             accuracy["passed"] = accuracy["passed"] and accuracy["held_out"]["passed"]
         else:
-            result["task_gate"] = task_gate(request["gate"], held_outputs, reference, held, tensors,
-                                            request.get("metric_file"))
-    bench = request.get("benchmark")
+            result["task_gate"] = task_gate(request.gate, held_outputs, reference, held, tensors,
+                                            request.metric_file)
+    bench = request.benchmark
     if bench:
         result["load_s"] = round(load_s, 4)
         deadline = time.perf_counter() + bench["warmup_s"]
@@ -187,12 +187,15 @@ def latency_stats(rounds_ms: list[list[float]]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     kind, request_path, result_path = (argv if argv is not None else sys.argv[1:])
-    request = json.loads(Path(request_path).read_text())
+    text = Path(request_path).read_text()
     try:
-        result = {"ok": True, **(compile_candidate(request) if kind == "compile" else measure_candidate(request))}
+        if kind == "compile":
+            result = WorkerResult(found=compile_candidate(CompileRequest.from_json(text)))
+        else:
+            result = WorkerResult(found=measure_candidate(MeasureRequest.from_json(text)))
     except Exception as exc:  # reported as the candidate's failure reason
-        result = {"ok": False, "error": f"{type(exc).__name__}: {exception_cause(exc)}"}
-    Path(result_path).write_text(json.dumps(result))
+        result = WorkerResult(error=f"{type(exc).__name__}: {exception_cause(exc)}")
+    Path(result_path).write_text(result.to_json())
     return 0
 
 

@@ -147,3 +147,19 @@ def test_the_controller_blames_the_host_only_when_the_packager_did_not_blame_the
     assert classify(1, None) is AttemptStatus.INFRASTRUCTURE
     with pytest.raises(ValueError):
         Result.from_json('{"status": "ok", "package": "m.tar.gz"}')  # success without a checksum
+
+
+def test_worker_messages_refuse_a_stale_or_foreign_shape():
+    """The request and the result that cross the worker process boundary are checked
+    where they are read: a key one side no longer sends is named, not a KeyError later."""
+    from orchestrator.packager.messages import MeasureRequest, MessageError, WorkerResult
+
+    request = MeasureRequest("root", {"path": "m.onnx"}, [], 1e-4, 1e-3)
+    assert MeasureRequest.from_json(request.to_json()) == request
+    stale = json.loads(request.to_json())
+    del stale["sizes"]
+    stale["inputs"] = {}
+    with pytest.raises(MessageError, match=r"unknown keys \['inputs'\]"):
+        MeasureRequest.from_json(json.dumps(stale))
+    with pytest.raises(MessageError, match="not a worker-result message"):
+        WorkerResult.from_json(request.to_json())
