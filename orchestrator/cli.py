@@ -153,8 +153,13 @@ def _read_summary(path: Path) -> dict[str, Any]:
         raise InputError(path, None, "file not found") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(path, None, f"not a readable summary.json: {exc}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("jobs"), list):
-        raise InputError(path, "jobs", "missing; not a modelpack summary.json")
+    from .report.summary import RunSummary
+    from .runtime.schema import SchemaError
+
+    try:
+        RunSummary.check(data)
+    except SchemaError as exc:
+        raise InputError(path, exc.where, f"{exc.problem}; not a modelpack summary.json") from None
     return data
 
 

@@ -75,6 +75,11 @@ def reference() -> str:
             out += [f"| `{v.name}` | {v.compiler} | {v.summary} |" for v in VARIANTS.values()]
             out += [f"| `{name}` | every compiler | {text} |" for name, text in ALWAYS_APPLIED.items()]
             out.append("")
+    from .report.summary import reference as summary_reference
+
+    out += ["## Run summary (`summary.json`)", "",
+            "Written at the end of every build; `--compare` and `modelpack report` read it back through this"
+            " definition.", "", summary_reference()]
     return "\n".join(out)
 
 

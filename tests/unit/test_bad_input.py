@@ -269,3 +269,27 @@ def test_target_filter_matching_nothing(capsys, write_spec, out_dir, local_hosts
 
 
 import numpy as np  # noqa: E402  (used by the samples test above)
+
+
+@pytest.mark.parametrize("change, where", [
+    (lambda s: s["jobs"][0].pop("status"), "summary.jobs[0].status: missing"),
+    (lambda s: s["jobs"][0].update(candidates=[{"id": "ort"}]), "summary.jobs[0].candidates[0].engine: missing"),
+    (lambda s: s.update(counts={"built": "one"}), "summary.counts.built: expected int"),
+])
+def test_a_malformed_summary_to_compare_with_is_one_line_naming_the_key(capsys, tmp_path, change, where):
+    """summary.json is read back (last night's, for --compare and `report`) through one
+    definition: a broken one is refused with the key, not a crash in the report (#17)."""
+    import json
+
+    data = {"schema_version": 1, "modelpack_version": "0", "run_id": "r", "inventory": "hosts.yaml",
+            "counts": {"built": 1},
+            "jobs": [{"job": "m/linux-x86_64", "name": "m", "version": "1", "spec": "m.yaml",
+                      "target": "linux-x86_64", "status": "built", "candidates": []}]}
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(data))
+    change(data)
+    bad = tmp_path / "summary.json"
+    bad.write_text(json.dumps(data))
+    assert main(["report", str(good), "--compare", str(bad), "--out", str(tmp_path / "r.html")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(bad) in err[0] and where in err[0]
