@@ -73,21 +73,6 @@ def parse(kind: Any, value: Any, where: str) -> Any:
     return value
 
 
-def _type_name(kind: Any) -> str:
-    origin, args = get_origin(kind), get_args(kind)
-    if origin in _UNIONS:
-        return " or ".join(_type_name(a) for a in args if a is not type(None))
-    if origin in (list, List):
-        return f"list of {_type_name(args[0])}"
-    if origin in (dict, Dict):
-        return f"object of {_type_name(args[1])}"
-    if kind is Any:
-        return "any"
-    return {str: "string", int: "integer", float: "number", bool: "boolean"}.get(kind, getattr(kind, "__name__", str(kind)))
-
-
-
-
 def type_name(kind: Any) -> str:
     origin, args = get_origin(kind), get_args(kind)
     if origin in _UNIONS:
