@@ -20,7 +20,7 @@ from .errors import InputError
 from .runtime.platforms import this_machine
 from .targets import TARGETS, Target, known_target
 
-_DOCKER_KEYS = ("docker_host", "platform", "image", "allow_emulation", "tls_ca", "tls_cert", "tls_key")
+_DOCKER_KEYS = ("docker_host", "platform", "image", "allow_emulation", "tls_ca", "tls_cert", "tls_key", "insecure")
 _SSH_KEYS = ("address", "user", "port", "key", "host_key", "known_hosts", "shell", "workdir", "python",
              "liveness_timeout", "lease_ttl", "blob_ttl")
 
@@ -48,6 +48,8 @@ class Host(BaseModel):
     tls_ca: str | None = Field(None, description="docker tcp://: CA certificate the engine's certificate must chain to")
     tls_cert: str | None = Field(None, description="docker tcp://: client certificate (with tls_key)")
     tls_key: str | None = Field(None, description="docker tcp://: client private key")
+    insecure: bool = Field(False, description="docker tcp:// without TLS: accept an engine that is neither"
+                                              " authenticated nor encrypted (a warning is printed at each use)")
     # ssh
     address: str | None = Field(None, description="ssh: host name or address")
     user: str | None = Field(None, description="ssh: login user")
@@ -85,6 +87,13 @@ class Host(BaseModel):
             raise ValueError(f"{', '.join(tls)} apply to a docker_host: tcp://... engine")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together")
+        plain_tcp = (self.docker_host or "").startswith("tcp://") and not (self.tls_ca or self.tls_cert)
+        if plain_tcp and not self.insecure:
+            raise ValueError(f"docker_host {self.docker_host} has no TLS: anyone on the network could run"
+                             f" builds or read models there; set tls_ca (and tls_cert, tls_key), or insecure: true"
+                             f" to accept that")
+        if self.insecure and not plain_tcp:
+            raise ValueError("insecure: true applies only to a docker_host: tcp://... engine without TLS")
         return self
 
 

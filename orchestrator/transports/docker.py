@@ -123,8 +123,10 @@ class DockerTransport(Transport):
         docker-py's paramiko client, which checks ~/.ssh/known_hosts and rejects unknown keys."""
         if not (self.host.docker_host or "").startswith("tcp://"):
             return False
-        if not (self.host.tls_ca or self.host.tls_cert):
-            return False  # plain tcp:// (e.g. a local socket proxy); TLS is opt-in by giving certificates
+        if not (self.host.tls_ca or self.host.tls_cert):  # allowed only with insecure: true (inventory.py)
+            log.warning("%s: the Docker engine at %s is reached without TLS (insecure: true): it is not"
+                        " authenticated and the traffic is not encrypted", self.name, self.host.docker_host)
+            return False
         cert = (str(Path(self.host.tls_cert).expanduser()), str(Path(self.host.tls_key).expanduser())) \
             if self.host.tls_cert and self.host.tls_key else None
         try:

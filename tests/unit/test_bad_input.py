@@ -132,6 +132,10 @@ def test_unknown_key_in_hosts_yaml(capsys, write_spec, out_dir, tmp_path):
         ("{name: a, transport: ssh, address: x, targets: [linux-x86_64], tls_key: k.pem}",
          ("tls_key do not apply to a ssh host",)),
         ("{name: a, transport: local, targets: [linux-x86_64], min_free_gb: -1}", ("hosts[0].min_free_gb",)),
+        ("{name: a, transport: docker, targets: [linux-x86_64], docker_host: 'tcp://b:2375'}",
+         ("tcp://b:2375 has no TLS", "insecure: true")),
+        ("{name: a, transport: docker, targets: [linux-x86_64], docker_host: 'tcp://b:2376', tls_ca: ca.pem,"
+         " insecure: true}", ("insecure: true applies only to a docker_host: tcp://... engine without TLS",)),
     ],
 )
 def test_invalid_host_fields(capsys, write_spec, out_dir, tmp_path, host, needles):
@@ -293,3 +297,18 @@ def test_a_malformed_summary_to_compare_with_is_one_line_naming_the_key(capsys, 
     assert main(["report", str(good), "--compare", str(bad), "--out", str(tmp_path / "r.html")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(bad) in err[0] and where in err[0]
+
+
+def test_a_plain_tcp_engine_accepted_with_insecure_true_warns_at_each_use(caplog):
+    """#14: plain tcp:// is refused unless the inventory says insecure: true, and then it
+    is never silent."""
+    import logging
+
+    from orchestrator.inventory import Host
+    from orchestrator.transports.docker import DockerTransport
+
+    host = Host(name="lab", transport="docker", targets=["linux-x86_64"], docker_host="tcp://127.0.0.1:2375",
+                insecure=True)
+    with caplog.at_level(logging.WARNING):
+        assert DockerTransport(host)._tls() is False
+    assert "without TLS (insecure: true)" in caplog.text and "lab" in caplog.text
