@@ -22,6 +22,13 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "modelpack"
 
 
+def _umask() -> int:
+    """The process umask (read by setting it and putting it back: there is no getter)."""
+    mask = os.umask(0o22)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path: Path, content: str | bytes | Callable[[BinaryIO], None], scratch: Path | None = None) -> None:
     """Write via a temporary file and a rename. ``content`` is text (UTF-8), bytes, or a
     function that writes to the open binary file. ``scratch`` (on the same filesystem)
@@ -29,6 +36,7 @@ def write_atomic(path: Path, content: str | bytes | Callable[[BinaryIO], None], 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=scratch or path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a report is as readable as any file the user writes
         with os.fdopen(fd, "wb") as out:
             if callable(content):
                 content(out)
