@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -570,6 +571,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INPUT
     except KeyboardInterrupt as interrupt:
         return interrupt_exit_code(interrupt)
+    except BrokenPipeError:
+        # the reader went away (`modelpack matrix ... | head`): stop quietly. stdout now
+        # points at /dev/null, or Python's flush at exit would print a traceback after all
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -76,3 +76,17 @@ def test_package_format_docs_match_the_manifest_definition():
 
     current = (REPO / "docs" / "package-format.md").read_text()
     assert current == package_format(current), "docs/package-format.md is stale: run python -m orchestrator.docs"
+
+
+def test_a_reader_that_goes_away_ends_the_output_quietly():
+    """`modelpack matrix ... | head` must not end in a BrokenPipeError traceback (#14)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "matrix",
+                             str(REPO / "examples" / "tinycnn" / "modelpack.yaml")],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # before it writes: its first write meets a closed pipe
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 1
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
