@@ -62,6 +62,21 @@ def _transport(host: Any) -> Any:
                                                               flush=True)))
 
 
+def _check_output(path: Path, key: str, folder: bool) -> None:
+    """Refuse an output path that cannot be written, before any host is touched: a build
+    that has run for an hour must not fail at its last step."""
+    if folder and path.exists() and not path.is_dir():
+        raise InputError(path, key, "exists and is not a folder")
+    if not folder and path.is_dir():
+        raise InputError(path, key, "is a folder; give a file name")
+    start = path if folder else path.parent
+    existing = next(p for p in [start, *start.parents] if p.exists())
+    if not existing.is_dir():
+        raise InputError(path, key, f"{existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(path, key, f"{existing} is not writable")
+
+
 # -- build -----------------------------------------------------------------------------
 def cmd_build(args: argparse.Namespace) -> int:
     from .collect import staging_dir
@@ -77,6 +92,9 @@ def cmd_build(args: argparse.Namespace) -> int:
     from .scheduler import Scheduler
     from .spec import load_spec
 
+    _check_output(Path(args.out), "--out", folder=True)
+    if args.json:
+        _check_output(Path(args.json), "--json", folder=False)
     specs = [load_spec(p) for p in _spec_files(args.spec)]
     inventory = _inventory(args.hosts)
     jobs = plan(specs, args.target, args.model)

@@ -312,3 +312,25 @@ def test_a_plain_tcp_engine_accepted_with_insecure_true_warns_at_each_use(caplog
     with caplog.at_level(logging.WARNING):
         assert DockerTransport(host)._tls() is False
     assert "without TLS (insecure: true)" in caplog.text and "lab" in caplog.text
+
+
+@pytest.mark.parametrize("where", ["out-is-a-file", "out-under-a-file", "json-is-a-folder", "json-under-a-file"])
+def test_an_output_that_cannot_be_written_is_refused_before_building(capsys, write_spec, local_hosts, tmp_path,
+                                                                      where):
+    """#14: `--out` that is a file or under one, and `--json` that is a folder or under a
+    file, are one line and exit 2 before any host is touched, and nothing is written."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("mine")
+    out, extra = tmp_path / "dist", []
+    if where == "out-is-a-file":
+        out = blocker
+    elif where == "out-under-a-file":
+        out = blocker / "dist"
+    elif where == "json-is-a-folder":
+        extra = ["--json", str(tmp_path)]
+    else:
+        extra = ["--json", str(blocker / "summary.json")]
+    code, lines = run_build(capsys, write_spec(), out, local_hosts, *extra)
+    assert code == 2 and len(lines) == 1, lines
+    assert ("--json" if where.startswith("json") else "--out") in lines[0]
+    assert blocker.read_text() == "mine" and not (tmp_path / "dist").exists()
