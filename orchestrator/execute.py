@@ -46,9 +46,9 @@ def classify(code: int, result: Result | None) -> AttemptStatus:
     """The one place a packager run becomes an attempt outcome. A package failure needs
     both the exit code and the result file to say so; a bad job (the host refused it),
     a signal, or a run that left no valid result is the host's failure."""
-    if result is not None and code == result.outcome.exit_code:
+    if result is not None and code == result.status.exit_code:
         return {Outcome.OK: AttemptStatus.OK, Outcome.FAILED: AttemptStatus.PACKAGE,
-                Outcome.BAD_JOB: AttemptStatus.INFRASTRUCTURE}[result.outcome]
+                Outcome.BAD_JOB: AttemptStatus.INFRASTRUCTURE}[result.status]
     return AttemptStatus.INFRASTRUCTURE
 
 T = TypeVar("T")

@@ -35,7 +35,7 @@ def stand_in(duration: Duration) -> Callable[[Path, Mapping[str, Path], str, Cal
         result = Result(Outcome.OK, package=archive.name, sha256=sha256_file(archive),
                         size=archive.stat().st_size, selected={"engine": "simulated"})
         (out / RESULT_FILE).write_text(result.to_json())
-        return result.outcome.exit_code
+        return result.status.exit_code
 
     return program
 

@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         result = Result(*failure(exc))
         print(f"packager: {result.error}", file=sys.stderr, flush=True)
     (args.out / RESULT_FILE).write_text(result.to_json())
-    return result.outcome.exit_code
+    return result.status.exit_code
 
 
 def failure(exc: Exception) -> tuple[Outcome, str]:

@@ -7,13 +7,13 @@ share one definition while the build host needs only the standard library to rea
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-JOB_SCHEMA_VERSION = 1
+from .messages import Message, MessageError
+
 RESULT_FILE = "result.json"
 
 
@@ -30,7 +30,6 @@ class Outcome(str, Enum):
     @property
     def exit_code(self) -> int:
         return {Outcome.OK: 0, Outcome.FAILED: 1, Outcome.BAD_JOB: 2}[self]
-
 
 
 class BadJob(ValueError):
@@ -60,7 +59,8 @@ class JobTarget:
 
 
 @dataclass
-class Job:
+class Job(Message):
+    kind: ClassVar[str] = "job"
     name: str
     version: str
     target: JobTarget
@@ -92,48 +92,29 @@ class Job:
     gate: dict[str, Any] = field(default_factory=dict)
     #: the user's metric module (file name inside the job's input folder) for gate.metric
     metric_file: str | None = None
-    schema_version: int = JOB_SCHEMA_VERSION
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "Job":
-        """The job from its JSON; raises BadJob naming what is wrong."""
-        try:
-            data = json.loads(text)
-        except ValueError as exc:
-            raise BadJob(f"not JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise BadJob("not a JSON object")
-        if data.get("schema_version") != JOB_SCHEMA_VERSION:
-            raise BadJob(
-                f"schema_version {data.get('schema_version')!r} is not {JOB_SCHEMA_VERSION};"
-                " controller and packager versions differ"
-            )
-        try:
-            data["target"] = JobTarget(**data["target"])
-            data["compilers"] = [CompilerCall(**c) for c in data["compilers"]]
-            return cls(**data)
-        except (KeyError, TypeError) as exc:
-            raise BadJob(f"malformed: {type(exc).__name__}: {exc}") from None
+    def from_fields(cls, data: dict[str, Any]) -> "Job":
+        return cls(**{**data, "target": JobTarget(**data["target"]),
+                      "compilers": [CompilerCall(**c) for c in data["compilers"]]})
 
     @classmethod
     def read(cls, path: Path) -> "Job":
+        """The job file; a BadJob naming the file when it cannot be read or is not a job
+        of this packager's version (the controller that sent it is another version)."""
         try:
             return cls.from_json(Path(path).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError) as exc:
-            raise BadJob(f"{path}: cannot be read: {exc}") from None
-        except BadJob as exc:
+        except (OSError, UnicodeDecodeError, MessageError) as exc:
             raise BadJob(f"{path}: {exc}") from None
 
 
 @dataclass
-class Result:
+class Result(Message):
     """``result.json``: what a packager run tells the controller, read as data (never
     scraped from logs) and validated where it is read."""
 
-    outcome: Outcome
+    kind: ClassVar[str] = "result"
+    status: Outcome
     error: str | None = None
     #: a built package: its file name in ``out/``, checksum and size
     package: str | None = None
@@ -143,20 +124,10 @@ class Result:
     selftest: dict[str, Any] | None = None
     selected: dict[str, Any] | None = None
 
-    def to_json(self) -> str:
-        data = {k: v for k, v in asdict(self).items() if v is not None}
-        data["status"] = data.pop("outcome").value
-        return json.dumps(data, indent=2, sort_keys=True)
-
     @classmethod
-    def from_json(cls, text: str) -> "Result":
-        """Raises ValueError when the text is not a result the packager writes."""
-        data = json.loads(text)
-        if not isinstance(data, dict):
-            raise ValueError("result is not a JSON object")
-        known = {f.name for f in fields(cls)} - {"outcome"}
-        result = cls(Outcome(data.get("status")), **{k: v for k, v in data.items() if k in known})
-        if result.outcome is Outcome.OK and result.package is not None:
+    def from_fields(cls, data: dict[str, Any]) -> "Result":
+        result = cls(**{**data, "status": Outcome(data.get("status"))})
+        if result.status is Outcome.OK and result.package is not None:
             if not (isinstance(result.package, str) and isinstance(result.sha256, str) and len(result.sha256) == 64
                     and isinstance(result.size, int)):
                 raise ValueError("a built result needs package, sha256 and size")

@@ -1,9 +1,10 @@
-"""What the packager and its worker processes send each other, defined once.
+"""What crosses a process or machine boundary inside packaging, defined once.
 
-A compile or measure step runs in a child process (packager/worker.py) because
-converters and engines can crash; the request and the result cross that process
-boundary as JSON files. Each is a dataclass here, checked where it is read: a missing
-or unknown key is a bug on one side, named at once instead of surfacing as a KeyError
+The controller sends the packager a job and reads back its result (packager/job.py);
+the packager runs each compile or measure step in a worker process (packager/worker.py),
+because converters and engines can crash, and sends it a request. Each is a dataclass
+on the ``Message`` base, checked where it is read: a missing or unknown key is a bug on
+one side, or two versions talking, named at once instead of surfacing as a KeyError
 deep inside a measurement (``scripts/bench-selection`` sent a stale request for months).
 """
 
@@ -24,28 +25,36 @@ class MessageError(ValueError):
 
 @dataclass
 class Message:
-    """Base: JSON with the message kind and version, every field by name."""
+    """Base: JSON with the message kind and schema version, every field by name."""
 
     kind: ClassVar[str] = ""
 
     def to_json(self) -> str:
-        return json.dumps({"kind": self.kind, "version": MESSAGE_VERSION, **asdict(self)})
+        return json.dumps({"kind": self.kind, "schema_version": MESSAGE_VERSION, **asdict(self)})
 
     @classmethod
     def from_json(cls: type[M], text: str) -> M:
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise MessageError(f"not JSON: {exc}") from None
         if not isinstance(data, dict) or data.pop("kind", None) != cls.kind:
             raise MessageError(f"not a {cls.kind} message")
-        if data.pop("version", None) != MESSAGE_VERSION:
-            raise MessageError(f"{cls.kind}: version is not {MESSAGE_VERSION}")
+        if data.pop("schema_version", None) != MESSAGE_VERSION:
+            raise MessageError(f"{cls.kind}: schema_version is not {MESSAGE_VERSION}; controller and packager differ")
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
             raise MessageError(f"{cls.kind}: unknown keys {unknown}")
         try:
-            return cls(**data)
-        except TypeError as exc:
+            return cls.from_fields(data)
+        except (KeyError, TypeError, ValueError) as exc:
             raise MessageError(f"{cls.kind}: {exc}") from None
+
+    @classmethod
+    def from_fields(cls: type[M], data: dict[str, Any]) -> M:
+        """The message from its fields; definitions with nested records override it."""
+        return cls(**data)
 
 
 @dataclass
