@@ -108,6 +108,10 @@ def available() -> list[str]:
     return sorted(p.parent.name for p in IMAGES_DIR.glob("*/image.json"))
 
 
+def image_tag(environment: str) -> str:
+    return Environment.load(environment).tag
+
+
 def _exists(client: docker.DockerClient, tag: str) -> bool:
     try:
         client.images.get(tag)
@@ -255,10 +259,6 @@ def build(client: docker.DockerClient, name: str) -> tuple[str, bool]:
 
 
 _DEBIAN_TO_MACHINE = {"amd64": "x86_64", "arm64": "aarch64"}
-
-
-def image_tag(environment: str) -> str:
-    return Environment.load(environment).tag
 
 
 #: one build per tag at a time: parallel preflight checks of hosts on one engine share it

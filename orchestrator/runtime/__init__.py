@@ -28,7 +28,8 @@ from .checks import (
     sha256_file,
 )
 from .engines import ENGINES, EngineUnavailable, installed_version, open_artifact
-from .manifest import Manifest, ManifestError
+from .manifest import Manifest
+from .schema import SchemaError
 
 MANIFEST = "manifest.json"
 
@@ -100,7 +101,7 @@ def read_manifest(package_dir: Path) -> dict[str, Any]:
         raise PackageError(f"{path}: not valid JSON: {exc}") from None
     try:
         Manifest.from_json(manifest)
-    except ManifestError as exc:
+    except SchemaError as exc:
         raise PackageError(f"{path}: {exc}") from None
     return manifest
 

@@ -18,10 +18,6 @@ from .schema import SchemaError, documented, parse, tables
 SCHEMA_VERSION = 1
 
 
-#: a manifest that does not follow the schema (``where`` is the key path)
-ManifestError = SchemaError
-
-
 @dataclass(frozen=True)
 class Target:
     """The platform the package is for, and the build host platform it was made on."""
@@ -142,16 +138,16 @@ class Manifest:
 
     @classmethod
     def from_json(cls, data: Any) -> "Manifest":
-        """The typed manifest; raises ManifestError naming the first key that is wrong.
+        """The typed manifest; raises SchemaError naming the first key that is wrong.
         Keys this schema does not know are ignored (a newer packager may add sections)."""
         if not isinstance(data, dict):
-            raise ManifestError("manifest", "not a JSON object")
+            raise SchemaError("manifest", "not a JSON object")
         if data.get("schema_version") != SCHEMA_VERSION:
-            raise ManifestError("schema_version", f"{data.get('schema_version')!r} is not supported by this"
+            raise SchemaError("schema_version", f"{data.get('schema_version')!r} is not supported by this"
                                                   f" runtime (supports {SCHEMA_VERSION})")
         manifest = parse(cls, data, "manifest")
         if not manifest.artifacts:
-            raise ManifestError("artifacts", "empty; a package ships at least one artifact")
+            raise SchemaError("artifacts", "empty; a package ships at least one artifact")
         return manifest
 
 

@@ -33,6 +33,10 @@ def documented(text: str, default: Any = dataclasses.MISSING, factory: Any = dat
     return field(metadata={"doc": text})
 
 
+def _required(item: "dataclasses.Field[Any]") -> bool:
+    return item.default is dataclasses.MISSING and item.default_factory is dataclasses.MISSING
+
+
 def parse(kind: Any, value: Any, where: str) -> Any:
     """``value`` checked against the type ``kind`` (dataclasses built field by field)."""
     if kind is Any:
@@ -56,7 +60,7 @@ def parse(kind: Any, value: Any, where: str) -> Any:
         for item in dataclasses.fields(kind):
             if item.name in value:
                 found[item.name] = parse(hints[item.name], value[item.name], f"{where}.{item.name}")
-            elif item.default is dataclasses.MISSING and item.default_factory is dataclasses.MISSING:
+            elif _required(item):
                 raise SchemaError(f"{where}.{item.name}", "missing")
         return kind(**found)
     if origin in (list, List):
@@ -93,8 +97,7 @@ def tables(kinds: List[Any]) -> str:
         hints = get_type_hints(kind)
         rows = ["| key | type | required | meaning |", "|---|---|---|---|"]
         for item in dataclasses.fields(kind):
-            required = item.default is dataclasses.MISSING and item.default_factory is dataclasses.MISSING
-            rows.append(f"| `{item.name}` | {type_name(hints[item.name])} | {'yes' if required else 'no'}"
+            rows.append(f"| `{item.name}` | {type_name(hints[item.name])} | {'yes' if _required(item) else 'no'}"
                         f" | {item.metadata['doc']} |")
         sections.append(f"### {kind.__name__}\n\n{kind.__doc__}\n\n" + "\n".join(rows))
     return "\n\n".join(sections) + "\n"
