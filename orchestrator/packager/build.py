@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,21 +20,21 @@ import numpy as np
 import onnx
 
 from ..runtime import load as load_package
-from ..runtime.checks import Comparison, compare_outputs, sha256_file
+from ..runtime.checks import compare_outputs, sha256_file
 from ..runtime.engines import OnnxRuntimeRunner, open_artifact
 from ..runtime.functions import FunctionsRunner, apply_pre
 from . import environment
 from .accelerate import VariantError, load_calibration
 from .causes import exception_cause
-from .compilers import Compiler, call_problem, registry
-from .environment import CompileEnvironment
+from .compilers import call_problem, registry
 from .evaluate import GateTensors, sample_digest, save_sample_list, split
 from .functions import Resolved, fuse, is_tap, tap_name
 from .functions import resolve as resolve_functions
 from .golden import Golden, make_golden
 from .job import BadJob, Job, PackageFailed, package_filename
-from .manifest import PackageFacts, output_signature, self_test_scope, tensor_entry, write_manifest_data, write_samples
+from .manifest import output_signature, self_test_scope, tensor_entry, write_manifest_data, write_samples
 from .normalise import Normalised, SizeSet, normalise
+from .stages import Checked, Reference, Selected
 from .package import add_runtime, write_archive, write_manifest
 from .samples import input_hints
 from .selection import (
@@ -53,54 +52,6 @@ from .signature import load_onnx, signature
 BENCHMARK = {"warmup_s": 0.1, "budget_s": 0.4, "min_runs": 5, "max_runs": 100_000}
 
 Stage = Callable[[str], None]
-
-
-@dataclass
-class Checked:
-    """The job fits this host: its environment, the model file, the compilers, a clean
-    work folder."""
-
-    env: CompileEnvironment
-    model_path: Path
-    compilers: dict[str, Compiler]
-    work: Path
-
-
-@dataclass
-class Reference:
-    """The model as the package will carry it (functions fused), its signature, and the
-    reference outputs at every checked size."""
-
-    model: onnx.ModelProto
-    source_inputs: list[dict[str, Any]]
-    source_outputs: list[dict[str, Any]]
-    package_inputs: list[dict[str, Any]]
-    graph_path: Path
-    graph_names: list[str]
-    output_names: list[str]
-    outputs: list[dict[str, Any]]
-    declared_outputs: dict[str, list[int | str]]
-    dynamic: dict[str, list[int | str]]
-    golden: Golden
-    sizes: list[dict[str, Any]]
-    tensors: GateTensors
-    taps: list[str]
-    resolved: Resolved | None = None
-    runtime_steps: dict[str, Any] | None = None
-    fusion_notes: list[str] = field(default_factory=list)
-    function_check: Comparison | None = None
-    evaluation: dict[str, str] | None = None
-    calibration: Path | None = None
-    evaluation_record: dict[str, Any] | None = None
-
-
-@dataclass
-class Selected:
-    """The test script's verdict: every candidate weighed, and the one to ship."""
-
-    candidates: list[Candidate]
-    winner: Candidate
-    measured: bool
 
 
 class Laps:
@@ -326,11 +277,8 @@ def lay_out(job: Job, checked: Checked, reference: Reference, normalised: Normal
     if winner.static:
         outputs = output_signature(reference.output_names, [golden.sets[0].reference], reference.declared_outputs,
                                    reference.dynamic)
-    manifest = write_manifest_data(root, PackageFacts(
-        job, checked.env, reference.model, reference.source_inputs, reference.source_outputs,
-        reference.package_inputs, outputs, reference.output_names, golden, shipped, normalised.record,
-        selected.candidates, winner, selected.measured, own_reference, reference.tensors,
-        reference.evaluation_record, reference.resolved, reference.fusion_notes, reference.function_check))
+    manifest = write_manifest_data(root, job, checked.env, reference, normalised.record, selected, shipped,
+                                   outputs, own_reference)
     write_manifest(root, manifest)
     return root, manifest
 

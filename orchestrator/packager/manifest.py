@@ -8,7 +8,6 @@ readable sequence of steps.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +18,10 @@ from ..runtime.engines import usable_providers
 from ..runtime.manifest import SCHEMA_VERSION
 from .accelerate import ALWAYS_APPLIED
 from .environment import CompileEnvironment
-from .evaluate import GateTensors
-from .functions import Resolved
 from .golden import Golden
 from .normalise import SizeSet
 from .job import Job
-from .selection import Candidate
+from .stages import Reference, Selected
 from .samples import signature_ranges
 from .signature import ANONYMOUS, opsets
 
@@ -150,39 +147,16 @@ def self_test_scope(target: Any, env: CompileEnvironment) -> dict[str, Any]:
     return scope
 
 
-@dataclass
-class PackageFacts:
-    """What the packaging steps found, as the manifest reports it."""
-
-    job: Job
-    env: CompileEnvironment
-    model: Any  # the source onnx.ModelProto
-    source_inputs: list[dict[str, Any]]
-    source_outputs: list[dict[str, Any]]
-    package_inputs: list[dict[str, Any]]
-    outputs: list[dict[str, Any]]
-    output_names: list[str]
-    golden: Golden
-    shipped: list[SizeSet]
-    normalisation: dict[str, Any]
-    candidates: list[Candidate]
-    winner: Candidate
-    measured: bool
-    own_reference: bool
-    tensors: GateTensors
-    evaluation: dict[str, Any] | None
-    resolved: Resolved | None
-    fusion_notes: list[str]
-    function_check: Any
-
-
-def write_manifest_data(root: Path, o: PackageFacts) -> dict[str, Any]:
+def write_manifest_data(root: Path, job: Job, env: CompileEnvironment, reference: Reference,
+                        normalisation: dict[str, Any], selected: Selected, shipped: list[SizeSet],
+                        outputs: list[dict[str, Any]], own_reference: bool) -> dict[str, Any]:
     """The manifest of a package whose artifacts are in ``root``; writes the golden
-    samples it names. The file table and the self-test are added by the caller."""
-    job, winner = o.job, o.winner
+    samples it names (``shipped``: per checked size, the inputs and the outputs the
+    self-test expects). The file table and the self-test are added by the caller."""
+    winner, candidates = selected.winner, selected.candidates
     emulated = bool(job.provenance.get("emulated", False))
-    input_names = [i["name"] for i in o.package_inputs]
-    first = o.shipped[0]
+    input_names = [i["name"] for i in reference.package_inputs]
+    first = shipped[0]
     manifest: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "name": job.name,
@@ -191,71 +165,71 @@ def write_manifest_data(root: Path, o: PackageFacts) -> dict[str, Any]:
         "source": {
             "filename": job.model,
             "sha256": job.model_sha256,
-            "opsets": opsets(o.model),
-            "producer": f"{o.model.producer_name} {o.model.producer_version}".strip(),
-            "inputs": o.source_inputs,
-            "outputs": o.source_outputs,
+            "opsets": opsets(reference.model),
+            "producer": f"{reference.model.producer_name} {reference.model.producer_version}".strip(),
+            "inputs": reference.source_inputs,
+            "outputs": reference.source_outputs,
         },
-        "inputs": input_signature(o.package_inputs, o.golden, bool(winner.static)),
-        "outputs": o.outputs,
+        "inputs": input_signature(reference.package_inputs, reference.golden, bool(winner.static)),
+        "outputs": outputs,
         "shapes": {
             "fixed_shapes_policy": job.fixed_shapes,
             "static": winner.static,
-            "checked": {size.point: {n: list(v.shape) for n, v in size.feeds.items()} for size in o.shipped},
-            "pinned": o.golden.pinned or None,
+            "checked": {size.point: {n: list(v.shape) for n, v in size.feeds.items()} for size in shipped},
+            "pinned": reference.golden.pinned or None,
         },
-        "normalisation": {**o.normalisation,
-                          "compiled_from": {c.id: ("fixed" if c.fixed_shapes else "dynamic") for c in o.candidates
+        "normalisation": {**normalisation,
+                          "compiled_from": {c.id: ("fixed" if c.fixed_shapes else "dynamic") for c in candidates
                                             if c.status not in ("unsupported", "unavailable")}},
         "compiler": {"name": winner.compiler, "version": winner.version, "options": winner.options,
                      "variant": winner.variant, "reproducible": winner.reproducible},
         "engines": {winner.engine: {"version": winner.version}},
         "artifacts": winner.artifacts,
-        "candidates": [c.row(emulated) for c in o.candidates],
+        "candidates": [c.row(emulated) for c in candidates],
         "selection": {
             "policy": job.select,
             "selected": winner.id,
-            "measured": o.measured,
+            "measured": selected.measured,
             "emulated": emulated,
             "note": ("latencies were measured under emulation and do not represent native speed"
-                     if emulated and o.measured else None),
+                     if emulated and selected.measured else None),
         },
         "tolerance": {"atol": job.atol, "rtol": job.rtol},
         "samples": {
-            "origin": o.golden.origin,
+            "origin": reference.golden.origin,
             "inputs": write_samples(root, "input", first.feeds, input_names),
-            "reference": write_samples(root, "reference", first.reference, o.output_names),
+            "reference": write_samples(root, "reference", first.reference, reference.output_names),
             "sizes": [{"point": size.point,
                        "inputs": write_samples(root, "input", size.feeds, input_names, size.point),
-                       "reference": write_samples(root, "reference", size.reference, o.output_names, size.point)}
-                      for size in o.shipped[1:]],
+                       "reference": write_samples(root, "reference", size.reference, reference.output_names, size.point)}
+                      for size in shipped[1:]],
             "reference_engine": (f"the selected variant {winner.id} on the build host (accepted by"
-                                 f" {winner.task_gate['criterion']})" if o.own_reference else
+                                 f" {winner.task_gate['criterion']})" if own_reference else
                                  "onnxruntime (optimisations disabled, fp32) on the source model"
-                                 + (" with the functions fused" if o.resolved else "")),
+                                 + (" with the functions fused" if reference.resolved else "")),
         },
-        "provenance": {**job.provenance, "packager_version": __version__, "build_platform": o.env.to_json()},
+        "provenance": {**job.provenance, "packager_version": __version__, "build_platform": env.to_json()},
     }
     if any(c.variant for c in job.compilers) or job.gate:
         manifest["acceleration"] = {
             "variants": [c.variant for c in job.compilers if c.variant],
             "always_applied": ALWAYS_APPLIED,
             "gate": job.gate or {"tolerance": {"atol": job.atol, "rtol": job.rtol}},
-            "gate_reads": o.tensors.to_json(),
-            "evaluation": o.evaluation,
+            "gate_reads": reference.tensors.to_json(),
+            "evaluation": reference.evaluation_record,
         }
     if job.target.os == "android":
         manifest["android"] = android_facts(winner.engine, winner.version)
     if job.target.os == "ios":
-        manifest["ios"] = ios_facts(winner, o.candidates)
-    if o.resolved:
+        manifest["ios"] = ios_facts(winner, candidates)
+    if reference.resolved:
         manifest["functions"] = {
-            **o.resolved.to_json(),
+            **reference.resolved.to_json(),
             "applied_by": "runtime" if winner.functions == "runtime" else "graph",
-            "preparation": o.fusion_notes,
-            "check": o.function_check.to_json() if o.function_check else None,
+            "preparation": reference.fusion_notes,
+            "check": reference.function_check.to_json() if reference.function_check else None,
         }
-        labels = next((s["labels"] for s in o.resolved.runtime if s["op"] == "labels"), None)
+        labels = next((s["labels"] for s in reference.resolved.runtime if s["op"] == "labels"), None)
         if labels:  # at most one top-k step, so at most one label list
             (root / "labels.txt").write_text("\n".join(labels) + "\n", encoding="utf-8")
             manifest["functions"]["labels_file"] = "labels.txt"

@@ -1,0 +1,66 @@
+"""What each packaging step (packager/build.py) hands the next, and the manifest
+builder (packager/manifest.py) reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from ..runtime.checks import Comparison
+from .compilers import Compiler
+from .environment import CompileEnvironment
+from .evaluate import GateTensors
+from .functions import Resolved
+from .golden import Golden
+from .selection import Candidate
+
+
+@dataclass
+class Checked:
+    """The job fits this host: its environment, the model file, the compilers, a clean
+    work folder."""
+
+    env: CompileEnvironment
+    model_path: Path
+    compilers: dict[str, Compiler]
+    work: Path
+
+
+@dataclass
+class Reference:
+    """The model as the package will carry it (functions fused), its signature, and the
+    reference outputs at every checked size."""
+
+    model: onnx.ModelProto
+    source_inputs: list[dict[str, Any]]
+    source_outputs: list[dict[str, Any]]
+    package_inputs: list[dict[str, Any]]
+    graph_path: Path
+    graph_names: list[str]
+    output_names: list[str]
+    outputs: list[dict[str, Any]]
+    declared_outputs: dict[str, list[int | str]]
+    dynamic: dict[str, list[int | str]]
+    golden: Golden
+    sizes: list[dict[str, Any]]
+    tensors: GateTensors
+    taps: list[str]
+    resolved: Resolved | None = None
+    runtime_steps: dict[str, Any] | None = None
+    fusion_notes: list[str] = field(default_factory=list)
+    function_check: Comparison | None = None
+    evaluation: dict[str, str] | None = None
+    calibration: Path | None = None
+    evaluation_record: dict[str, Any] | None = None
+
+
+@dataclass
+class Selected:
+    """The test script's verdict: every candidate weighed, and the one to ship."""
+
+    candidates: list[Candidate]
+    winner: Candidate
+    measured: bool
