@@ -95,6 +95,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     _check_output(Path(args.out), "--out", folder=True)
     if args.json:
         _check_output(Path(args.json), "--json", folder=False)
+    previous = _read_summary(args.compare) if args.compare else None
     specs = [load_spec(p) for p in _spec_files(args.spec)]
     inventory = _inventory(args.hosts)
     jobs = plan(specs, args.target, args.model)
@@ -103,7 +104,6 @@ def cmd_build(args: argparse.Namespace) -> int:
     history = DurationHistory((args.cache_dir or cache_root()) / "durations.json")
     jobs = history.longest_first(jobs)
 
-    previous = _read_summary(args.compare) if args.compare else None
     out_dir = Path(args.out)
     staging = staging_dir(out_dir)
     run_id = uuid.uuid4().hex[:12]

@@ -235,7 +235,7 @@ def run_packager(
     try:
         workspace.pull(f"out/{RESULT_FILE}", result_dest)
         return code, Result.from_json(result_dest.read_text(encoding="utf-8"))
-    except (TransportError, ValueError, TypeError, OSError):
+    except (TransportError, ValueError, OSError):
         return code, None
 
 

@@ -56,6 +56,7 @@ class BootstrapHost(Protocol):
     def call(self, operation: str, params: dict[str, Any], timeout: float = 120.0, payload: Any = None,
              program: str | None = None) -> Any: ...
 
+
 class BootstrapError(RuntimeError):
     """The host cannot be bootstrapped; the message says why."""
 
