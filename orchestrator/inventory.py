@@ -43,7 +43,7 @@ class Host(BaseModel):
     # docker
     docker_host: str | None = Field(None, description="Docker engine URL (unix://, tcp://, ssh://); default: the local engine")
     platform: str | None = Field(None, description="container platform, e.g. linux/amd64")
-    image: str | None = Field(None, description="build image to use instead of the one built by scripts/build-images")
+    image: str | None = Field(None, description="build image to use instead of the one modelpack builds for the environment")
     allow_emulation: bool = Field(True, description="allow builds under emulation on this engine")
     tls_ca: str | None = Field(None, description="docker tcp://: CA certificate the engine's certificate must chain to")
     tls_cert: str | None = Field(None, description="docker tcp://: client certificate (with tls_key)")
