@@ -13,6 +13,7 @@ Layout of the host's work directory (``workdir`` in hosts.yaml, default ``~/.mod
 
     blobs/<sha256>           files by content: a model already here is not sent again
     runs/<run>-<random>/     one job attempt's workspace, with a lease file
+    pids/<run>-<random>.json the supervisor of that workspace (outside it: job code runs there)
     envs/<hash>/             environments made by ``modelpack hosts bootstrap`` (bootstrap/hostside_env.py)
     envs/current             the hash of the environment builds use
 """
@@ -32,7 +33,6 @@ import time
 RESULT = "MODELPACK-RESULT "
 ERROR = "MODELPACK-ERROR "
 LEASE = ".modelpack-lease"
-PID_FILE = ".modelpack-pid"
 ENV_MARKER = ".modelpack-env"
 #: a workspace whose lease file never got written counts as expired after this long
 UNLEASED_GRACE = 86400.0
@@ -98,22 +98,39 @@ def open_workspace(params, stdin):
     return {"root": root.replace("\\", "/")}
 
 
+def _copy_verified(blob, sha, dest):
+    """Copy ``blob`` to ``dest`` while hashing it; False (and neither kept) when the
+    blob no longer matches its name. A copy, not a link: job code that writes to its
+    inputs must not reach the shared blob, and checking on every use means a blob changed
+    by anything else is never used."""
+    digest = hashlib.sha256()
+    try:
+        with open(blob, "rb") as source, open(dest, "wb") as out:
+            for block in iter(lambda: source.read(1 << 20), b""):
+                digest.update(block)
+                out.write(block)
+    except FileNotFoundError:
+        return False
+    if digest.hexdigest() == sha:
+        return True
+    os.remove(dest)
+    os.remove(blob)
+    return False
+
+
 def _place(blobs, root, files):
-    """Link (or copy) blobs into a workspace; return the ones this host does not have."""
+    """Copy blobs into a workspace, each checked against its sha256; return the ones this
+    host does not have (or had changed)."""
     missing = []
     for name, sha in sorted(files.items()):
         blob = _inside(blobs, sha)
-        if not os.path.isfile(blob):
-            missing.append(sha)
-            continue
         dest = _inside(root, name)
         os.makedirs(os.path.dirname(dest), exist_ok=True)
         if os.path.lexists(dest):
             os.remove(dest)
-        try:
-            os.link(blob, dest)
-        except OSError:  # another filesystem, or no hard links there
-            shutil.copyfile(blob, dest)
+        if not os.path.isfile(blob) or not _copy_verified(blob, sha, dest):
+            missing.append(sha)
+            continue
         os.utime(blob)  # recently used: `hosts clean` keeps it
     return sorted(set(missing))
 
@@ -231,22 +248,44 @@ def send(params, stdin):
     return None
 
 
+def _group_file(work, root):
+    """Where a supervisor records itself: outside the workspace, whose job code must not
+    choose which processes ``close`` or ``clean`` stop."""
+    return os.path.join(work, "pids", os.path.basename(os.path.abspath(root)) + ".json")
+
+
+def _start_time(pid):
+    """What tells a process apart from a later one given the same pid (Linux: its start
+    time in clock ticks); None where the system does not say."""
+    try:
+        with open("/proc/%d/stat" % pid) as stat:
+            return stat.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def supervise(params, stdin):
-    """Run the packager in the workspace and record which process to stop on cancel.
+    """Run the packager in the workspace. Its first line names the process group to stop
+    on cancel, which the controller keeps; a copy goes outside the workspace for ``clean``.
 
     On POSIX this process leads a process group of its own, so stopping the group stops
     the packager and everything it started; on Windows the process tree is stopped."""
     if not WINDOWS and os.getpgid(0) != os.getpid():
         os.setsid()
-    root = params["root"]
-    with open(os.path.join(root, PID_FILE), "w") as out:
-        out.write(str(os.getpid()))
+    root = os.path.abspath(params["root"])
+    work = _workdir(params)
+    group = {"pid": os.getpid(), "started": _start_time(os.getpid()), "root": root}
+    os.makedirs(os.path.join(work, "pids"), exist_ok=True)
+    with open(_group_file(work, root), "w") as out:
+        json.dump(group, out)
+    os.chdir(root)  # lets _ours() see that a process belongs to this workspace
     env = dict(os.environ)
     env.update(params.get("env") or {})
     if params.get("lifetime"):  # a controller killed outright cannot stop us: end by ourselves
         timer = threading.Timer(float(params["lifetime"]), _end_own_group)
         timer.daemon = True
         timer.start()
+    sys.stdout.write(RESULT + json.dumps(group) + "\n")
     sys.stdout.flush()
     code = subprocess.call(params["argv"], cwd=root, env=env, stdin=subprocess.DEVNULL)
     sys.exit(code)
@@ -262,14 +301,47 @@ def _end_own_group():
         os.killpg(os.getpid(), signal.SIGKILL)
 
 
-def _stop(root):
+def _ours(group, root):
+    """Whether ``group`` is a live supervisor this side started for ``root``: the record
+    names this workspace, the pid leads its own process group, and where the system says,
+    it started when recorded and works in the workspace. Anything else is not signalled."""
     try:
-        with open(os.path.join(root, PID_FILE)) as data:
-            pid = int(data.read().strip())
+        pid = int(group["pid"])
+        if pid <= 1 or pid == os.getpid() or os.path.abspath(group["root"]) != os.path.abspath(root):
+            return False
+        if WINDOWS:
+            return True
+        if os.getpgid(pid) != pid:
+            return False
+        started = _start_time(pid)
+        if started is None:
+            return not os.path.isdir("/proc/self")
+        return started == group["started"] and \
+            os.path.realpath(os.readlink("/proc/%d/cwd" % pid)) == os.path.realpath(root)
+    except (OSError, KeyError, TypeError, ValueError):
+        return False
+
+
+def _stop(work, root, group=None):
+    """Stop the supervisor of ``root`` and its group: the one the controller names, else
+    the one recorded outside the workspace, and only if it proves to be ours."""
+    record = _group_file(work, root)
+    candidates = [group] if group else []
+    try:
+        with open(record) as data:
+            candidates.append(json.load(data))
     except (OSError, ValueError):
-        return
-    if pid == os.getpid():
-        return
+        pass
+    try:
+        chosen = next((g for g in candidates if _ours(g, root)), None)
+        if chosen is not None:
+            _kill_group(int(chosen["pid"]))
+    finally:
+        if os.path.exists(record):
+            os.remove(record)
+
+
+def _kill_group(pid):
     if WINDOWS:
         subprocess.call(["taskkill", "/T", "/F", "/PID", str(pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         return
@@ -302,7 +374,7 @@ def close(params, stdin):
     runs = os.path.join(_workdir(params), "runs")
     if os.path.dirname(os.path.abspath(root)) != os.path.abspath(runs):
         raise Refused("%s is not a workspace under %s" % (root, runs))
-    _stop(root)
+    _stop(_workdir(params), root, params.get("group"))
     if params.get("keep"):
         _lease(root, params["ttl"], "kept")
     elif os.path.isdir(root):
@@ -324,7 +396,7 @@ def clean(params, stdin):
         except (OSError, ValueError, KeyError, TypeError):
             expires = os.path.getmtime(root) + UNLEASED_GRACE
         if expires <= now:
-            _stop(root)
+            _stop(work, root)
             _remove(root)
             removed.append("runs/" + name)
     blobs = os.path.join(work, "blobs")

@@ -430,6 +430,9 @@ class SshWorkspace(Workspace):
         self._closed = False
         #: bytes actually sent by push(): what the host did not hold already
         self.sent_bytes = 0
+        #: the supervisor's own account of its process group (its first line), kept here
+        #: so that job code on the host cannot choose what ``close`` stops
+        self._group: dict[str, Any] | None = None
 
     def push(self, files: Mapping[str, Path]) -> None:
         """Send only what the host lacks: files are stored there by sha256 and linked into
@@ -472,7 +475,11 @@ class SshWorkspace(Workspace):
             pending += chunk
             *lines, pending = pending.split(b"\n")
             for raw in lines:
-                on_line(raw.decode("utf-8", "replace").rstrip("\r"))
+                text = raw.decode("utf-8", "replace").rstrip("\r")
+                if self._group is None and text.startswith(hostside.RESULT):
+                    self._group = json.loads(text[len(hostside.RESULT):])
+                    continue
+                on_line(text)
         if pending:
             on_line(pending.decode("utf-8", "replace"))
         return status[0]
@@ -503,7 +510,7 @@ class SshWorkspace(Workspace):
         self._closed = True
         keep = self._transport.keep_workspaces
         try:
-            self._transport.call("close", {"root": str(self.root), "keep": keep,
+            self._transport.call("close", {"root": str(self.root), "keep": keep, "group": self._group,
                                            "ttl": self._transport.host.lease_ttl})
             if keep:
                 log.warning("kept %s on %s (--keep); `modelpack hosts clean` removes it once its lease expires",

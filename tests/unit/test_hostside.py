@@ -136,7 +136,9 @@ def test_supervise_passes_argv_and_environment_exactly_and_keeps_the_exit_code(t
                                                   "repr((sys.argv[1], os.environ['V'], os.getcwd()))); sys.exit(7)",
                                                   nasty]})
     assert done.returncode == 7
-    assert done.stdout.decode() == repr((nasty, nasty, str(root)))
+    named, output = done.stdout.decode().split("\n", 1)
+    assert json.loads(named.removeprefix(hostside.RESULT))["root"] == str(root)
+    assert output == repr((nasty, nasty, str(root)))
 
 
 def test_close_stops_the_whole_process_group_and_removes_the_workspace(tmp_path):
@@ -146,12 +148,14 @@ def test_close_stops_the_whole_process_group_and_removes_the_workspace(tmp_path)
     runner = subprocess.Popen(
         ["sh", "-c", PosixShell().command([sys.executable, "-c", HOSTSIDE_BOOT, "supervise"])],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)
-    runner.stdin.write(json.dumps({"root": str(root), "argv": [sys.executable, "-c", script]}).encode() + b"\n")
+    runner.stdin.write(json.dumps({"workdir": str(tmp_path), "root": str(root),
+                                   "argv": [sys.executable, "-c", script]}).encode() + b"\n")
     runner.stdin.close()
+    named = json.loads(runner.stdout.readline().decode().removeprefix(hostside.RESULT))
     assert runner.stdout.readline() == b"started\n"
-    group = int((root / hostside.PID_FILE).read_text())
+    group = named["pid"]
     started = time.monotonic()
-    assert answer(call(tmp_path, "close", {"root": str(root)})) == {"removed": True}
+    assert answer(call(tmp_path, "close", {"root": str(root), "group": named})) == {"removed": True}
     assert runner.wait(timeout=15) != 0 and time.monotonic() - started < 10
     with pytest.raises(ProcessLookupError):
         os.killpg(group, 0)
@@ -272,3 +276,93 @@ def test_bootstrap_program_adds_its_environment_builder_to_the_host_side(tmp_pat
         {"workdir": str(tmp_path), "hash": "a" * 64, "wheels": str(tmp_path / "missing")}).encode() + b"\n",
         capture_output=True)
     assert done.returncode == 3 and b"missing" in done.stderr  # reached make_env, which found no wheels
+
+
+# -- one job cannot reach another's inputs or its own supervisor (issue 14) ---------------
+def test_job_code_writing_to_its_inputs_does_not_poison_the_shared_blob(tmp_path):
+    """A workspace file must not be the shared blob itself: job code that rewrites its
+    own copy of the packager must not change what the next, unrelated job runs."""
+    code = b"print('packager')\n"
+    first = workspace(tmp_path)
+    answer(push(tmp_path, first, {"orchestrator/x.py": code}))
+    with open(first / "orchestrator" / "x.py", "r+b") as planted:  # writes through a hard link
+        planted.write(b"import os; os.system('evil')#")
+    assert (tmp_path / "blobs" / sha(code)).read_bytes() == code
+    second = workspace(tmp_path)
+    answer(push(tmp_path, second, {"orchestrator/x.py": code}, send=[]))
+    assert (second / "orchestrator" / "x.py").read_bytes() == code
+
+
+def test_a_tampered_blob_is_detected_on_use_and_sent_again(tmp_path):
+    code = b"print('packager')\n"
+    answer(push(tmp_path, workspace(tmp_path), {"orchestrator/x.py": code}))
+    blob = tmp_path / "blobs" / sha(code)
+    blob.chmod(0o644)
+    blob.write_bytes(b"print('evil!!!!')\n")  # same size, other content
+    root = workspace(tmp_path)
+    done = push(tmp_path, root, {"orchestrator/x.py": code})
+    assert asked_for(done) == [sha(code)], "a blob that no longer matches its name is not used"
+    answer(done)
+    assert (root / "orchestrator" / "x.py").read_bytes() == code and blob.read_bytes() == code
+
+
+def _run_supervised(work: Path, root: Path, script: str) -> subprocess.Popen:
+    runner = subprocess.Popen(
+        ["sh", "-c", PosixShell().command([sys.executable, "-c", HOSTSIDE_BOOT, "supervise"])],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)
+    runner.stdin.write(json.dumps({"workdir": str(work), "root": str(root),
+                                   "argv": [sys.executable, "-c", script]}).encode() + b"\n")
+    runner.stdin.close()
+    return runner
+
+
+def test_job_code_cannot_redirect_the_kill_on_close(tmp_path):
+    """The process group to stop is known to the controller (the supervisor's first line)
+    and kept outside the workspace; a pid the job writes anywhere it can reach is not
+    signalled, and neither is any group the supervisor did not start."""
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
+    try:
+        def script(root: Path) -> str:
+            return ("import os, pathlib, time; pathlib.Path(%r).write_text(str(%d));"
+                    " [p.write_text(str(%d)) for p in pathlib.Path(%r).rglob('*pid*') if p.is_file()];"
+                    " print('planted', flush=True); time.sleep(120)"
+                    % (str(root / '.modelpack-pid'), bystander.pid, bystander.pid, str(tmp_path)))
+
+        root = workspace(tmp_path)
+        runner = _run_supervised(tmp_path, root, script(root))
+        first = runner.stdout.readline().decode()
+        assert first.startswith(hostside.RESULT), "the supervisor names its group to the controller first"
+        group = json.loads(first[len(hostside.RESULT):])
+        assert runner.stdout.readline() == b"planted\n"
+        assert answer(call(tmp_path, "close", {"root": str(root), "group": group})) == {"removed": True}
+        assert runner.wait(timeout=15) != 0
+        assert bystander.poll() is None, "a process the packager did not start was signalled"
+        # the controller died and the job forged every pid file it could find: `hosts
+        # clean` removes the workspace but signals nothing it cannot prove is the packager's
+        root = workspace(tmp_path, ttl=0.01)
+        runner = _run_supervised(tmp_path, root, script(root))
+        runner.stdout.readline()
+        assert runner.stdout.readline() == b"planted\n"
+        time.sleep(0.05)
+        answer(call(tmp_path, "clean", {}))
+        assert bystander.poll() is None, "a forged pid file was obeyed"
+        assert not root.exists()
+    finally:
+        bystander.kill()
+        for leftover in (runner,) if "runner" in locals() else ():
+            os.killpg(leftover.pid, 9) if leftover.poll() is None else None
+
+
+def test_clean_stops_a_supervisor_left_by_a_dead_controller(tmp_path):
+    root = workspace(tmp_path, ttl=0.01)
+    runner = _run_supervised(tmp_path, root, "import time; print('up', flush=True); time.sleep(120)")
+    try:
+        runner.stdout.readline()
+        assert runner.stdout.readline() == b"up\n"
+        assert not list(root.rglob("*pid*")), "nothing about the supervisor lies inside the workspace"
+        time.sleep(0.05)
+        answer(call(tmp_path, "clean", {}))
+        assert runner.wait(timeout=15) != 0 and not root.exists()
+    finally:
+        if runner.poll() is None:
+            os.killpg(runner.pid, 9)
