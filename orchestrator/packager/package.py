@@ -65,7 +65,7 @@ def _tarinfo(name: str, size: int | None) -> tarfile.TarInfo:
 
 def write_archive(root: Path, dest: Path) -> None:
     """Write ``root`` as a deterministic ``.tar.gz`` at ``dest``."""
-    entries = sorted(p for p in root.rglob("*") if "__pycache__" not in p.parts)
+    entries = sorted(root.rglob("*"))
     with open(dest, "wb") as raw:
         with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) as gz:
             with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:

@@ -13,13 +13,55 @@ outside itself. Typical use on a device::
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
 
-from .checks import (
+def _compile_own_modules_from_source() -> None:
+    """Make this package's modules load from their checked sources only.
+
+    Python prefers ``__pycache__/*.pyc`` to the source, and an unchecked hash-based .pyc
+    is run without a glance at the source: a package that ships one runs code no checksum
+    covers. So, when this folder is imported from a package (as ``modelpack_runtime``), its
+    modules are compiled from source, never from bytecode, and none is written; the .pyc
+    that importing this file may just have written is removed, so that the package still
+    matches its manifest afterwards. (A planted ``__init__`` .pyc runs before this code
+    can; ``modelpack verify``, which never imports the package, refuses any of them.)"""
+    import importlib.abc
+    import importlib.machinery
+    import importlib.util
+
+    folder = Path(__file__).parent
+
+    class SourceOnly(importlib.machinery.SourceFileLoader):
+        def get_code(self, fullname: str) -> Any:
+            return compile(self.get_data(self.path), self.path, "exec", dont_inherit=True)
+
+    class OwnModules(importlib.abc.MetaPathFinder):
+        def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+            package, _, leaf = fullname.rpartition(".")
+            source = folder / f"{leaf}.py"
+            if package != __name__ or not source.is_file():
+                return None
+            return importlib.util.spec_from_file_location(fullname, source, loader=SourceOnly(fullname, str(source)))
+
+    sys.meta_path.insert(0, OwnModules())
+    cached = Path(globals().get("__cached__") or folder / "__pycache__" / "none")
+    try:
+        cached.unlink(missing_ok=True)
+        cached.parent.rmdir()
+    except OSError:  # read-only, or other files there: the manifest check names them
+        pass
+
+
+if __name__ == "modelpack_runtime":
+    _compile_own_modules_from_source()
+
+import numpy as np  # noqa: E402
+
+from .checks import (  # noqa: E402
     Comparison,
     compare_outputs,
     engine_version_problem,
@@ -27,9 +69,9 @@ from .checks import (
     platform_problem,
     sha256_file,
 )
-from .engines import ENGINES, EngineUnavailable, installed_version, open_artifact
-from .manifest import Manifest
-from .schema import SchemaError
+from .engines import ENGINES, EngineUnavailable, installed_version, open_artifact  # noqa: E402
+from .manifest import Manifest  # noqa: E402
+from .schema import SchemaError  # noqa: E402
 
 MANIFEST = "manifest.json"
 
@@ -107,14 +149,18 @@ def read_manifest(package_dir: Path) -> dict[str, Any]:
 
 
 def verify_files(package_dir: Path, manifest: Mapping[str, Any]) -> None:
-    """Raise unless every file under ``package_dir`` matches the manifest's sha256 table."""
+    """Raise unless the files under ``package_dir`` are exactly the manifest's sha256
+    table: bytecode caches count (Python would run them instead of the checked source),
+    and anything but a regular file or folder is refused."""
     root = Path(package_dir)
-    actual = {
-        p.relative_to(root).as_posix(): sha256_file(p)
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and p.name != MANIFEST and "__pycache__" not in p.parts
-    }
-    problems = file_problems(manifest["files"], actual)
+    actual, problems = {}, []
+    for p in sorted(root.rglob("*")):
+        name = p.relative_to(root).as_posix()
+        if p.is_symlink() or not (p.is_file() or p.is_dir()):
+            problems.append(f"{name}: not a regular file")
+        elif p.is_file() and name != MANIFEST:
+            actual[name] = sha256_file(p)
+    problems += file_problems(manifest["files"], actual)
     if problems:
         raise PackageError(f"{root}: integrity check failed: {problems[0]}"
                            + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))

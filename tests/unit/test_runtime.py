@@ -117,3 +117,54 @@ def test_sample_paths_that_leave_the_package_are_refused(unpacked, tmp_path):
     _edit_manifest(unpacked, lambda m: m["samples"]["inputs"].update(image="../outside.npy"))
     with pytest.raises(PackageError, match="outside the package"):
         load(unpacked).self_test()
+
+
+def _plant_bytecode(unpacked: Path, module: str, payload: str) -> Path:
+    """An unchecked hash-based .pyc for one of the runtime's modules: Python runs it
+    without looking at the source, which is what a hostile package would ship."""
+    import importlib.util
+    import py_compile
+
+    folder = unpacked / "runtime" / "modelpack_runtime"
+    fake = unpacked.parent / f"{module}.py"
+    fake.write_text(payload)
+    planted = Path(importlib.util.cache_from_source(str(folder / f"{module}.py")))
+    planted.parent.mkdir(exist_ok=True)
+    py_compile.compile(str(fake), cfile=str(planted), doraise=True,
+                       invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+    return planted
+
+
+def test_planted_bytecode_is_refused_by_every_check(unpacked, capsys, tmp_path):
+    from orchestrator.cli import main
+    from orchestrator.packager.package import write_archive
+
+    _plant_bytecode(unpacked, "checks", "raise SystemExit('planted code ran')")
+    with pytest.raises(PackageError, match="__pycache__/checks.*present but not listed"):
+        load(unpacked)
+    hostile = tmp_path / "tinycnn-1.0.0-linux-x86_64.tar.gz"
+    write_archive(unpacked, hostile)
+    for command in ("inspect", "verify"):
+        assert main([command, str(hostile)]) == 2
+        assert "__pycache__/checks" in capsys.readouterr().err
+
+
+def test_the_shipped_runtime_never_reads_or_writes_bytecode_in_the_package(unpacked, tmp_path):
+    """Imported the documented way on a device, the package's own runtime compiles its
+    modules from the checked sources: a planted .pyc does not run, and importing leaves
+    nothing behind that would fail the next check."""
+    import subprocess
+    import sys
+
+    marker = tmp_path / "ran"
+    planted = _plant_bytecode(unpacked, "checks", f"open({str(marker)!r}, 'w').close()")
+    script = (f"import sys; sys.path.insert(0, {str(unpacked / 'runtime')!r}); import modelpack_runtime;"
+              " print(modelpack_runtime.checks.__file__)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert not marker.exists(), "the planted bytecode ran"
+    planted.unlink()
+    done = subprocess.run([sys.executable, "-c", script + "; print(modelpack_runtime.load(sys.argv[1]).self_test().passed)",
+                           str(unpacked)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.split()[-1] == "True", done.stderr
+    assert not list((unpacked / "runtime").rglob("*.pyc")), "importing wrote bytecode into the package"
