@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from .collect import VerificationError, verify_archive
+from .collect import Identity, VerificationError, verify_archive
 from .runtime.checks import sha256_file
 from .storage import write_atomic
 
@@ -58,20 +58,26 @@ class PackageCache:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def get(self, key: str) -> Hit | None:
+    def get(self, key: str, identity: Identity | None = None) -> Hit | None:
+        """The entry under ``key`` if it is intact and, given ``identity``, that job's
+        package; anything else is a miss. The entry names a file in its own folder only."""
         folder = self.root / key
         try:
             entry = json.loads((folder / ENTRY).read_text())
-            package = folder / entry["package"]
-            if sha256_file(package) != entry["sha256"]:
+            name = entry["package"]
+            if not isinstance(name, str) or Path(name).name != name or name in (".", "..", ENTRY):
+                raise VerificationError(f"entry names {name!r}, not a file of its own")
+            package = folder / name
+            if package.is_symlink() or sha256_file(package) != entry["sha256"]:
                 raise VerificationError("sha256 mismatch")
-            manifest = verify_archive(package, entry["sha256"])
-        except (OSError, ValueError, KeyError, VerificationError):
+            manifest = verify_archive(package, entry["sha256"], identity)
+        except (OSError, ValueError, KeyError, TypeError, VerificationError):
             return None  # absent or damaged: a miss, and the next build replaces it
         return Hit(key, package, entry["sha256"], manifest)
 
-    def put(self, key: str, package: Path, sha256: str) -> None:
-        """Store a verified package under ``key`` (atomically; the first writer wins)."""
+    def put(self, key: str, package: Path, sha256: str, identity: Identity | None = None) -> None:
+        """Store a verified package under ``key`` (atomically; the first writer of a
+        sound entry wins, and a damaged or foreign one is replaced)."""
         scratch = Path(tempfile.mkdtemp(prefix=".incoming-", dir=self.root))
         try:
             shutil.copyfile(package, scratch / package.name)
@@ -79,7 +85,7 @@ class PackageCache:
             with self._locked():
                 dest = self.root / key
                 if dest.exists():
-                    if self.get(key) is not None:
+                    if self.get(key, identity) is not None:
                         return
                     shutil.rmtree(dest)  # a damaged entry: replace it
                 os.rename(scratch, dest)

@@ -13,8 +13,9 @@ import shutil
 import tarfile
 import tempfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from .runtime import PackageError, read_manifest, verify_files
 from .runtime.archive import ArchiveError, extract
@@ -27,8 +28,31 @@ class VerificationError(RuntimeError):
     """The package from a host is corrupt, hostile or inconsistent."""
 
 
-def verify_archive(archive: Path, expected_sha256: str | None = None) -> dict[str, Any]:
-    """Check a package archive completely; return its manifest."""
+@dataclass(frozen=True)
+class Identity:
+    """What a package must say it is to be published as a job's: a host or a cache entry
+    that hands back another model's, target's or instructions' package (by mistake or on
+    purpose) must not have it published under this job's name."""
+
+    name: str
+    version: str
+    target: str
+    model_sha256: str
+    instructions_sha256: str
+
+    def problem(self, manifest: Mapping[str, Any]) -> str | None:
+        said = {"name": manifest["name"], "version": manifest["version"], "target": manifest["target"]["name"],
+                "source model sha256": manifest["source"]["sha256"],
+                "instructions sha256": manifest["source"].get("instructions_sha256")}
+        wanted = dict(zip(said, (self.name, self.version, self.target, self.model_sha256, self.instructions_sha256)))
+        wrong = [f"{key} {said[key]!r} (the job's is {wanted[key]!r})" for key in said if said[key] != wanted[key]]
+        return f"not this job's package: {'; '.join(wrong)}" if wrong else None
+
+
+def verify_archive(archive: Path, expected_sha256: str | None = None,
+                   identity: Identity | None = None) -> dict[str, Any]:
+    """Check a package archive completely, and that it is ``identity``'s package when
+    given; return its manifest."""
     if expected_sha256 is not None:
         actual = sha256_file(archive)
         if actual != expected_sha256:
@@ -43,6 +67,9 @@ def verify_archive(archive: Path, expected_sha256: str | None = None) -> dict[st
     missing = [k for k in _REQUIRED if k not in manifest]
     if missing:
         raise VerificationError(f"{archive.name}: manifest.json lacks {', '.join(missing)}")
+    problem = identity.problem(manifest) if identity else None
+    if problem:
+        raise VerificationError(f"{archive.name}: {problem}")
     return manifest
 
 

@@ -204,7 +204,7 @@ def run_attempt(
         within(timeouts.pull, f"{transport.name}: pull",
                lambda: opened.pull(f"out/{job.package_filename}", staged), opened.close)
         stage("verify")
-        attempt.manifest = verify_archive(staged, result.sha256)
+        attempt.manifest = verify_archive(staged, result.sha256, job.identity())
         attempt.staged, attempt.sha256 = staged, result.sha256
         attempt.status = AttemptStatus.OK
     except (TransportError, VerificationError) as exc:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .cache import cache_key
+from .collect import Identity
 from .errors import InputError
 from .packager.job import Job as PackagerJob
 from .packager.job import JobTarget, package_filename
@@ -91,6 +92,11 @@ class PlannedJob:
             "environment": environment_id,
             "packager": packager_digest(),
         })
+
+    def identity(self) -> Identity:
+        """What this job's package must say it is (collect.py checks it before publishing)."""
+        job = self.packager_job({})
+        return Identity(job.name, job.version, job.target.name, job.model_sha256, job.instructions_sha256())
 
     def packager_job(self, provenance: dict[str, Any]) -> PackagerJob:
         s = self.spec.spec

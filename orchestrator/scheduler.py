@@ -259,7 +259,7 @@ class Scheduler:
             if self._hosts[host.name].disabled:
                 continue
             key = self._key_for(record.job, host.name)
-            hit = self._cache.get(key) if key else None
+            hit = self._cache.get(key, record.job.identity()) if key else None
             if hit is None:
                 continue
             folder = Path(tempfile.mkdtemp(prefix="cache-", dir=self._staging))
@@ -316,7 +316,8 @@ class Scheduler:
                     assert attempt.staged is not None and attempt.sha256 is not None
                     key = self._key_for(job, name) if self._cache else None
                     if key:
-                        self._cache.put(key, attempt.staged, attempt.sha256)  # type: ignore[union-attr]
+                        self._cache.put(key, attempt.staged, attempt.sha256,  # type: ignore[union-attr]
+                                        job.identity())
                     record.sha256, record.manifest = attempt.sha256, attempt.manifest
                     self._publish(record, attempt.staged)
                     shutil.rmtree(attempt.staged.parent, ignore_errors=True)

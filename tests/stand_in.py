@@ -46,7 +46,8 @@ def _synthetic_package(job: Job, root: Path, archive: Path) -> None:
     (root / "model" / "model.bin").write_bytes(job.model_sha256.encode())
     manifest: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION, "name": job.name, "version": job.version, "target": vars(job.target),
-        "source": {"sha256": job.model_sha256}, "inputs": [], "outputs": [],
+        "source": {"sha256": job.model_sha256, "instructions_sha256": job.instructions_sha256()},
+        "inputs": [], "outputs": [],
         "artifacts": [{"path": "model/model.bin", "format": "simulated", "engine": "simulated", "role": "primary"}],
         "engines": {"simulated": {"version": "0"}}, "candidates": [], "selection": {},
         "selftest": {"passed": True, "artifacts": {}},

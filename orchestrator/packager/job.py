@@ -7,7 +7,9 @@ share one definition while the build host needs only the standard library to rea
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any, ClassVar
@@ -97,6 +99,14 @@ class Job(Message):
     def from_fields(cls, data: dict[str, Any]) -> "Job":
         return cls(**{**data, "target": JobTarget(**data["target"]),
                       "compilers": [CompilerCall(**c) for c in data["compilers"]]})
+
+    def instructions_sha256(self) -> str:
+        """What the package was asked to be, as one digest: every field but provenance
+        (which host and when). The packager records it in the manifest, and the
+        controller publishes a package, built or cached, only when it matches the job's."""
+        fields = asdict(self)
+        del fields["provenance"]
+        return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
     @classmethod
     def read(cls, path: Path) -> "Job":

@@ -57,6 +57,8 @@ class Source:
 
     sha256: str = documented("sha256 of the source model file")
     filename: Optional[str] = documented("its file name", None)
+    instructions_sha256: Optional[str] = documented("sha256 of the packaging instructions it was built from (the"
+                                                    " job file without provenance)", None)
     opsets: Optional[Dict[str, int]] = documented("opset per domain", None)
     producer: Optional[str] = documented("producer name and version recorded in the model", None)
     inputs: Optional[List[Dict[str, Any]]] = documented("the source model's own signature", None)
