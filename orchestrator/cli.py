@@ -96,7 +96,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     if args.json:
         _check_output(Path(args.json), "--json", folder=False)
     previous = _read_summary(args.compare) if args.compare else None
-    specs = [load_spec(p) for p in _spec_files(args.spec)]
+    specs = [load_spec(p, args.allow_outside) for p in _spec_files(args.spec)]
     inventory = _inventory(args.hosts)
     jobs = plan(specs, args.target, args.model)
     run = prepare(jobs, inventory, _transport, args.keep)
@@ -445,7 +445,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     from .plan import plan
     from .spec import load_spec
 
-    jobs = plan([load_spec(p) for p in _spec_files(args.spec)], args.target, args.model)
+    jobs = plan([load_spec(p, args.allow_outside) for p in _spec_files(args.spec)], args.target, args.model)
     rows = [{"spec": str(j.spec.path), "name": j.spec.spec.name, "version": j.spec.spec.version,
              "target": j.target.name, "package": j.package_filename} for j in jobs]
     if args.format == "github":
@@ -487,6 +487,12 @@ def _verbosity(p: argparse.ArgumentParser) -> None:
     p.set_defaults(verbosity=0)
 
 
+def _allow_outside(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--allow-outside", action="append", type=Path, default=[], metavar="FOLDER",
+                         help="let specs name files under FOLDER too (by default a spec reaches only its own"
+                              " folder; repeatable)")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="modelpack", description="Package one ONNX model for every target platform.")
     p.add_argument("--version", action="version", version=f"modelpack {__version__}")
@@ -497,6 +503,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--hosts", type=Path, help="inventory file (default: ./hosts.yaml, else built-in)")
     b.add_argument("--target", action="append", help="only these targets (glob; repeatable)")
     b.add_argument("--model", action="append", help="only these package names (glob; repeatable)")
+    _allow_outside(b)
     b.add_argument("--out", default="dist", help="output folder (default: dist)")
     b.add_argument("--jobs", "-j", type=int, help="at most this many jobs at once (default: all host slots)")
     b.add_argument("--no-cache", action="store_true", help="neither use nor fill the package cache")
@@ -529,6 +536,7 @@ def parser() -> argparse.ArgumentParser:
     mx.add_argument("spec", nargs="+", type=Path)
     mx.add_argument("--target", action="append", help="only these targets (glob; repeatable)")
     mx.add_argument("--model", action="append", help="only these package names (glob; repeatable)")
+    _allow_outside(mx)
     mx.add_argument("--format", choices=["github", "gitlab", "json"], default="json")
     mx.set_defaults(func=cmd_matrix)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
+from collections.abc import Hashable
 from typing import Any, TypeVar
 
 import yaml
@@ -27,6 +28,11 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool
     seen: dict[Any, yaml.Node] = {}
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
+        if not isinstance(key, Hashable):
+            raise yaml.constructor.ConstructorError(
+                "while constructing a mapping", node.start_mark,
+                f"found a {type(key).__name__} as a key; keys are names", key_node.start_mark,
+            )
         if key in seen:
             raise yaml.constructor.ConstructorError(
                 "while constructing a mapping", node.start_mark,
@@ -40,7 +46,12 @@ _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _c
 
 
 def read_yaml(path: Path) -> Any:
+    """A YAML file's data, or one InputError: a FIFO or device is refused before it is
+    opened (reading one would block or never end), and so is nesting deeper than a
+    parser's stack."""
     try:
+        if Path(path).exists() and not Path(path).is_file():
+            raise InputError(path, None, "not a regular file")
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise InputError(path, None, "file not found") from None
@@ -48,6 +59,8 @@ def read_yaml(path: Path) -> Any:
         raise InputError(path, None, f"cannot read: {exc}") from None
     try:
         return yaml.load(text, Loader=_StrictLoader)
+    except RecursionError:
+        raise InputError(path, None, "malformed YAML: nested too deeply") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"

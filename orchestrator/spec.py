@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Sequence
 
 import numpy as np
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -285,12 +285,33 @@ class LoadedSpec:
         return [TARGETS[t] for t in self.spec.targets]
 
 
-def load_spec(path: Path) -> LoadedSpec:
-    """Read, validate and resolve one spec file, checking the model and samples it names."""
+def spec_file(spec_path: Path, key: str, name: str, allow_outside: Sequence[Path] = ()) -> Path:
+    """The file a spec names, resolved through any links: a regular file inside the
+    spec's folder, or under a folder the user named with ``--allow-outside``. A spec is
+    shared and reviewed like code; it must not package ``/etc/passwd`` as labels or run a
+    metric from anywhere on the machine that builds it."""
+    try:
+        file = (spec_path.parent / name).resolve(strict=True)
+    except FileNotFoundError:
+        raise InputError(spec_path, key, f"{spec_path.parent / name}: file not found") from None
+    except (OSError, RuntimeError) as exc:  # a symlink loop, a name too long, no permission
+        raise InputError(spec_path, key, f"{spec_path.parent / name}: cannot be resolved: {exc}") from None
+    roots = [spec_path.parent.resolve(), *(Path(folder).resolve() for folder in allow_outside)]
+    if not any(file.is_relative_to(root) for root in roots):
+        raise InputError(spec_path, key, f"{name} is {file}, outside the spec's folder {roots[0]}; pass"
+                                         f" --allow-outside {file.parent} to allow it")
+    if not file.is_file():
+        raise InputError(spec_path, key, f"{file}: not a regular file")
+    return file
+
+
+def load_spec(path: Path, allow_outside: Sequence[Path] = ()) -> LoadedSpec:
+    """Read, validate and resolve one spec file, checking the model and samples it names
+    (each confined to the spec's folder and ``allow_outside``, see :func:`spec_file`)."""
     path = Path(path)
     spec = validate(path, read_yaml(path), Spec)
 
-    model_path = (path.parent / spec.model).resolve()
+    model_path = spec_file(path, "model", spec.model, allow_outside)
     try:
         model = load_onnx(model_path)
         inputs, outputs = signature(model)
@@ -299,7 +320,7 @@ def load_spec(path: Path) -> LoadedSpec:
     info = ModelInfo(model_path, content_sha256(model_path), inputs, outputs)
     labels = None
     if spec.functions is not None:
-        labels = _read_labels(path, spec.functions)
+        labels = _read_labels(path, spec.functions, allow_outside)
         try:
             resolved = resolve_functions(model, spec.functions.model_dump(), labels)
         except (FunctionError, ModelError) as exc:
@@ -313,32 +334,28 @@ def load_spec(path: Path) -> LoadedSpec:
         except ModelError as exc:
             raise InputError(path, "shapes", str(exc)) from None
     if spec.samples is not None:
-        samples = (path.parent / spec.samples).resolve()
-        if not samples.is_file():
-            raise InputError(path, "samples", f"{samples}: file not found")
+        samples = spec_file(path, "samples", spec.samples, allow_outside)
         try:
             load_samples(samples, inputs, dims if spec.shapes else None)
         except ModelError as exc:
             raise InputError(path, "samples", f"{samples}: {exc}") from None
-    calibration = _sample_set(path, spec.calibration, "calibration", inputs)
-    evaluation = _sample_set(path, spec.evaluation, "evaluation", inputs)
+    calibration = _sample_set(path, spec.calibration, "calibration", inputs, allow_outside)
+    evaluation = _sample_set(path, spec.evaluation, "evaluation", inputs, allow_outside)
     metric = None
     if spec.accelerate and spec.accelerate.gate.metric:
-        metric = (path.parent / spec.accelerate.gate.metric.rsplit(":", 1)[0]).resolve()
-        if not metric.is_file():
-            raise InputError(path, "accelerate.gate.metric", f"{metric}: file not found")
+        metric = spec_file(path, "accelerate.gate.metric", spec.accelerate.gate.metric.rsplit(":", 1)[0], allow_outside)
     if spec.accelerate:
         _check_gate(path, spec, outputs, evaluation, calibration)
     return LoadedSpec(path, spec, info, samples, calibration, metric, labels, evaluation)
 
 
-def _read_labels(path: Path, functions: Functions) -> dict[str, list[str]]:
+def _read_labels(path: Path, functions: Functions, allow_outside: Sequence[Path]) -> dict[str, list[str]]:
     """Label files named by top-k steps: one label per line, read here so the job carries them."""
     labels = {}
     for index, step in enumerate(functions.post):
         if isinstance(step, dict) and isinstance(step.get("topk"), dict) and step["topk"].get("labels") is not None:
             name = str(step["topk"]["labels"])
-            file = (path.parent / name).resolve()
+            file = spec_file(path, f"functions.post[{index}].topk.labels", name, allow_outside)
             try:
                 labels[name] = file.read_text(encoding="utf-8").splitlines()
             except (OSError, UnicodeDecodeError) as exc:
@@ -391,12 +408,13 @@ def _check_gate(path: Path, spec: Spec, outputs: list[dict[str, Any]], evaluatio
                          f" {held} (add samples to `evaluation`, or to `calibration`, half of which is held out)")
 
 
-def _sample_set(path: Path, name: str | None, key: str, inputs: list[dict[str, Any]]) -> Path | None:
+def _sample_set(path: Path, name: str | None, key: str, inputs: list[dict[str, Any]],
+                allow_outside: Sequence[Path]) -> Path | None:
     """A calibration or evaluation .npz: keyed by the package's inputs, samples along axis 0."""
     if name is None:
         return None
-    file = (path.parent / name).resolve()
-    if not file.is_file() or file.suffix != ".npz":
+    file = spec_file(path, key, name, allow_outside)
+    if file.suffix != ".npz":
         raise InputError(path, key, f"{file}: must be an existing .npz keyed by input name")
     try:
         with np.load(file, allow_pickle=False) as data:

@@ -262,6 +262,9 @@ def _resolve_post(model: Any, spec: Mapping[str, Any], labels: Mapping[str, list
                 names = labels.get(str(options["labels"]))
                 if names is None:
                     raise FunctionError(f"{where}.labels: {options['labels']} was not provided")
+                if count is not None and len(names) != count:
+                    raise FunctionError(f"{where}.labels: {options['labels']} has {len(names)} lines; output"
+                                        f" {current!r} has {count} classes")
                 runtime.append({"op": "labels", "indices": "indices", "labels": names, "result": "labels",
                                 "file": str(options["labels"])})
             final = True

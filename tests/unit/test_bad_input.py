@@ -162,9 +162,9 @@ def test_invalid_host_fields(capsys, write_spec, out_dir, tmp_path, host, needle
         ({"accelerate": {"variants": ["fp16"], "gate": {"metric": "m.py:f"}}}, ("metric and max_drop go together",)),
         ({"accelerate": {"variants": ["fp16"], "gate": {"metric": "m.py:f", "max_drop": 0.1}}},
          ("accelerate.gate.metric", "m.py: file not found")),
-        ({"calibration": "nope.npz"}, ("calibration", "nope.npz: must be an existing .npz")),
+        ({"calibration": "nope.npz"}, ("calibration", "nope.npz: file not found")),
         ({"functions": {"post": [{"topk": {"k": 5, "labels": "labels.txt"}}]}},
-         ("functions.post[0].topk.labels", "labels.txt: cannot read")),
+         ("functions.post[0].topk.labels", "labels.txt: file not found")),
         ({"select": {"metric": "fastest"}}, ("select.metric",)),
         ({"select": {"engine": "tensorrt"}}, ("select.engine 'tensorrt' is not among the compilers",)),
         ({"compilers": ["openvino"], "targets": ["ios-arm64"]}, ("no compiler in the list (openvino) can build for ios-arm64",)),
@@ -334,3 +334,81 @@ def test_an_output_that_cannot_be_written_is_refused_before_building(capsys, wri
     assert code == 2 and len(lines) == 1, lines
     assert ("--json" if where.startswith("json") else "--out") in lines[0]
     assert blocker.read_text() == "mine" and not (tmp_path / "dist").exists()
+
+
+# -- a hostile spec reaches only its own folder (issue 14) --------------------------------
+LABELLED = {"functions": {"post": ["softmax", {"topk": {"k": 3, "labels": "labels.txt"}}]}}
+
+
+@pytest.mark.parametrize("key,fields", [
+    ("functions.post[1].topk.labels", {"functions": {"post": [{"topk": {"k": 3, "labels": "/etc/passwd"}}]}}),
+    ("model", {"model": None}),
+    ("samples", {"samples": "../outside.npz"}),
+    ("accelerate.gate.metric", None),
+])
+def test_spec_paths_outside_the_spec_folder_are_refused(capsys, write_spec, out_dir, local_hosts, tmp_path,
+                                                        key, fields):
+    import shutil
+
+    shutil.copyfile(TINYCNN, tmp_path / "outside.onnx")
+    (tmp_path / "outside.npz").write_bytes(b"")
+    (tmp_path / "metric.py").write_text("def score(outputs, reference):\n    return 1.0\n")
+    if fields is None:
+        fields = {"accelerate": {"variants": ["fp16"], "gate": {"metric": "../metric.py:score", "max_drop": 0.1}}}
+    if key.startswith("functions"):
+        key = "functions.post[0].topk.labels"
+    spec = write_spec(**fields) if key != "model" else write_spec(model=None, raw=(
+        "name: tinycnn\nversion: 1.0.0\nmodel: ../outside.onnx\ntargets: [linux-x86_64]\ncompilers: [onnxruntime]\n"))
+    code, lines = run_build(capsys, spec, out_dir, local_hosts)
+    assert_rejected(code, lines, out_dir, str(spec), key, "outside the spec's folder", "--allow-outside")
+
+
+def test_allow_outside_lets_a_named_folder_in(capsys, write_spec, out_dir, local_hosts, tmp_path):
+    import shutil
+
+    shared = tmp_path / "shared-models"
+    shared.mkdir()
+    shutil.copyfile(TINYCNN, shared / "tinycnn.onnx")
+    spec = write_spec(model=None, raw=f"name: tinycnn\nversion: 1.0.0\nmodel: ../shared-models/tinycnn.onnx\n"
+                                      "targets: [linux-x86_64]\ncompilers: [onnxruntime]\n")
+    code, lines = run_build(capsys, spec, out_dir, local_hosts)
+    assert_rejected(code, lines, out_dir, "outside the spec's folder")
+    code, lines = run_build(capsys, spec, out_dir, local_hosts, "--allow-outside", str(shared), "--no-cache")
+    assert code == 0, lines
+
+
+def test_a_labels_file_must_match_the_models_classes(capsys, write_spec, out_dir, local_hosts):
+    spec = write_spec(**LABELLED)
+    (spec.parent / "labels.txt").write_text("\n".join(f"class {i}" for i in range(9)) + "\n")
+    code, lines = run_build(capsys, spec, out_dir, local_hosts)
+    assert_rejected(code, lines, out_dir, str(spec), "labels", "9 lines", "10 classes")
+
+
+@pytest.mark.parametrize("what", ["spec", "model", "samples"])
+def test_a_fifo_is_refused_not_waited_on(capsys, write_spec, out_dir, local_hosts, what):
+    import os
+
+    spec = write_spec(samples="samples.npz") if what == "samples" else write_spec()
+    fifo = spec if what == "spec" else spec.parent / ("tinycnn.onnx" if what == "model" else "samples.npz")
+    fifo.unlink(missing_ok=True)
+    os.mkfifo(fifo)
+    code, lines = run_build(capsys, spec, out_dir, local_hosts)
+    assert_rejected(code, lines, out_dir, fifo.name, "not a regular file")
+
+
+def test_a_model_symlink_loop_is_one_line(capsys, write_spec, out_dir, local_hosts):
+    spec = write_spec()
+    model = spec.parent / "tinycnn.onnx"
+    model.unlink()
+    model.symlink_to(spec.parent / "loop.onnx")
+    (spec.parent / "loop.onnx").symlink_to(model)
+    code, lines = run_build(capsys, spec, out_dir, local_hosts)
+    assert_rejected(code, lines, out_dir, str(spec), "model")
+
+
+@pytest.mark.parametrize("raw", ["[" * 20000 + "]" * 20000, "a:\n" + "".join(" " * i + "b:\n" for i in range(1, 3000)),
+                                 "? [1, 2]\n: x\nname: a\n", "{[1]: 2}\n"])
+def test_pathological_yaml_is_one_line(capsys, write_spec, out_dir, local_hosts, raw):
+    spec = write_spec(raw=raw)
+    code, lines = run_build(capsys, spec, out_dir, local_hosts)
+    assert_rejected(code, lines, out_dir, str(spec))
