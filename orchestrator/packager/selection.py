@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .causes import root_cause
+from ..runtime.platforms import minimal_environment
 from .compilers import Compiler
 from .job import CompilerCall, JobTarget
 from .messages import CompileRequest, MeasureRequest, WorkerResult
@@ -109,7 +110,7 @@ def run_worker(request: CompileRequest | MeasureRequest, folder: Path, timeout: 
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "orchestrator.packager.worker", kind, str(request_path), str(result_path)],
-            capture_output=True, text=True, timeout=timeout,
+            capture_output=True, text=True, timeout=timeout, env=minimal_environment(),
         )
     except subprocess.TimeoutExpired:
         raise WorkerFailed("failed", f"{kind} timed out after {timeout:g} s") from None

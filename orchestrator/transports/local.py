@@ -20,6 +20,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Mapping
 
 from ..inventory import Host
+from ..runtime.platforms import minimal_environment
 from ..runtime.platforms import this_machine
 from .watchdog import Watchdog
 from .base import CommandTimeout, HostStatus, LineSink, Transport, TransportError, Workspace, disk_problem
@@ -69,7 +70,7 @@ class LocalWorkspace(Workspace):
     def run(self, argv: list[str], env: Mapping[str, str], timeout: float, on_line: LineSink) -> int:
         try:
             proc = subprocess.Popen(
-                argv, cwd=self._dir, env={**os.environ, **env}, stdin=subprocess.DEVNULL,
+                argv, cwd=self._dir, env=minimal_environment(env), stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
             )
         except OSError as exc:

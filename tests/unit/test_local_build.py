@@ -138,3 +138,25 @@ def test_tampered_package_is_refused_by_inspect_run_and_verify(capsys, write_spe
         err = capsys.readouterr().err
         assert "tampered.tar.gz" in err and "samples/reference-0.npy" in err
     assert not (tmp_path / "o.npz").exists()
+
+
+def test_user_metric_code_sees_none_of_the_controllers_secrets(capsys, write_spec, local_hosts, tmp_path,
+                                                               monkeypatch):
+    """The local transport builds on the controller's own machine: the packager, and the
+    spec's metric code it runs, get the machine's basics, not the controller's whole
+    environment (a pipeline's tokens and keys)."""
+    monkeypatch.setenv("RELEASE_SIGNING_TOKEN", "s3cret-value")
+    seen = tmp_path / "seen.json"
+    spec = write_spec(evaluation="evaluation.npz",
+                      accelerate={"variants": ["fp16"], "gate": {"metric": "metric.py:top", "max_drop": 1.0}})
+    np.savez(spec.parent / "evaluation.npz",
+             image=np.random.default_rng(0).standard_normal((20, 1, 3, 32, 32)).astype(np.float32))
+    (spec.parent / "metric.py").write_text(
+        "import json, os\n\n\ndef top(outputs, inputs):\n"
+        f"    json.dump(dict(os.environ), open({str(seen)!r}, 'w'))\n"
+        "    return float(sum(o['probs'].max() for o in outputs))\n")
+    code, out, err = build(capsys, spec, tmp_path / "d", local_hosts, "--no-cache")
+    assert code == 0, out + err
+    environment = json.loads(seen.read_text())
+    assert "PATH" in environment and "RELEASE_SIGNING_TOKEN" not in environment
+    assert "s3cret-value" not in seen.read_text()
