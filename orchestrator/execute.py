@@ -29,6 +29,8 @@ from .transports.base import Transport, TransportError, Workspace
 from .transports.watchdog import Watchdog
 
 LOG_TAIL = 200
+#: result.json is a few kilobytes; a host sending more is refused
+MAX_RESULT_BYTES = 1 << 20
 
 
 class AttemptStatus(StrEnum):
@@ -202,7 +204,7 @@ def run_attempt(
         staged = own / job.package_filename
         on_stage(f"pull {_size(result.size or 0)}")
         within(timeouts.pull, f"{transport.name}: pull",
-               lambda: opened.pull(f"out/{job.package_filename}", staged), opened.close)
+               lambda: opened.pull(f"out/{job.package_filename}", staged, result.size or 0), opened.close)
         stage("verify")
         attempt.manifest = verify_archive(staged, result.sha256, job.identity())
         attempt.staged, attempt.sha256 = staged, result.sha256
@@ -233,7 +235,7 @@ def run_packager(
     )
     result_dest.unlink(missing_ok=True)
     try:
-        workspace.pull(f"out/{RESULT_FILE}", result_dest)
+        workspace.pull(f"out/{RESULT_FILE}", result_dest, MAX_RESULT_BYTES)
         return code, Result.from_json(result_dest.read_text(encoding="utf-8"))
     except (TransportError, ValueError, OSError):
         return code, None

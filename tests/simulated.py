@@ -63,10 +63,10 @@ class SimulatedWorkspace(Workspace):
             raise TransportError(f"{t.name}: workspace closed while the job ran")
         return code
 
-    def pull(self, relative: str, dest: Path) -> None:
+    def pull(self, relative: str, dest: Path, max_bytes: int) -> None:
         source = self._dir / relative
-        if not source.is_file():
-            raise TransportError(f"{relative}: not in the simulated workspace")
+        if not source.is_file() or source.stat().st_size > max_bytes:
+            raise TransportError(f"{relative}: not in the simulated workspace, or over {max_bytes} bytes")
         shutil.copyfile(source, dest)
 
     def close(self) -> None:

@@ -56,8 +56,10 @@ class Workspace(ABC):
         Raises :class:`CommandTimeout` after ``timeout`` seconds."""
 
     @abstractmethod
-    def pull(self, relative: str, dest: Path) -> None:
-        """Copy the regular file ``root/<relative>`` to the local path ``dest``."""
+    def pull(self, relative: str, dest: Path, max_bytes: int) -> None:
+        """Copy the regular file ``root/<relative>`` to the local path ``dest``; refused,
+        with nothing left at ``dest``, if it is larger than ``max_bytes`` (the size the
+        packager reported), so a host cannot fill the controller's disk."""
 
     @abstractmethod
     def close(self) -> None:

@@ -293,7 +293,7 @@ class DockerWorkspace(Workspace):
                 raise TransportError(f"{argv[0]} ended without an exit code on {self._transport.name}")
             return int(code)
 
-    def pull(self, relative: str, dest: Path) -> None:
+    def pull(self, relative: str, dest: Path, max_bytes: int) -> None:
         path = self.root / relative
         with _infrastructure(f"copying {relative} out of the container on {self._transport.name}"):
             try:
@@ -301,7 +301,7 @@ class DockerWorkspace(Workspace):
             except docker.errors.NotFound:
                 raise TransportError(f"{path} does not exist in the container") from None
             try:
-                unpack_single_file(chunks, PurePosixPath(relative).name, dest, MAX_PULL_BYTES)
+                unpack_single_file(chunks, PurePosixPath(relative).name, dest, min(max_bytes, MAX_PULL_BYTES))
             except ArchiveError as exc:
                 raise TransportError(f"refusing what {self._transport.name} sent: {exc}") from None
 

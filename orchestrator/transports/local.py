@@ -93,10 +93,12 @@ class LocalWorkspace(Workspace):
             raise CommandTimeout(f"{argv[0]} exceeded its {timeout:g} s limit and was killed")
         return code
 
-    def pull(self, relative: str, dest: Path) -> None:
+    def pull(self, relative: str, dest: Path, max_bytes: int) -> None:
         source = self._dir / relative
         if source.is_symlink() or not source.is_file():
             raise TransportError(f"{source} is not a regular file")
+        if source.stat().st_size > max_bytes:
+            raise TransportError(f"{relative} is larger than the {max_bytes} bytes expected")
         shutil.copyfile(source, dest)
 
     def close(self) -> None:

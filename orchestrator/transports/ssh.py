@@ -484,7 +484,7 @@ class SshWorkspace(Workspace):
             on_line(pending.decode("utf-8", "replace"))
         return status[0]
 
-    def pull(self, relative: str, dest: Path) -> None:
+    def pull(self, relative: str, dest: Path, max_bytes: int) -> None:
         """Copy one file back, raw; what a host sends is bounded in size here and checked
         against the packager's sha256 by the caller."""
         t = self._transport
@@ -496,8 +496,10 @@ class SshWorkspace(Workspace):
             for chunk in t.stream(t.hostside_command("send"), 3600, status, lambda send, read_line: send(line),
                                   combine=False, errors=errors):
                 total += len(chunk)
-                if total > MAX_PULL_BYTES:
-                    raise TransportError(f"refusing what {t.name} sent: {relative} exceeds {MAX_PULL_BYTES} bytes")
+                if total > min(max_bytes, MAX_PULL_BYTES):
+                    dest.unlink(missing_ok=True)
+                    raise TransportError(f"refusing what {t.name} sent: {relative} exceeds"
+                                         f" {min(max_bytes, MAX_PULL_BYTES)} bytes")
                 out.write(chunk)
         if status != [0]:
             dest.unlink(missing_ok=True)

@@ -230,7 +230,7 @@ def test_large_output_streams_without_deadlock(workspace):
 def test_hostile_file_from_the_host_is_refused(workspace, tmp_path):
     workspace.run(["sh", "-c", "mkdir -p out && ln -s /etc/passwd out/pkg.tar.gz"], {}, 30, lambda _: None)
     with pytest.raises(TransportError, match="links are not allowed"):
-        workspace.pull("out/pkg.tar.gz", tmp_path / "pkg.tar.gz")
+        workspace.pull("out/pkg.tar.gz", tmp_path / "pkg.tar.gz", 1 << 20)
     assert not (tmp_path / "pkg.tar.gz").exists()
 
 

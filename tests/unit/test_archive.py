@@ -161,3 +161,77 @@ def test_a_malformed_manifest_is_one_line_naming_the_key_not_a_crash(tmp_path, c
     assert main(["inspect", str(archive)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and where in err[0] and "pkg.tar.gz" in err[0]
+
+
+# -- nothing is written before the whole archive is checked (issue 14) ---------------------
+def test_many_unlisted_members_are_refused_before_any_is_written(tmp_path):
+    archive = _package(tmp_path, {"model/model.onnx": b"weights"})
+    with tarfile.open(archive, "r:gz") as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar]
+    members += [(member(f"junk/{i}"), b"") for i in range(5000)]
+    hostile = make_tgz(tmp_path / "junk.tar.gz", members)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(ArchiveError, match="junk/0: present but not listed"):
+        extract(hostile, dest)
+    assert not any(dest.iterdir()), "members were written before the archive was rejected"
+
+
+def test_a_bomb_listed_under_a_wrong_checksum_writes_nothing(tmp_path):
+    """A member the manifest lists, but whose bytes are not the listed ones (here, a
+    highly compressible blob far larger than the archive): refused before writing."""
+    archive = _package(tmp_path, {"model/model.onnx": bytes(64 << 20)},
+                       table={"model/model.onnx": "0" * 64})
+    assert archive.stat().st_size < 1 << 20
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(ArchiveError, match="model/model.onnx: sha256"):
+        extract(archive, dest)
+    assert not any(dest.iterdir())
+
+
+def test_an_archive_without_a_manifest_or_with_too_many_members_is_refused(tmp_path):
+    plain = make_tgz(tmp_path / "plain.tar.gz", [(member("a"), b"x")])
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(ArchiveError, match="no manifest.json"):
+        extract(plain, dest)
+    many = make_tgz(tmp_path / "many.tar.gz", [(member(f"m{i}"), b"") for i in range(60)])
+    with pytest.raises(ArchiveError, match="more than 50 members"):
+        extract(many, dest, max_members=50)
+    assert not any(dest.iterdir())
+
+
+def test_an_archive_larger_than_the_free_space_is_refused_up_front(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    archive = _package(tmp_path, {"model/model.onnx": bytes(1 << 20)})
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(1 << 30, (1 << 30) - 4096, 4096))
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(ArchiveError, match=r"needs 10\d{5} bytes; .* has 4096 free"):
+        extract(archive, dest)
+    assert not any(dest.iterdir())
+
+
+def test_a_host_cannot_send_more_than_the_packager_reported(tmp_path):
+    """pull() is bounded by the size the packager reported: a file that grew after it was
+    reported (or a lying result) is refused, and nothing is left at the destination."""
+    from orchestrator.inventory import Host
+    from orchestrator.transports.base import TransportError
+    from orchestrator.transports.local import LocalTransport
+
+    transport = LocalTransport(Host(name="here", transport="local", targets=["linux-x86_64"]))
+    workspace = transport.open("local", {})
+    try:
+        (Path(workspace.root) / "out").mkdir(parents=True, exist_ok=True)
+        (Path(workspace.root) / "out" / "pkg.tar.gz").write_bytes(bytes(4096))
+        with pytest.raises(TransportError, match="larger than the 100 bytes"):
+            workspace.pull("out/pkg.tar.gz", tmp_path / "pkg.tar.gz", 100)
+        assert not (tmp_path / "pkg.tar.gz").exists()
+        workspace.pull("out/pkg.tar.gz", tmp_path / "pkg.tar.gz", 4096)
+        assert (tmp_path / "pkg.tar.gz").stat().st_size == 4096
+    finally:
+        workspace.close()
