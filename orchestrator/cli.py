@@ -369,16 +369,43 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _parse_inputs(values: list[str]) -> dict[str, np.ndarray]:
+def _parse_inputs(values: list[str], manifest: dict[str, Any]) -> dict[str, np.ndarray]:
+    """``--input NAME=FILE.npy`` values, each checked against the package's inputs from
+    its header before the data is read: a header claiming 10^15 elements must not be
+    allocated, and a FIFO must not be waited on."""
+    inputs = {tensor["name"]: tensor for tensor in manifest["inputs"]}
     feeds = {}
     for value in values:
         name, sep, file = value.partition("=")
         if not sep or not name or not file:
             raise InputError(None, "--input", f"{value!r}: expected NAME=FILE.npy")
+        key = f"--input {name}"
+        if name not in inputs:
+            raise InputError(None, key, f"the package has no input {name!r} (its inputs: {', '.join(inputs)})")
+        path = Path(file)
+        if not path.is_file():
+            raise InputError(path, key, "file not found" if not path.exists() else "not a regular file")
         try:
-            feeds[name] = np.load(file, allow_pickle=False)
+            with open(path, "rb") as data:
+                version = np.lib.format.read_magic(data)
+                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) \
+                    else np.lib.format.read_array_header_2_0
+                shape, _, dtype = read_header(data)
+                holds = path.stat().st_size - data.tell()
         except (OSError, ValueError) as exc:
-            raise InputError(file, f"--input {name}", f"cannot read: {exc}") from None
+            raise InputError(path, key, f"not a .npy array: {exc}") from None
+        wanted = inputs[name]
+        if dtype.hasobject or len(shape) != len(wanted["shape"]):
+            raise InputError(path, key, f"holds {dtype}{list(shape)}; the package's input {name!r} is"
+                                        f" {wanted['dtype']}{wanted['shape']}")
+        claimed = int(np.prod(shape, dtype=object)) * dtype.itemsize
+        if claimed != holds:
+            raise InputError(path, key, f"its header says {dtype}{list(shape)} ({claimed} bytes) but it holds"
+                                        f" {holds} bytes")
+        try:
+            feeds[name] = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise InputError(path, key, f"cannot read: {exc}") from None
     return feeds
 
 
@@ -387,8 +414,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .runtime.archive import extract
     from .storage import write_atomic
 
-    _checked_package(args.package)
-    feeds = _parse_inputs(args.input)
+    out = Path(args.output)
+    _check_output(out, "--output", folder=False)
+    feeds = _parse_inputs(args.input, _checked_package(args.package))
     with tempfile.TemporaryDirectory(prefix="modelpack-run-") as tmp:
         extract(args.package, Path(tmp))
         try:
@@ -396,7 +424,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             outputs = session.run(feeds)
         except PackageError as exc:
             raise InputError(args.package, None, str(exc)) from None
-    out = Path(args.output)
+        except Exception as exc:  # the engine's own error on these inputs: the run failed
+            from .packager.causes import exception_cause
+
+            print(f"modelpack: error: {args.package}: the engine failed on these inputs: {exception_cause(exc)}",
+                  file=sys.stderr)
+            return EXIT_FAILED
     out.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(out, lambda stream: np.savez(stream, **outputs))
     for name, value in outputs.items():

@@ -33,6 +33,8 @@ def load_onnx(path: Path) -> Any:
         raise ModelError("file not found" if not path.exists() else "not a regular file")
     try:
         model = onnx.load(str(path))
+    except onnx.checker.ValidationError as exc:  # external data that is absolute, outside or a link
+        raise ModelError(f"its external data is refused: {exception_cause(exc)}") from None
     except (DecodeError, RuntimeError, ValueError, OSError) as exc:
         raise ModelError(f"not a valid ONNX model (cannot parse: {exc})") from None
     if not model.HasField("graph") or not model.opset_import:

@@ -412,3 +412,95 @@ def test_pathological_yaml_is_one_line(capsys, write_spec, out_dir, local_hosts,
     spec = write_spec(raw=raw)
     code, lines = run_build(capsys, spec, out_dir, local_hosts)
     assert_rejected(code, lines, out_dir, str(spec))
+
+
+@pytest.mark.parametrize("location", ["/etc/passwd", "../outside.bin", "link.bin"])
+@pytest.mark.parametrize("command", ["build", "init"])
+def test_external_data_outside_the_model_folder_is_one_line(capsys, write_spec, out_dir, local_hosts, tmp_path,
+                                                            location, command):
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
+    weight.ClearField("raw_data")
+    weight.data_location = TensorProto.EXTERNAL
+    entry = weight.external_data.add()
+    entry.key, entry.value = "location", location
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [weight])
+    folder = tmp_path / "m"
+    folder.mkdir()
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(folder / "ext.onnx"))
+    (tmp_path / "outside.bin").write_bytes(bytes(64))
+    (folder / "link.bin").symlink_to(tmp_path / "outside.bin")
+    if command == "init":
+        code = main(["init", str(folder / "ext.onnx"), "--hosts", str(local_hosts)])
+        lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert code == 2 and len(lines) == 1 and "external data" in lines[0], lines
+        return
+    spec = write_spec(model=None, raw="name: ext\nversion: 1.0.0\nmodel: ../m/ext.onnx\ntargets: [linux-x86_64]\n"
+                                      "compilers: [onnxruntime]\n")
+    code, lines = run_build(capsys, spec, out_dir, local_hosts, "--allow-outside", str(folder))
+    assert_rejected(code, lines, out_dir, "model", "external data")
+
+
+# -- `modelpack run`: inputs are checked against the package before anything is read ------
+@pytest.fixture(scope="module")
+def built_package(tmp_path_factory) -> Path:
+    import shutil
+
+    folder = tmp_path_factory.mktemp("run-pkg")
+    shutil.copyfile(TINYCNN, folder / "tinycnn.onnx")
+    (folder / "modelpack.yaml").write_text("name: tinycnn\nversion: 1.0.0\nmodel: tinycnn.onnx\n"
+                                           "targets: [linux-x86_64]\ncompilers: [onnxruntime]\n")
+    (folder / "hosts.yaml").write_text("hosts:\n  - name: here\n    transport: local\n    targets: [linux-x86_64]\n")
+    assert main(["build", str(folder / "modelpack.yaml"), "--hosts", str(folder / "hosts.yaml"),
+                 "--out", str(folder / "dist"), "--no-cache"]) == 0
+    return folder / "dist" / "tinycnn-1.0.0-linux-x86_64.tar.gz"
+
+
+def _npy_header_claiming(path: Path, shape: tuple[int, ...]) -> None:
+    import numpy as np
+
+    with open(path, "wb") as out:
+        np.lib.format.write_array_header_1_0(out, {"descr": "<f4", "fortran_order": False, "shape": shape})
+        out.write(bytes(64))
+
+
+@pytest.mark.parametrize("case", ["empty", "huge-header", "wrong-rank", "not-npy", "fifo", "output-is-folder",
+                                  "output-unwritable", "unknown-input"])
+def test_run_refuses_bad_inputs_in_one_line(capsys, built_package, tmp_path, case):
+    import os
+
+    import numpy as np
+
+    feed = tmp_path / "image.npy"
+    np.save(feed, np.zeros((1, 3, 32, 32), np.float32))
+    output, name = tmp_path / "o.npz", "image"
+    if case == "empty":
+        feed.write_bytes(b"")
+    elif case == "huge-header":
+        _npy_header_claiming(feed, (10 ** 15, 3, 32, 32))
+    elif case == "wrong-rank":
+        np.save(feed, np.zeros((3, 32, 32), np.float32))
+    elif case == "not-npy":
+        feed.write_text("1, 2, 3\n")
+    elif case == "fifo":
+        feed.unlink()
+        os.mkfifo(feed)
+    elif case == "output-is-folder":
+        output.mkdir()
+    elif case == "output-unwritable":
+        output = tmp_path / "a-file" / "o.npz"
+        output.parent.write_text("not a folder")
+    elif case == "unknown-input":
+        name = "img"
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    code = main(["run", str(built_package), "--input", f"{name}={feed}", "--output", str(output)])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1, lines
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before, "something was left behind"
+    if case == "huge-header":
+        assert "10" in lines[0] and "bytes" in lines[0]
