@@ -9,6 +9,7 @@ the problem.
 from __future__ import annotations
 
 import argparse
+import math
 import json
 import os
 import shutil
@@ -16,7 +17,7 @@ import sys
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -520,6 +521,34 @@ def _verbosity(p: argparse.ArgumentParser) -> None:
     p.set_defaults(verbosity=0)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad command-line input is one line and exit 2, like every other input error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_INPUT, f"modelpack: error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _seconds(text: str) -> float:
+    """A time limit: a positive, finite number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds (got {text})")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (got {text})")
+    return value
+
+
 def _allow_outside(command: argparse.ArgumentParser) -> None:
     command.add_argument("--allow-outside", action="append", type=Path, default=[], metavar="FOLDER",
                          help="let specs name files under FOLDER too (by default a spec reaches only its own"
@@ -527,7 +556,7 @@ def _allow_outside(command: argparse.ArgumentParser) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="modelpack", description="Package one ONNX model for every target platform.")
+    p = _Parser(prog="modelpack", description="Package one ONNX model for every target platform.")
     p.add_argument("--version", action="version", version=f"modelpack {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -538,18 +567,18 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--model", action="append", help="only these package names (glob; repeatable)")
     _allow_outside(b)
     b.add_argument("--out", default="dist", help="output folder (default: dist)")
-    b.add_argument("--jobs", "-j", type=int, help="at most this many jobs at once (default: all host slots)")
+    b.add_argument("--jobs", "-j", type=_count, help="at most this many jobs at once (default: all host slots)")
     b.add_argument("--no-cache", action="store_true", help="neither use nor fill the package cache")
     b.add_argument("--rebuild", action="store_true", help="build even when cached, and refresh the cache")
     b.add_argument("--cache-dir", type=Path, help="package cache (default: $MODELPACK_CACHE or ~/.cache/modelpack)")
     b.add_argument("--json", help="write the run summary to this file")
-    b.add_argument("--timeout", type=float, default=StageTimeouts.package,
+    b.add_argument("--timeout", type=_seconds, default=StageTimeouts.package,
                    help="packaging time limit per attempt, seconds")
-    b.add_argument("--connect-timeout", type=float, default=StageTimeouts.connect,
+    b.add_argument("--connect-timeout", type=_seconds, default=StageTimeouts.connect,
                    help="time limit to open a workspace on a host (container, SSH session), seconds")
-    b.add_argument("--push-timeout", type=float, default=StageTimeouts.push,
+    b.add_argument("--push-timeout", type=_seconds, default=StageTimeouts.push,
                    help="time limit to send the model and the packager to a host, seconds")
-    b.add_argument("--pull-timeout", type=float, default=StageTimeouts.pull,
+    b.add_argument("--pull-timeout", type=_seconds, default=StageTimeouts.pull,
                    help="time limit to fetch the package back, seconds")
     b.add_argument("--keep", action="store_true",
                    help="leave each attempt's work directory on SSH and local hosts (Docker containers are"
@@ -606,7 +635,7 @@ def parser() -> argparse.ArgumentParser:
     v = sub.add_parser("verify", help="checksums + self-test on a host matching the package's target")
     v.add_argument("package", type=Path)
     v.add_argument("--hosts", type=Path)
-    v.add_argument("--timeout", type=float, default=600.0)
+    v.add_argument("--timeout", type=_seconds, default=600.0)
     v.set_defaults(func=cmd_verify)
     return p
 

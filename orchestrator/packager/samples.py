@@ -15,6 +15,7 @@ that constant, recurrent state starts at zeros.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -55,6 +56,9 @@ class DimRange:
 
 
 Dim = int | DimRange
+#: the most elements one input may have at its largest checked size (1 GiB of float32):
+#: golden samples are generated, run and shipped at that size
+MAX_INPUT_ELEMENTS = 1 << 28
 
 
 def _parse_dim(value: Any, where: str) -> Dim:
@@ -62,8 +66,9 @@ def _parse_dim(value: Any, where: str) -> Dim:
         return value
     if isinstance(value, Mapping):
         return DimRange.parse(value, where)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ModelError(f"{where}: must be a size (a whole number) or a range {{min, max, bench}} (got {value!r})")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ModelError(f"{where}: must be a size (a whole number >= 1) or a range {{min, max, bench}}"
+                         f" (got {value!r})")
     return value
 
 
@@ -120,6 +125,12 @@ def resolve_dims(inputs: list[dict[str, Any]], overrides: Mapping[str, list[Any]
                     f" (or a range: {{min: .., max: .., bench: ..}})"
                 )
         resolved[name] = dims
+    for name, dims in resolved.items():
+        largest = math.prod(d.max if isinstance(d, DimRange) else d for d in dims)
+        if largest > MAX_INPUT_ELEMENTS:
+            raise ModelError(f"shapes.{name}: {[_show(d) for d in dims]} is {largest} elements at its largest;"
+                             f" an input may have at most {MAX_INPUT_ELEMENTS} (samples are made and run at"
+                             " every checked size)")
     return resolved
 
 

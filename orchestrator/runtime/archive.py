@@ -120,7 +120,8 @@ def extract(archive: Path, dest: Path, max_bytes: int = MAX_UNPACKED_BYTES,
         with tarfile.open(archive, mode="r:gz") as tar:
             found = _survey(tar, max_bytes, max_members)
         _check_against_manifest(found)
-        need, free = sum(found.sizes.values()), shutil.disk_usage(dest).free
+        existing = next(p for p in [dest, *dest.parents] if p.exists())
+        need, free = sum(found.sizes.values()), shutil.disk_usage(existing).free
         if need > free:
             raise ArchiveError(f"unpacking needs {need} bytes; {dest} has {free} free")
         with tarfile.open(archive, mode="r:gz") as tar:

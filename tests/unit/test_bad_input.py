@@ -504,3 +504,21 @@ def test_run_refuses_bad_inputs_in_one_line(capsys, built_package, tmp_path, cas
     assert sorted(p.name for p in tmp_path.rglob("*")) == before, "something was left behind"
     if case == "huge-header":
         assert "10" in lines[0] and "bytes" in lines[0]
+
+
+@pytest.mark.parametrize("option", [["--timeout", "-5"], ["--timeout", "nan"], ["--connect-timeout", "0"],
+                                    ["--push-timeout", "inf"], ["--jobs", "0"], ["--jobs", "two"]])
+def test_command_line_numbers_are_checked_up_front(capsys, write_spec, out_dir, local_hosts, option):
+    with pytest.raises(SystemExit) as exited:
+        main(["build", str(write_spec()), "--out", str(out_dir), "--hosts", str(local_hosts), *option])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert exited.value.code == 2 and len(lines) == 1 and option[0] in lines[0], lines
+    assert sorted(p.name for p in out_dir.iterdir()) == ["keep-me.tar.gz"]
+
+
+@pytest.mark.parametrize("shape, needle", [([0, 3, 32, 32], ">= 1"), ([10 ** 11, 3, 32, 32], "at most"),
+                                           ([{"min": 1, "max": 10 ** 12}, 3, 32, 32], "at most")])
+def test_zero_and_absurd_shapes_are_refused_up_front(capsys, write_spec, out_dir, local_hosts, shape, needle):
+    spec = write_spec(shapes={"image": shape})
+    code, lines = run_build(capsys, spec, out_dir, local_hosts)
+    assert_rejected(code, lines, out_dir, str(spec), "shapes", needle)
