@@ -54,13 +54,19 @@ def _local_docker_answers() -> bool:
         return False
 
 
-def _transport(host: Any) -> Any:
-    """A host's transport; Docker hosts build an image the first time a job needs it."""
+#: how long a host may take to answer at first unless --connect-timeout says otherwise: a
+#: dead or silent host costs this much of the run, once
+FIRST_ANSWER = 15.0
+
+
+def _transport(host: Any, first_answer: float | None = None) -> Any:
+    """A host's transport; Docker hosts build an image the first time a job needs it.
+    ``first_answer`` (the user's --connect-timeout) bounds the first contact."""
     from .images import on_demand
     from .transports import make_transport
 
     return make_transport(host, on_demand(lambda line: print(f"modelpack: {host.name}: {line}", file=sys.stderr,
-                                                              flush=True)))
+                                                              flush=True)), first_answer or FIRST_ANSWER)
 
 
 def _check_output(path: Path, key: str, folder: bool) -> None:
@@ -100,7 +106,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     specs = [load_spec(p, args.allow_outside) for p in _spec_files(args.spec)]
     inventory = _inventory(args.hosts)
     jobs = plan(specs, args.target, args.model)
-    run = prepare(jobs, inventory, _transport, args.keep)
+    run = prepare(jobs, inventory, lambda host: _transport(host, args.connect_timeout), args.keep)
     cache = None if args.no_cache else PackageCache(args.cache_dir or cache_root())
     history = DurationHistory((args.cache_dir or cache_root()) / "durations.json")
     jobs = history.longest_first(jobs)
@@ -111,7 +117,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     scheduler = Scheduler(
         jobs, run.eligible, run.transports, out_dir, staging,
         run_labels={"org.modelpack.run": run_id}, disabled=run.down,
-        timeouts=StageTimeouts(args.connect_timeout, args.push_timeout, args.timeout, args.pull_timeout),
+        timeouts=StageTimeouts(args.connect_timeout or StageTimeouts.connect, args.push_timeout, args.timeout,
+                               args.pull_timeout),
         max_parallel=args.jobs, cache=cache, cache_key_for=run.cache_key, rebuild=args.rebuild, emulated=run.emulated,
     )
     console = ConsoleEvents(scheduler.records, sys.stdout, verbosity=args.verbosity)
@@ -205,9 +212,9 @@ def cmd_hosts(args: argparse.Namespace) -> int:
     inventory = _inventory(args.hosts)
     chosen = _chosen_hosts(inventory, args.names)
     if args.action == "bootstrap":
-        return _bootstrap_hosts(inventory, chosen, bool(args.names), args.wheelhouse)
+        return _bootstrap_hosts(inventory, chosen, bool(args.names), args.wheelhouse, args.connect_timeout)
     if args.action == "clean":
-        return _clean_hosts(chosen)
+        return _clean_hosts(chosen, args.connect_timeout)
     rows: list[dict[str, Any]] = []
     if args.action == "list":
         rows = [h.model_dump(exclude_defaults=True) for h in inventory.hosts]
@@ -229,7 +236,7 @@ def cmd_hosts(args: argparse.Namespace) -> int:
 
     from .preflight import probe_all
 
-    health = probe_all({h.name: _transport(h) for h in ready_hosts},
+    health = probe_all({h.name: _transport(h, args.connect_timeout) for h in ready_hosts},
                         {h.name: environments[h.name] for h in ready_hosts})
     for host in inventory.hosts:
         for target in host.targets:
@@ -259,7 +266,8 @@ def _chosen_hosts(inventory: Any, names: list[str]) -> list[Any]:
     return [known[n] for n in names] if names else [h for h in inventory.hosts if h.enabled]
 
 
-def _bootstrap_hosts(inventory: Any, hosts: list[Any], named: bool, wheelhouse: Path | None) -> int:
+def _bootstrap_hosts(inventory: Any, hosts: list[Any], named: bool, wheelhouse: Path | None,
+                     first_answer: float | None) -> int:
     from .bootstrap import BootstrapError, bootstrap
     from .transports.base import TransportError
 
@@ -276,7 +284,7 @@ def _bootstrap_hosts(inventory: Any, hosts: list[Any], named: bool, wheelhouse: 
     failed = False
     for host in hosts:
         try:
-            done = bootstrap(_transport(host), wheelhouse, lambda step: _out(f"{host.name}: {step}"))
+            done = bootstrap(_transport(host, first_answer), wheelhouse, lambda step: _out(f"{host.name}: {step}"))
         except (BootstrapError, TransportError) as exc:
             _out(f"FAIL {host.name}: {exc}")
             failed = True
@@ -291,13 +299,13 @@ def _mb(size: int) -> str:
     return f"{size / 1e6:.1f} MB"
 
 
-def _clean_hosts(hosts: list[Any]) -> int:
+def _clean_hosts(hosts: list[Any], first_answer: float | None) -> int:
     from .transports.base import TransportError
 
     failed = False
     for host in hosts:
         try:
-            removed = _transport(host).reap()
+            removed = _transport(host, first_answer).reap()
         except TransportError as exc:
             _out(f"FAIL {host.name}: {exc}")
             failed = True
@@ -549,6 +557,10 @@ def _count(text: str) -> int:
     return value
 
 
+def _connect_timeout(command: argparse.ArgumentParser, text: str) -> None:
+    command.add_argument("--connect-timeout", type=_seconds, default=None, help=text)
+
+
 def _allow_outside(command: argparse.ArgumentParser) -> None:
     command.add_argument("--allow-outside", action="append", type=Path, default=[], metavar="FOLDER",
                          help="let specs name files under FOLDER too (by default a spec reaches only its own"
@@ -574,8 +586,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--json", help="write the run summary to this file")
     b.add_argument("--timeout", type=_seconds, default=StageTimeouts.package,
                    help="packaging time limit per attempt, seconds")
-    b.add_argument("--connect-timeout", type=_seconds, default=StageTimeouts.connect,
-                   help="time limit to open a workspace on a host (container, SSH session), seconds")
+    _connect_timeout(b, f"time limit for a host's first answer and to open a workspace there (container, SSH"
+                        f" session), seconds (default: {FIRST_ANSWER:g} and {StageTimeouts.connect:g})")
     b.add_argument("--push-timeout", type=_seconds, default=StageTimeouts.push,
                    help="time limit to send the model and the packager to a host, seconds")
     b.add_argument("--pull-timeout", type=_seconds, default=StageTimeouts.pull,
@@ -618,6 +630,7 @@ def parser() -> argparse.ArgumentParser:
     h.add_argument("--wheelhouse", type=Path, help="bootstrap: install these wheels instead of downloading the pins")
     h.add_argument("--hosts", type=Path)
     h.add_argument("--json", action="store_true")
+    _connect_timeout(h, f"time limit for a host's first answer, seconds (default: {FIRST_ANSWER:g})")
     h.set_defaults(func=cmd_hosts)
 
     i = sub.add_parser("inspect", help="verify a package's checksums and show its manifest")

@@ -82,11 +82,15 @@ ImageSource = Callable[[docker.DockerClient, str], str]
 
 
 class DockerTransport(Transport):
-    def __init__(self, host: Host, images: ImageSource | None = None, api_timeout: float = 60.0) -> None:
+    def __init__(self, host: Host, images: ImageSource | None = None, api_timeout: float = 60.0,
+                 connect_timeout: float = 60.0) -> None:
         self.host = host
         self.name = host.name
         self._images = images
         self._api_timeout = api_timeout
+        #: how long the engine may take to answer at first (--connect-timeout): an engine
+        #: that accepts connections but never answers must not hold the run longer
+        self._connect_timeout = connect_timeout
         self._client: docker.DockerClient | None = None
         self._lock = threading.Lock()
 
@@ -95,13 +99,16 @@ class DockerTransport(Transport):
             if self._client is None:
                 with _infrastructure(f"connecting to the Docker engine of {self.name}"):
                     if self.host.docker_host:
-                        self._client = self._remote_client()
+                        client = self._remote_client()
                     else:
-                        self._client = docker.from_env(timeout=self._api_timeout)
+                        client = docker.from_env(timeout=self._connect_timeout)
+                    client.ping()
+                    client.api.timeout = self._api_timeout  # it answers: later calls get the usual limit
+                    self._client = client
             return self._client
 
     def _remote_client(self) -> docker.DockerClient:
-        settings = {"base_url": self.host.docker_host, "timeout": self._api_timeout, "tls": self._tls()}
+        settings = {"base_url": self.host.docker_host, "timeout": self._connect_timeout, "tls": self._tls()}
         if not self.host.tls_ca:
             return docker.DockerClient(**settings)
         # requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override a session's CA, which

@@ -35,6 +35,11 @@ from .base import CommandTimeout, HostStatus, LineSink, Transport, TransportErro
 from .shells import DETECT_PROBE, DIALECTS, PosixShell, Shell, detect
 
 log = logging.getLogger(__name__)
+# paramiko's transport thread logs every failed handshake with a traceback at ERROR; the
+# failure reaches the user once, as this module's one-line TransportError, so paramiko's
+# own log is kept off the terminal
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
+logging.getLogger("paramiko").propagate = False
 
 WINDOW = 1 << 27  # 128 MiB: paramiko's small default window caps throughput
 PACKET = 1 << 15
@@ -133,8 +138,12 @@ class SshTransport(Transport):
             except TransportError:
                 raise
             except (paramiko.SSHException, OSError, EOFError) as exc:
-                raise TransportError(f"{self.name}: cannot connect to {settings['hostname']}:{settings['port']}:"
-                                     f" {exc or type(exc).__name__}") from exc
+                where = f"{settings['hostname']}:{settings['port']}"
+                if isinstance(exc, paramiko.SSHException) and any(
+                        sign in str(exc) for sign in ("banner", "No existing session")):
+                    raise TransportError(f"{self.name}: {where} accepted the connection but sent no SSH greeting"
+                                         f" within {self.connect_timeout:g} s") from None
+                raise TransportError(f"{self.name}: cannot connect to {where}: {exc or type(exc).__name__}") from exc
             transport = client.get_transport()
             assert transport is not None
             transport.set_keepalive(5)

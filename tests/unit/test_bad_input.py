@@ -522,3 +522,57 @@ def test_zero_and_absurd_shapes_are_refused_up_front(capsys, write_spec, out_dir
     spec = write_spec(shapes={"image": shape})
     code, lines = run_build(capsys, spec, out_dir, local_hosts)
     assert_rejected(code, lines, out_dir, str(spec), "shapes", needle)
+
+
+@pytest.fixture
+def silent_server():
+    """A TCP port that accepts connections and never says a word (a hung engine or sshd)."""
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    accepted = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                accepted.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield server.getsockname()[1]
+    stop.set()
+    thread.join()
+    for connection in accepted:
+        connection.close()
+    server.close()
+
+
+@pytest.mark.parametrize("transport", ["docker", "ssh"])
+def test_a_host_that_accepts_but_never_answers_costs_only_the_connect_timeout(capsys, write_spec, out_dir,
+                                                                              tmp_path, silent_server, transport):
+    import time
+
+    address = (f"    docker_host: tcp://127.0.0.1:{silent_server}\n    insecure: true\n" if transport == "docker" else
+               f"    address: 127.0.0.1\n    port: {silent_server}\n    user: nobody\n"
+               "    host_key: ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHGKfMG0ZQLVJOs9d1c9Nb5zO2fK0dB8rXUi9mC4cQ7u\n")
+    hosts = tmp_path / "hosts.yaml"
+    hosts.write_text(f"hosts:\n  - name: mute\n    transport: {transport}\n    targets: [linux-x86_64]\n{address}")
+    import subprocess
+    import sys
+
+    started = time.monotonic()  # a process of its own: what reaches a real terminal, paramiko's log included
+    done = subprocess.run([sys.executable, "-m", "orchestrator.cli", "hosts", "check", "--hosts", str(hosts),
+                           "--connect-timeout", "2"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and time.monotonic() - started < 15, done
+    assert "Traceback" not in done.stderr + done.stdout and "FAIL mute" in done.stdout, done
+    noise = [line for line in done.stderr.splitlines() if line.strip() and "without TLS" not in line]
+    assert len(done.stdout.strip().splitlines()) == 1 and not noise, done
+    started = time.monotonic()
+    code, lines = run_build(capsys, write_spec(), out_dir, hosts, "--connect-timeout", "2")
+    assert code == 1 and time.monotonic() - started < 10
+    assert not any("Traceback" in line for line in lines)
