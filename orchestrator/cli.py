@@ -9,8 +9,9 @@ the problem.
 from __future__ import annotations
 
 import argparse
-import math
+import dataclasses
 import json
+import math
 import os
 import shutil
 import sys
@@ -184,10 +185,10 @@ def _read_summary(path: Path) -> dict[str, Any]:
     from .runtime.schema import SchemaError
 
     try:
-        RunSummary.check(data)
+        typed = RunSummary.check(data)
     except SchemaError as exc:
         raise InputError(path, exc.where, f"{exc.problem}; not a modelpack summary.json") from None
-    return data
+    return dataclasses.asdict(typed)  # every key the definition has, optional ones included
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -576,3 +576,40 @@ def test_a_host_that_accepts_but_never_answers_costs_only_the_connect_timeout(ca
     code, lines = run_build(capsys, write_spec(), out_dir, hosts, "--connect-timeout", "2")
     assert code == 1 and time.monotonic() - started < 10
     assert not any("Traceback" in line for line in lines)
+
+
+MATH = "$\\x{$ <script>alert(1)</script>"
+
+
+def test_report_and_card_render_hostile_candidate_text_as_text(capsys, built_package, tmp_path):
+    """Candidate ids and reasons come from hosts and packages: text that matplotlib would
+    read as a formula, or HTML, is shown as text; rows with missing keys are shown too."""
+    import json
+
+    from orchestrator.packager.package import write_archive, write_manifest
+    from orchestrator.runtime.archive import extract
+
+    folder = tmp_path / "pkg"
+    extract(built_package, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["candidates"] = [{"id": MATH, "status": "selected", "median_ms": 1.5, "reason": MATH},
+                              {"median_ms": 2.0}, {}]
+    write_manifest(folder, manifest)
+    hostile = tmp_path / "tinycnn-1.0.0-linux-x86_64.tar.gz"
+    write_archive(folder, hostile)
+    assert main(["inspect", str(hostile), "--html"]) == 0
+    card = capsys.readouterr().out
+    assert "<script>alert" not in card and "&lt;script&gt;" in card
+
+    out = tmp_path / "run"
+    assert main(["build", str(built_package.parent.parent / "modelpack.yaml"), "--out", str(out), "--hosts",
+                 str(built_package.parent.parent / "hosts.yaml"), "--json", str(tmp_path / "s.json")]) == 0
+    summary = json.loads((tmp_path / "s.json").read_text())
+    for job in summary["jobs"]:
+        job["candidates"] = [{"id": MATH, "engine": MATH, "status": "selected", "reason": MATH, "median_ms": 1.0,
+                              "spread_ms": 0.1, "max_abs_error": 1e-6, "emulated": False}]
+    (tmp_path / "s.json").write_text(json.dumps(summary))
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "s.json"), "--out", str(tmp_path / "r.html")]) == 0
+    report = (tmp_path / "r.html").read_text()
+    assert "<script>alert" not in report and "&lt;script&gt;" in report
