@@ -80,13 +80,34 @@ def staging_dir(out_dir: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.modelpack-", dir=out_dir.parent))
 
 
-def publish(staged: Path, out_dir: Path, name: str) -> Path:
-    """Atomically move a verified file from :func:`staging_dir` into ``out_dir``:
-    readers see the old file or the new one, never a partial one."""
+def publish(files: list[tuple[Path, str]], out_dir: Path) -> list[Path]:
+    """Move verified files from :func:`staging_dir` into ``out_dir`` under the given
+    names, together: each rename is atomic (readers see the old file or the new one, never
+    a partial one), and if one fails, those already made are undone and the files they
+    replaced restored, so a package and its .zip twin appear together or not at all."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    dest = out_dir / name
-    os.replace(staged, dest)
-    return dest
+    done: list[tuple[Path, Path | None]] = []
+    try:
+        for staged, name in files:
+            dest = out_dir / name
+            previous = None
+            if dest.is_file():
+                previous = staged.with_name(staged.name + ".previous")
+                os.link(dest, previous)  # same filesystem (staging is beside out_dir)
+            os.replace(staged, dest)
+            done.append((dest, previous))
+    except OSError:
+        for dest, previous in reversed(done):
+            if previous is not None:
+                os.replace(previous, dest)
+            else:
+                dest.unlink(missing_ok=True)
+        raise
+    finally:
+        for _, previous in done:
+            if previous is not None:
+                previous.unlink(missing_ok=True)
+    return [out_dir / name for _, name in files]
 
 
 #: a zip's timestamps cannot precede 1980; a fixed one keeps the .zip reproducible

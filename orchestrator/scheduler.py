@@ -188,6 +188,9 @@ class Scheduler:
         self._cond = threading.Condition()
         self._open: set[Workspace] = set()
         self.cancelled = threading.Event()
+        #: held while publishing and while cancelling: once cancel() returns, nothing more
+        #: reaches --out, and a package being published is published whole
+        self._publishing = threading.Lock()
 
     # -- host choice -------------------------------------------------------------
     def _acquire(self, job: PlannedJob, tried: set[str]) -> _HostState | None:
@@ -242,7 +245,8 @@ class Scheduler:
 
     def cancel(self) -> None:
         """Stop dispatching and destroy every open workspace (containers included)."""
-        self.cancelled.set()
+        with self._publishing:
+            self.cancelled.set()
         with self._cond:
             open_now = list(self._open)
             self._cond.notify_all()
@@ -264,22 +268,39 @@ class Scheduler:
                 continue
             folder = Path(tempfile.mkdtemp(prefix="cache-", dir=self._staging))
             staged = folder / record.job.package_filename
-            self._cache.copy_to(hit, staged)
-            self._publish(record, staged)
-            shutil.rmtree(folder, ignore_errors=True)
-            record.status, record.cached, record.sha256, record.manifest = "built", True, hit.sha256, hit.manifest
+            try:
+                self._cache.copy_to(hit, staged)
+                if self._publish(record, staged):
+                    record.status, record.cached, record.sha256 = "built", True, hit.sha256
+                    record.manifest = hit.manifest
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
             return True
         return False
 
-    def _publish(self, record: JobRecord, staged: Path) -> None:
-        """Publish a verified package, and its .zip twin when the job asks for one
-        (made beside it in staging first, so --out never holds a partial file)."""
+    def _publish(self, record: JobRecord, staged: Path) -> bool:
+        """Publish a verified package, and its .zip twin when the job asks for one (made
+        beside it in staging first), together; False, and nothing published, when the run
+        was cancelled. A publishing error (a full disk) fails the job, not the run."""
         job = record.job
-        if job.zip_filename:
-            twin = staged.with_name(job.zip_filename)
-            zip_from_archive(staged, twin)
-            record.zip = publish(twin, self._out_dir, job.zip_filename)
-        record.package = publish(staged, self._out_dir, job.package_filename)
+        files = [(staged, job.package_filename)]
+        try:
+            if job.zip_filename:
+                twin = staged.with_name(job.zip_filename)
+                zip_from_archive(staged, twin)
+                files.insert(0, (twin, job.zip_filename))
+            with self._publishing:
+                if self.cancelled.is_set():
+                    record.status, record.reason = "cancelled", "the run was cancelled"
+                    return False
+                published = publish(files, self._out_dir)
+        except OSError as exc:
+            record.status, record.failure = "failed", AttemptStatus.INFRASTRUCTURE
+            record.reason = f"could not publish into {self._out_dir}: {exc}"
+            return False
+        record.package = published[-1]
+        record.zip = published[0] if job.zip_filename else None
+        return True
 
     # -- running ---------------------------------------------------------------------
     def _run_job(self, record: JobRecord) -> None:
@@ -319,9 +340,11 @@ class Scheduler:
                         self._cache.put(key, attempt.staged, attempt.sha256,  # type: ignore[union-attr]
                                         job.identity())
                     record.sha256, record.manifest = attempt.sha256, attempt.manifest
-                    self._publish(record, attempt.staged)
-                    shutil.rmtree(attempt.staged.parent, ignore_errors=True)
-                    record.status = "built"
+                    try:
+                        if self._publish(record, attempt.staged):
+                            record.status = "built"
+                    finally:
+                        shutil.rmtree(attempt.staged.parent, ignore_errors=True)
                     return
                 if attempt.status is AttemptStatus.PACKAGE:
                     record.status, record.failure, record.reason = "failed", AttemptStatus.PACKAGE, attempt.reason

@@ -213,3 +213,59 @@ def test_windows_packages_get_a_deterministic_zip_twin_when_asked(tmp_path):
     assert again.read_bytes() == windows.zip.read_bytes(), "the zip is reproducible"
     assert sorted(p.name for p in out.iterdir()) == ["m-1-linux-x86_64.tar.gz", "m-1-windows-x86_64.tar.gz",
                                                      "m-1-windows-x86_64.zip"]
+
+
+def _windows_run(tmp_path, out, before_publish=None):
+    """One Windows job with a .zip twin on a simulated host; ``before_publish(scheduler)``
+    runs while the twin is being made, just before the files are published."""
+    import yaml
+
+    from orchestrator import scheduler as scheduling
+    from orchestrator.collect import staging_dir, zip_from_archive
+    from orchestrator.inventory import Host
+    from orchestrator.plan import plan
+    from orchestrator.spec import load_spec
+    from tests.simulated import SimulatedTransport
+    from tests.stand_in import stand_in
+
+    folder = tmp_path / "spec"
+    folder.mkdir(exist_ok=True)
+    (folder / "m.onnx").write_bytes(TINYCNN.read_bytes())
+    (folder / "modelpack.yaml").write_text(yaml.safe_dump(
+        {"name": "m", "version": "1", "model": "m.onnx", "targets": ["windows-x86_64"], "zip": True}))
+    jobs = plan([load_spec(folder / "modelpack.yaml")], None, None)
+    host = Host(name="sim", transport="local", targets=["windows-x86_64"])
+    transport = SimulatedTransport(host, stand_in(lambda job, h: 0.0))
+    runner = scheduling.Scheduler(jobs, {j.id: [host] for j in jobs}, {"sim": transport}, out, staging_dir(out),
+                                  run_labels={})
+
+    def twin(archive, dest):
+        zip_from_archive(archive, dest)
+        if before_publish:
+            before_publish(runner)
+
+    original = scheduling.zip_from_archive
+    scheduling.zip_from_archive = twin
+    try:
+        return runner.run()[0]
+    finally:
+        scheduling.zip_from_archive = original
+
+
+def test_a_package_and_its_zip_twin_are_published_together_or_not_at_all(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "m-1-windows-x86_64.zip").write_bytes(b"last night's zip")
+    (out / "m-1-windows-x86_64.tar.gz").mkdir()  # the .tar.gz cannot be renamed into place
+    (out / "m-1-windows-x86_64.tar.gz" / "x").write_text("blocks the rename")
+    record = _windows_run(tmp_path, out)
+    assert record.status == "failed" and "could not publish" in record.reason
+    assert (out / "m-1-windows-x86_64.zip").read_bytes() == b"last night's zip", "the twin went out alone"
+    assert sorted(p.name for p in out.iterdir()) == ["m-1-windows-x86_64.tar.gz", "m-1-windows-x86_64.zip"]
+
+
+def test_a_cancel_that_lands_just_before_publishing_publishes_nothing(tmp_path):
+    out = tmp_path / "out"
+    record = _windows_run(tmp_path, out, before_publish=lambda runner: runner.cancel())
+    assert record.status == "cancelled"
+    assert not out.exists() or not list(out.iterdir())
