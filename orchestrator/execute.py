@@ -193,6 +193,10 @@ def run_attempt(
         stage("pull")
         attempt.packager_timings = result.timings if result else {}
         status = classify(code, result)
+        starved = workspace.out_of_memory() if status is not AttemptStatus.OK else None
+        if starved:  # another host with the same limit would kill it too
+            attempt.status, attempt.reason = AttemptStatus.PACKAGE, starved
+            return attempt
         if status is not AttemptStatus.OK:
             message = (result and result.error) or _last_lines(log) or f"packager exited with code {code}"
             attempt.status = status

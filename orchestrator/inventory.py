@@ -20,7 +20,8 @@ from .errors import InputError
 from .runtime.platforms import this_machine
 from .targets import TARGETS, Target, known_target
 
-_DOCKER_KEYS = ("docker_host", "platform", "image", "allow_emulation", "tls_ca", "tls_cert", "tls_key", "insecure")
+_DOCKER_KEYS = ("docker_host", "platform", "image", "allow_emulation", "tls_ca", "tls_cert", "tls_key", "insecure",
+                "memory_gb")
 _SSH_KEYS = ("address", "user", "port", "key", "host_key", "known_hosts", "shell", "workdir", "python",
              "liveness_timeout", "lease_ttl", "blob_ttl")
 
@@ -50,6 +51,9 @@ class Host(BaseModel):
     tls_key: str | None = Field(None, description="docker tcp://: client private key")
     insecure: bool = Field(False, description="docker tcp:// without TLS: accept an engine that is neither"
                                               " authenticated nor encrypted (a warning is printed at each use)")
+    memory_gb: float | None = Field(None, gt=0, description="docker: memory limit of each build container, GiB"
+                                                            " (default: 3/4 of the engine's memory shared among its"
+                                                            " slots); a job that exceeds it fails, saying so")
     # ssh
     address: str | None = Field(None, description="ssh: host name or address")
     user: str | None = Field(None, description="ssh: login user")

@@ -69,6 +69,11 @@ class Workspace(ABC):
         """Facts about where the work ran, for the package manifest."""
         return {}
 
+    def out_of_memory(self) -> str | None:
+        """Why the last command was killed for lack of memory, if it was (its workspace has
+        a memory limit the job outgrew): the job's own failure, not the host's."""
+        return None
+
     def __enter__(self) -> "Workspace":
         return self
 

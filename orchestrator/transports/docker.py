@@ -173,6 +173,16 @@ class DockerTransport(Transport):
         return {"environment": {"QEMU_CPU": QEMU_CPU[image_arch]},
                 "mounts": [docker.types.Mount("/proc/cpuinfo", cpuinfo, type="bind", read_only=True)]}
 
+    def memory_limit(self) -> int:
+        """Bytes each build container may use: hosts.yaml's ``memory_gb``, else 3/4 of the
+        engine's memory shared among the host's slots, so that parallel jobs cannot take
+        the engine (and everything else on it) down together."""
+        if self.host.memory_gb:
+            return int(self.host.memory_gb * (1 << 30))
+        with _infrastructure(f"asking the Docker engine of {self.name} for its memory"):
+            total = int(self.client().info().get("MemTotal") or 0)
+        return max(int(total * 0.75 / self.host.slots), 256 << 20) if total else 0
+
     def probe(self, environment: str) -> HostStatus:
         try:
             with _infrastructure("probe"):
@@ -220,6 +230,7 @@ class DockerWorkspace(Workspace):
         self._container: Any = None
         self._closed = False
         client = transport.client()
+        self._memory_limit = transport.memory_limit()
         try:
             with _infrastructure(f"creating a container from {image} on {transport.name}"):
                 # the main process is the container's lifetime: an orphan (its controller
@@ -235,6 +246,7 @@ class DockerWorkspace(Workspace):
                     platform=transport.host.platform,
                     working_dir=str(self.root),
                     pids_limit=4096,
+                    mem_limit=self._memory_limit, memswap_limit=self._memory_limit,  # no swap beyond it
                     **transport.emulation_settings(image),
                 )
                 self._container.start()
@@ -324,6 +336,28 @@ class DockerWorkspace(Workspace):
             pass
         except _ERRORS as exc:  # the engine went away; the reaper finds it by label later
             log.warning("could not remove container %s on %s: %s", self._container.id[:12], self._transport.name, exc)
+
+    def out_of_memory(self) -> str | None:
+        """The container's cgroup counts the processes the kernel killed at its memory
+        limit (cgroup v2 ``memory.events``, v1 ``memory.oom_control``): one or more means
+        the job outgrew the limit."""
+        if self._container is None or not self._memory_limit:
+            return None
+        for path in ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control"):
+            try:
+                code, output = self._container.exec_run(["cat", path])
+            except _ERRORS:
+                return None
+            if code != 0:
+                continue
+            counts = dict(line.split(None, 1) for line in output.decode("utf-8", "replace").splitlines()
+                          if len(line.split()) == 2)
+            if counts.get("oom_kill", "0").strip() not in ("0", ""):
+                return (f"out of memory: the job was killed at the build container's limit of"
+                        f" {self._memory_limit / (1 << 30):.2f} GiB on {self._transport.name}"
+                        f" (raise memory_gb in hosts.yaml, or use a host with more memory)")
+            return None
+        return None
 
     def provenance(self) -> dict[str, Any]:
         """Image identity, and whether the container runs under emulation: an image

@@ -280,3 +280,22 @@ def test_containers_of_a_crashed_run_are_reaped_at_start(capsys, docker_client, 
         assert [c.id for c in labelled(docker_client, "live")] == [alive.id], "a live run's containers stay"
     finally:
         alive.remove(force=True)
+
+
+def test_a_job_that_outgrows_the_container_memory_limit_fails_saying_so(capsys, docker_client, write_spec, tmp_path):
+    """Build containers have a memory limit (hosts.yaml memory_gb, else a share of the
+    engine's memory): a job that outgrows it is a package failure that says so, not a
+    host failure to retry elsewhere, and the container is gone."""
+    hosts = tmp_path / "hosts.yaml"
+    hosts.write_text("hosts:\n  - {name: small, transport: docker, targets: [linux-x86_64], memory_gb: 0.06}\n")
+    before = {c.id for c in labelled(docker_client)}
+    spec = write_spec()
+    code = main(["build", str(spec), "--out", str(tmp_path / "out"), "--hosts", str(hosts), "--no-cache",
+                 "--model", "tinycnn", "--json", str(tmp_path / "s.json")])
+    output = capsys.readouterr()
+    job = json.loads((tmp_path / "s.json").read_text())["jobs"][0]
+    assert code == 1, output.err
+    assert job["status"] == "failed" and job["failure"] == "package", job
+    assert "out of memory" in job["reason"] and "0.06 GiB on small" in job["reason"], job["reason"]
+    assert len(job["attempts"]) == 1, "not retried elsewhere: the same limit would kill it again"
+    assert {c.id for c in labelled(docker_client)} == before
