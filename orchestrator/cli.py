@@ -337,46 +337,74 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.json:
         _out(json.dumps(manifest, indent=2, sort_keys=True))
         return EXIT_OK
-    t = manifest["target"]
-    _out(f"{manifest['name']} {manifest['version']} for {t['name']} ({t['os']}/{t['arch']})")
-    _out(f"  source model  sha256 {manifest['source']['sha256']}")
-    for kind in ("inputs", "outputs"):
-        for tensor in manifest[kind]:
-            ranges = [f"{dim}={r[0]}..{'' if r[1] is None else r[1]}" for dim, r in
-                      zip(tensor["shape"], tensor.get("range") or []) if r is not None]
-            accepts = f" ({', '.join(ranges)})" if ranges else ""
-            _out(f"  {kind[:-1]:6} {tensor['name']}: {tensor['dtype']}{tensor['shape']}{accepts}")
-    static = (manifest.get("shapes") or {}).get("static")
-    if static:
-        _out(f"  shapes        STATIC: {static}")
-    functions = manifest.get("functions")
-    if functions:
-        steps = " > ".join(s["op"] for s in functions["pre"] + functions["post"] + functions["runtime"])
-        _out(f"  functions     {steps} (in the {functions['applied_by']}; labels in the runtime)"
-             if functions["runtime"] else f"  functions     {steps} (in the {functions['applied_by']})")
-    c = manifest["compiler"]
-    variant = f" variant {c['variant']}" if c.get("variant") else ""
-    _out(f"  compiler      {c['name']} {c['version']} {json.dumps(c['options'], sort_keys=True)}{variant}")
-    for artifact in manifest["artifacts"]:
-        _out(f"  artifact      {artifact['path']} ({artifact['format']}, {artifact['role']})")
-    selection = manifest.get("selection", {})
-    measured = " under EMULATION" if selection.get("emulated") else ""
-    _out(f"  candidates    ({'benchmarked' + measured if selection.get('measured') else 'accuracy only'})")
-    for c in manifest.get("candidates", []):
-        latency = c.get("latency_ms") or {}
-        timing = f" median {latency['median']:.4g} ms p90 {latency['p90']:.4g} ms" if latency else ""
-        _out(f"    {c['id']:14} {c['status']:11}{timing} {c.get('reason') or ''}")
-    selftest = manifest["selftest"]
-    _out(f"  self-test     {'passed' if selftest['passed'] else 'FAILED'} on {selftest['ran_on']}"
-         f" (atol={manifest['tolerance']['atol']:g}, rtol={manifest['tolerance']['rtol']:g})")
-    for path, result in selftest["artifacts"].items():
-        for name, o in result["outputs"].items():
-            _out(f"    {path} {name}: max abs {o['max_abs']}, max rel {o['max_rel']}")
-    prov = manifest["provenance"]
-    _out(f"  built on      {prov.get('host')} via {prov.get('transport')}"
-         f" image {prov.get('image', '-')} packager {prov.get('packager_version')}")
-    _out(f"  files         {len(manifest['files'])} checked against sha256")
+    for line in _text_card(manifest):
+        _out(line)
     return EXIT_OK
+
+
+def _at(value: Any, *path: Any, default: Any = "-") -> Any:
+    """``value[path[0]][path[1]]...``, or ``default`` where the path does not exist. A
+    manifest is checked against its schema, but its free-form sections (compiler,
+    provenance, candidates) come from whoever made the package."""
+    for key in path:
+        try:
+            value = value[key]
+        except (KeyError, IndexError, TypeError):
+            return default
+    return default if value is None else value
+
+
+def _text_card(m: dict[str, Any]) -> list[str]:
+    """`modelpack inspect`'s summary of a package, one line per fact."""
+    t = m["target"]
+    lines = [f"{m['name']} {m['version']} for {t['name']} ({t['os']}/{t['arch']})",
+             f"  source model  sha256 {m['source']['sha256']}"]
+    for kind in ("inputs", "outputs"):
+        for tensor in m[kind]:
+            ranges = [f"{dim}={_at(r, 0)}..{_at(r, 1, default='')}" for dim, r in
+                      zip(tensor["shape"], tensor.get("range") or []) if r]
+            accepts = f" ({', '.join(ranges)})" if ranges else ""
+            lines.append(f"  {kind[:-1]:6} {tensor['name']}: {tensor['dtype']}{tensor['shape']}{accepts}")
+    if _at(m, "shapes", "static", default=None):
+        lines.append(f"  shapes        STATIC: {m['shapes']['static']}")
+    functions = m.get("functions")
+    if isinstance(functions, dict):
+        steps = " > ".join(str(_at(s, "op")) for part in ("pre", "post", "runtime")
+                           for s in (_at(functions, part, default=[]) if isinstance(_at(functions, part), list) else []))
+        where = _at(functions, "applied_by")
+        lines.append(f"  functions     {steps} (in the {where}; labels in the runtime)"
+                     if _at(functions, "runtime", default=None) else f"  functions     {steps} (in the {where})")
+    c = m.get("compiler")
+    variant = f" variant {_at(c, 'variant')}" if _at(c, "variant", default=None) else ""
+    options = _at(c, "options", default={})
+    lines.append(f"  compiler      {_at(c, 'name')} {_at(c, 'version')}"
+                 f" {json.dumps(options, sort_keys=True, default=str)}{variant}")
+    for artifact in m["artifacts"]:
+        lines.append(f"  artifact      {artifact['path']} ({artifact['format']}, {artifact['role']})")
+    emulated = " under EMULATION" if _at(m, "selection", "emulated", default=False) else ""
+    how = "benchmarked" + emulated if _at(m, "selection", "measured", default=False) else "accuracy only"
+    lines.append(f"  candidates    ({how})")
+    for row in m.get("candidates") or []:
+        median, p90 = _at(row, "latency_ms", "median", default=None), _at(row, "latency_ms", "p90", default=None)
+        timing = f" median {median} ms p90 {p90} ms" if median is not None else ""
+        lines.append(f"    {str(_at(row, 'id')):14} {str(_at(row, 'status')):11}{timing} {_at(row, 'reason', default='')}")
+    selftest = m.get("selftest")
+    if selftest is None:
+        lines.append("  self-test     not recorded")
+    else:
+        tolerance = m.get("tolerance") or {}
+        lines.append(f"  self-test     {'passed' if selftest['passed'] else 'FAILED'} on {_at(selftest, 'ran_on')}"
+                     f" (atol={_at(tolerance, 'atol')}, rtol={_at(tolerance, 'rtol')})")
+        artifacts = _at(selftest, "artifacts", default={})
+        for path, result in (artifacts.items() if isinstance(artifacts, dict) else []):
+            outputs = _at(result, "outputs", default={})
+            for name, o in (outputs.items() if isinstance(outputs, dict) else []):
+                lines.append(f"    {path} {name}: max abs {_at(o, 'max_abs')}, max rel {_at(o, 'max_rel')}")
+    prov = m.get("provenance")
+    lines.append(f"  built on      {_at(prov, 'host')} via {_at(prov, 'transport')}"
+                 f" image {_at(prov, 'image')} packager {_at(prov, 'packager_version')}")
+    lines.append(f"  files         {len(m['files'])} checked against sha256")
+    return lines
 
 
 def _parse_inputs(values: list[str], manifest: dict[str, Any]) -> dict[str, np.ndarray]:

@@ -16,4 +16,7 @@ class InputError(Exception):
         self.problem = problem
 
     def __str__(self) -> str:
-        return ": ".join(part for part in (self.file, self.key, self.problem) if part)
+        # one line, whatever a library put in the problem (parsers quote the input over
+        # several lines): a wrapped message is read as two errors by scripts and humans
+        text = ": ".join(part for part in (self.file, self.key, self.problem) if part)
+        return " ".join(text.split())
