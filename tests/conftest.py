@@ -43,6 +43,22 @@ def write_spec(tmp_path: Path):
     return write
 
 
+@pytest.fixture(scope="session")
+def tinycnn_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The example model packaged once for the session by the local transport, for tests
+    that read, tamper with or run a real package."""
+    from orchestrator.cli import main
+
+    folder = tmp_path_factory.mktemp("tinycnn-package")
+    shutil.copyfile(TINYCNN, folder / "tinycnn.onnx")
+    (folder / "modelpack.yaml").write_text("name: tinycnn\nversion: 1.0.0\nmodel: tinycnn.onnx\n"
+                                           "targets: [linux-x86_64]\ncompilers: [onnxruntime]\n")
+    (folder / "hosts.yaml").write_text("hosts:\n  - name: here\n    transport: local\n    targets: [linux-x86_64]\n")
+    assert main(["build", str(folder / "modelpack.yaml"), "--hosts", str(folder / "hosts.yaml"),
+                 "--out", str(folder / "dist"), "--no-cache"]) == 0
+    return folder / "dist" / "tinycnn-1.0.0-linux-x86_64.tar.gz"
+
+
 @pytest.fixture
 def local_hosts(tmp_path: Path) -> Path:
     """An inventory with only this machine (the local transport)."""

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
-import tarfile
 from pathlib import Path
 
 import numpy as np

@@ -11,7 +11,6 @@ import tarfile
 import threading
 import time
 
-import paramiko
 import pytest
 
 from orchestrator.cli import main

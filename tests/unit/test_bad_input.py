@@ -369,7 +369,7 @@ def test_allow_outside_lets_a_named_folder_in(capsys, write_spec, out_dir, local
     shared = tmp_path / "shared-models"
     shared.mkdir()
     shutil.copyfile(TINYCNN, shared / "tinycnn.onnx")
-    spec = write_spec(model=None, raw=f"name: tinycnn\nversion: 1.0.0\nmodel: ../shared-models/tinycnn.onnx\n"
+    spec = write_spec(model=None, raw="name: tinycnn\nversion: 1.0.0\nmodel: ../shared-models/tinycnn.onnx\n"
                                       "targets: [linux-x86_64]\ncompilers: [onnxruntime]\n")
     code, lines = run_build(capsys, spec, out_dir, local_hosts)
     assert_rejected(code, lines, out_dir, "outside the spec's folder")
@@ -447,20 +447,6 @@ def test_external_data_outside_the_model_folder_is_one_line(capsys, write_spec, 
 
 
 # -- `modelpack run`: inputs are checked against the package before anything is read ------
-@pytest.fixture(scope="module")
-def built_package(tmp_path_factory) -> Path:
-    import shutil
-
-    folder = tmp_path_factory.mktemp("run-pkg")
-    shutil.copyfile(TINYCNN, folder / "tinycnn.onnx")
-    (folder / "modelpack.yaml").write_text("name: tinycnn\nversion: 1.0.0\nmodel: tinycnn.onnx\n"
-                                           "targets: [linux-x86_64]\ncompilers: [onnxruntime]\n")
-    (folder / "hosts.yaml").write_text("hosts:\n  - name: here\n    transport: local\n    targets: [linux-x86_64]\n")
-    assert main(["build", str(folder / "modelpack.yaml"), "--hosts", str(folder / "hosts.yaml"),
-                 "--out", str(folder / "dist"), "--no-cache"]) == 0
-    return folder / "dist" / "tinycnn-1.0.0-linux-x86_64.tar.gz"
-
-
 def _npy_header_claiming(path: Path, shape: tuple[int, ...]) -> None:
     import numpy as np
 
@@ -471,7 +457,7 @@ def _npy_header_claiming(path: Path, shape: tuple[int, ...]) -> None:
 
 @pytest.mark.parametrize("case", ["empty", "huge-header", "wrong-rank", "not-npy", "fifo", "output-is-folder",
                                   "output-unwritable", "unknown-input"])
-def test_run_refuses_bad_inputs_in_one_line(capsys, built_package, tmp_path, case):
+def test_run_refuses_bad_inputs_in_one_line(capsys, tinycnn_package, tmp_path, case):
     import os
 
     import numpy as np
@@ -498,7 +484,7 @@ def test_run_refuses_bad_inputs_in_one_line(capsys, built_package, tmp_path, cas
     elif case == "unknown-input":
         name = "img"
     before = sorted(p.name for p in tmp_path.rglob("*"))
-    code = main(["run", str(built_package), "--input", f"{name}={feed}", "--output", str(output)])
+    code = main(["run", str(tinycnn_package), "--input", f"{name}={feed}", "--output", str(output)])
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1, lines
     assert sorted(p.name for p in tmp_path.rglob("*")) == before, "something was left behind"
@@ -581,7 +567,7 @@ def test_a_host_that_accepts_but_never_answers_costs_only_the_connect_timeout(ca
 MATH = "$\\x{$ <script>alert(1)</script>"
 
 
-def test_report_and_card_render_hostile_candidate_text_as_text(capsys, built_package, tmp_path):
+def test_report_and_card_render_hostile_candidate_text_as_text(capsys, tinycnn_package, tmp_path):
     """Candidate ids and reasons come from hosts and packages: text that matplotlib would
     read as a formula, or HTML, is shown as text; rows with missing keys are shown too."""
     import json
@@ -590,7 +576,7 @@ def test_report_and_card_render_hostile_candidate_text_as_text(capsys, built_pac
     from orchestrator.runtime.archive import extract
 
     folder = tmp_path / "pkg"
-    extract(built_package, folder)
+    extract(tinycnn_package, folder)
     manifest = json.loads((folder / "manifest.json").read_text())
     manifest["candidates"] = [{"id": MATH, "status": "selected", "median_ms": 1.5, "reason": MATH},
                               {"median_ms": 2.0}, {}]
@@ -602,8 +588,8 @@ def test_report_and_card_render_hostile_candidate_text_as_text(capsys, built_pac
     assert "<script>alert" not in card and "&lt;script&gt;" in card
 
     out = tmp_path / "run"
-    assert main(["build", str(built_package.parent.parent / "modelpack.yaml"), "--out", str(out), "--hosts",
-                 str(built_package.parent.parent / "hosts.yaml"), "--json", str(tmp_path / "s.json")]) == 0
+    assert main(["build", str(tinycnn_package.parent.parent / "modelpack.yaml"), "--out", str(out), "--hosts",
+                 str(tinycnn_package.parent.parent / "hosts.yaml"), "--json", str(tmp_path / "s.json"), "--no-cache"]) == 0
     summary = json.loads((tmp_path / "s.json").read_text())
     for job in summary["jobs"]:
         job["candidates"] = [{"id": MATH, "engine": MATH, "status": "selected", "reason": MATH, "median_ms": 1.0,

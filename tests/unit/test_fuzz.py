@@ -8,11 +8,9 @@ import io
 import json
 import shutil
 import string
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -88,28 +86,16 @@ def test_any_hosts_file_is_listed_or_refused_in_one_line(capsys, tmp_path_factor
     outcome(capsys, ["hosts", "list", "--hosts", str(path)], (0, 2))
 
 
-@pytest.fixture(scope="module")
-def package(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("pkg")
-    shutil.copyfile(TINYCNN, folder / "tinycnn.onnx")
-    (folder / "modelpack.yaml").write_text("name: tinycnn\nversion: 1.0.0\nmodel: tinycnn.onnx\n"
-                                           "targets: [linux-x86_64]\ncompilers: [onnxruntime]\n")
-    (folder / "hosts.yaml").write_text("hosts:\n  - name: here\n    transport: local\n    targets: [linux-x86_64]\n")
-    assert main(["build", str(folder / "modelpack.yaml"), "--hosts", str(folder / "hosts.yaml"),
-                 "--out", str(folder / "dist"), "--no-cache"]) == 0
-    return folder / "dist" / "tinycnn-1.0.0-linux-x86_64.tar.gz"
-
-
 @FUZZ
 @given(key=st.sampled_from(MANIFEST_KEYS), value=values(MANIFEST_KEYS), path=st.integers(0, 3))
-def test_any_manifest_is_inspected_or_refused_in_one_line(capsys, tmp_path_factory, package, key, value, path):
+def test_any_manifest_is_inspected_or_refused_in_one_line(capsys, tmp_path_factory, tinycnn_package, key, value, path):
     """One section of a real manifest replaced by anything (at the top, or one level
     down), with the file table kept true so the parser itself is what is tested."""
     from orchestrator.packager.package import write_archive
     from orchestrator.runtime.archive import extract
 
     folder = tmp_path_factory.mktemp("unpacked")
-    extract(package, folder)
+    extract(tinycnn_package, folder)
     manifest = json.loads((folder / "manifest.json").read_text())
     section = manifest.get(key)
     if path and isinstance(section, dict) and section:
@@ -131,7 +117,7 @@ dtypes = st.sampled_from(["float32", "float64", "int64", "uint8", "bool", "float
 @FUZZ
 @given(dtype=dtypes, shape=st.lists(st.integers(0, 40), max_size=5), name=st.sampled_from(["image", "img", ""]),
        raw=st.one_of(st.none(), st.binary(max_size=300)))
-def test_any_run_input_runs_or_is_refused_in_one_line(capsys, tmp_path_factory, package, dtype, shape, name, raw):
+def test_any_run_input_runs_or_is_refused_in_one_line(capsys, tmp_path_factory, tinycnn_package, dtype, shape, name, raw):
     folder = tmp_path_factory.mktemp("run")
     feed = folder / "x.npy"
     if raw is None:
@@ -140,4 +126,4 @@ def test_any_run_input_runs_or_is_refused_in_one_line(capsys, tmp_path_factory, 
         feed.write_bytes(buffer.getvalue())
     else:
         feed.write_bytes(raw)
-    outcome(capsys, ["run", str(package), "--input", f"{name}={feed}", "--output", str(folder / "o.npz")], (0, 1, 2))
+    outcome(capsys, ["run", str(tinycnn_package), "--input", f"{name}={feed}", "--output", str(folder / "o.npz")], (0, 1, 2))

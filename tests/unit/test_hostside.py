@@ -145,12 +145,7 @@ def test_close_stops_the_whole_process_group_and_removes_the_workspace(tmp_path)
     root = workspace(tmp_path)
     script = "import subprocess, sys; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']);" \
              " print('started', flush=True); time = __import__('time'); time.sleep(120)"
-    runner = subprocess.Popen(
-        ["sh", "-c", PosixShell().command([sys.executable, "-c", HOSTSIDE_BOOT, "supervise"])],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)
-    runner.stdin.write(json.dumps({"workdir": str(tmp_path), "root": str(root),
-                                   "argv": [sys.executable, "-c", script]}).encode() + b"\n")
-    runner.stdin.close()
+    runner = _run_supervised(tmp_path, root, script)
     named = json.loads(runner.stdout.readline().decode().removeprefix(hostside.RESULT))
     assert runner.stdout.readline() == b"started\n"
     group = named["pid"]
