@@ -479,15 +479,17 @@ class SshWorkspace(Workspace):
         line = json.dumps({"workdir": t.host.workdir, "root": str(self.root), "argv": argv, "env": dict(env),
                            "lifetime": lifetime})
         pending, status = b"", []
+        awaiting_group = True  # each supervisor's first line names its process group
         feed: Feed = lambda send, read_line: send(line.encode() + b"\n")  # noqa: E731
         for chunk in t.stream(t.hostside_command("supervise"), timeout, status, feed):
             pending += chunk
             *lines, pending = pending.split(b"\n")
             for raw in lines:
                 text = raw.decode("utf-8", "replace").rstrip("\r")
-                if self._group is None and text.startswith(hostside.RESULT):
-                    self._group = json.loads(text[len(hostside.RESULT):])
+                if awaiting_group and text.startswith(hostside.RESULT):
+                    self._group, awaiting_group = json.loads(text[len(hostside.RESULT):]), False
                     continue
+                awaiting_group = False
                 on_line(text)
         if pending:
             on_line(pending.decode("utf-8", "replace"))
