@@ -104,6 +104,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     if args.json:
         _check_output(Path(args.json), "--json", folder=False)
     previous = _read_summary(args.compare) if args.compare else None
+    run_id = uuid.uuid4().hex[:12]
+    attestations = _attestations(args, run_id)  # a bad key fails here, before any host is touched
     specs = [load_spec(p, args.allow_outside) for p in _spec_files(args.spec)]
     inventory = _inventory(args.hosts)
     jobs = plan(specs, args.target, args.model)
@@ -114,13 +116,13 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     out_dir = Path(args.out)
     staging = staging_dir(out_dir)
-    run_id = uuid.uuid4().hex[:12]
     scheduler = Scheduler(
         jobs, run.eligible, run.transports, out_dir, staging,
         run_labels={"org.modelpack.run": run_id}, disabled=run.down,
         timeouts=StageTimeouts(args.connect_timeout or StageTimeouts.connect, args.push_timeout, args.timeout,
                                args.pull_timeout),
         max_parallel=args.jobs, cache=cache, cache_key_for=run.cache_key, rebuild=args.rebuild, emulated=run.emulated,
+        attest=attestations,
     )
     console = ConsoleEvents(scheduler.records, sys.stdout, verbosity=args.verbosity)
     scheduler.events = console
@@ -339,7 +341,25 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         return EXIT_OK
     for line in _text_card(manifest):
         _out(line)
+    _out(f"  attestations  {_attestations_in(args.package)}")
     return EXIT_OK
+
+
+def _attestations_in(package: Path) -> str:
+    """Which attestations a (verified) package archive carries, and its signer's key id."""
+    import tarfile
+
+    from .runtime.signature import ATTESTATIONS, SIGNATURE, bundle_signer
+
+    with tarfile.open(package, "r:gz") as tar:
+        present = {m.name: m for m in tar.getmembers() if m.name in ATTESTATIONS and m.isfile()}
+        signer = None
+        if SIGNATURE in present:
+            signer = bundle_signer(tar.extractfile(present[SIGNATURE]).read()) or "unreadable"  # type: ignore[union-attr]
+    if not present:
+        return "none (unsigned; the reproducible payload only)"
+    signed = f"signed by key {signer[:16]}" if signer else "unsigned"
+    return f"{signed}; {', '.join(sorted(present))}"
 
 
 def _at(value: Any, *path: Any, default: Any = "-") -> Any:
@@ -478,6 +498,51 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _attestations(args: argparse.Namespace, run_id: str) -> Any:
+    """The hook that attests each package before it is published, when asked to
+    (``--attest``, or ``--sign-key``, which also signs): None otherwise, and the package
+    stays exactly the reproducible payload."""
+    if not (args.sign_key or args.attest):
+        return None
+    import time
+
+    from .attest import RunFacts, SigningKey, attest
+    from .runtime.checks import content_sha256
+
+    key = SigningKey.load(args.sign_key, "--sign-key") if args.sign_key else None
+    run = RunFacts(run_id, args.invocation, time.time())
+    return lambda job, archive: attest(archive, json.loads(job.packager_job({}).to_json()),
+                                       content_sha256(job.spec.path), run, key)
+
+
+def cmd_sign(args: argparse.Namespace) -> int:
+    """Sign an existing package in place: every file, attestations included."""
+    from .attest import SigningKey, rewrite, sign_folder
+    from .runtime.signature import SIGNATURE
+
+    key = SigningKey.load(args.key, "--key")
+    _checked_package(args.package)
+    rewrite(args.package, lambda folder: ((folder / SIGNATURE).unlink(missing_ok=True), sign_folder(folder, key)))
+    _out(f"{args.package.name}: signed with key {key.key_id[:16]}")
+    return EXIT_OK
+
+
+def _signature_check(package: Path, public_key: Path) -> str | None:
+    """None when ``package`` is signed by ``public_key``'s owner, else why not."""
+    from .runtime.archive import extract
+    from .runtime.signature import SignatureError, verify_signature
+
+    if not public_key.is_file():
+        raise InputError(public_key, "--public-key", "file not found")
+    with tempfile.TemporaryDirectory(prefix="modelpack-signature-") as tmp:
+        extract(package, Path(tmp))
+        try:
+            verify_signature(Path(tmp), public_key)
+        except SignatureError as exc:
+            return f"{package}: {exc}"
+    return None
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from .execute import verify_remotely
     from .inventory import eligible_hosts
@@ -486,6 +551,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     manifest = _checked_package(args.package)
     _out(f"{args.package.name}: checksums of {len(manifest['files'])} files match the manifest")
+    if args.public_key is not None:
+        problem = _signature_check(args.package, args.public_key)
+        if problem:
+            print(f"modelpack: error: {problem}", file=sys.stderr)
+            return EXIT_FAILED
+        _out(f"{args.package.name}: signature matches every file and the key {args.public_key}")
     target = get_target(manifest["target"]["name"])
     inventory = _inventory(args.hosts)
     failures = []
@@ -607,6 +678,10 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--target", action="append", help="only these targets (glob; repeatable)")
     b.add_argument("--model", action="append", help="only these package names (glob; repeatable)")
     _allow_outside(b)
+    b.add_argument("--sign-key", type=Path, metavar="KEY.pem",
+                   help="sign every package with this elliptic-curve private key (adds provenance and an ML-BOM)")
+    b.add_argument("--attest", action="store_true",
+                   help="add SLSA provenance and a CycloneDX ML-BOM to every package, unsigned")
     b.add_argument("--out", default="dist", help="output folder (default: dist)")
     b.add_argument("--jobs", "-j", type=_count, help="at most this many jobs at once (default: all host slots)")
     b.add_argument("--no-cache", action="store_true", help="neither use nor fill the package cache")
@@ -678,7 +753,14 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("package", type=Path)
     v.add_argument("--hosts", type=Path)
     v.add_argument("--timeout", type=_seconds, default=600.0)
+    v.add_argument("--public-key", type=Path, metavar="PUB.pem",
+                   help="also require the package's signature to be this key's, over every file")
     v.set_defaults(func=cmd_verify)
+
+    s = sub.add_parser("sign", help="sign an existing package in place with a release key")
+    s.add_argument("package", type=Path)
+    s.add_argument("--key", type=Path, required=True, metavar="KEY.pem", help="elliptic-curve private key (PEM)")
+    s.set_defaults(func=cmd_sign)
     return p
 
 
@@ -693,6 +775,7 @@ def interrupt_name(interrupt: KeyboardInterrupt) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    args.invocation = ["modelpack", *(sys.argv[1:] if argv is None else argv)]  # for the provenance
     try:
         with cancellable(LEFTOVERS):
             return args.func(args)

@@ -165,6 +165,7 @@ class Scheduler:
         cache_key_for: Callable[[PlannedJob, str], str | None] | None = None,
         rebuild: bool = False,
         emulated: set[tuple[str, str]] | None = None,
+        attest: Callable[[PlannedJob, Path], str] | None = None,
     ) -> None:
         self.records = [JobRecord(job) for job in jobs]
         self._eligible = eligible
@@ -183,6 +184,9 @@ class Scheduler:
         #: (host, environment) pairs that run under emulation: used only when no native
         #: host is free, and given longer to package
         self._emulated = emulated or set()
+        #: adds release attestations (provenance, BOM, signature) to a verified package
+        #: in staging and returns its new sha256 (attest.py); None publishes it as built
+        self._attest = attest
         total_slots = sum(h.host.slots for h in self._hosts.values())
         self._parallel = max(1, min(len(jobs), total_slots, max_parallel or total_slots))
         self._cond = threading.Condition()
@@ -285,6 +289,8 @@ class Scheduler:
         job = record.job
         files = [(staged, job.package_filename)]
         try:
+            if self._attest is not None:
+                record.sha256 = self._attest(job, staged)
             if job.zip_filename:
                 twin = staged.with_name(job.zip_filename)
                 zip_from_archive(staged, twin)

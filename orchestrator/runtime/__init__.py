@@ -72,6 +72,7 @@ from .checks import (  # noqa: E402
 from .engines import ENGINES, EngineUnavailable, installed_version, open_artifact  # noqa: E402
 from .manifest import Manifest  # noqa: E402
 from .schema import SchemaError  # noqa: E402
+from .signature import ATTESTATIONS, SignatureError, verify_signature  # noqa: E402
 
 MANIFEST = "manifest.json"
 
@@ -150,15 +151,16 @@ def read_manifest(package_dir: Path) -> dict[str, Any]:
 
 def verify_files(package_dir: Path, manifest: Mapping[str, Any]) -> None:
     """Raise unless the files under ``package_dir`` are exactly the manifest's sha256
-    table: bytecode caches count (Python would run them instead of the checked source),
-    and anything but a regular file or folder is refused."""
+    table (plus the attestations a signed package carries at its root, which the
+    signature covers): bytecode caches count (Python would run them instead of the
+    checked source), and anything but a regular file or folder is refused."""
     root = Path(package_dir)
     actual, problems = {}, []
     for p in sorted(root.rglob("*")):
         name = p.relative_to(root).as_posix()
         if p.is_symlink() or not (p.is_file() or p.is_dir()):
             problems.append(f"{name}: not a regular file")
-        elif p.is_file() and name != MANIFEST:
+        elif p.is_file() and name != MANIFEST and name not in ATTESTATIONS:
             actual[name] = sha256_file(p)
     problems += file_problems(manifest["files"], actual)
     if problems:
@@ -242,14 +244,21 @@ def artifacts_for(manifest: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return sorted(runnable, key=lambda a: a["role"] != "primary")
 
 
-def load(package_dir: str | Path, artifact: str | None = None, verify: bool = True) -> Session:
+def load(package_dir: str | Path, artifact: str | None = None, verify: bool = True,
+         public_key: str | Path | None = None) -> Session:
     """Open a package directory for inference on this machine.
 
-    Checks, in order, the file checksums, that this machine can run the package's
-    target, and that the installed engine is compatible with the one that built it,
-    and raises :class:`PackageError` naming the first problem found.
+    Checks, in order, the signature (with ``public_key``: every file must be what its
+    owner signed), the file checksums, that this machine can run the package's target,
+    and that the installed engine is compatible with the one that built it, and raises
+    :class:`PackageError` naming the first problem found.
     """
     package_dir = Path(package_dir)
+    if public_key is not None:
+        try:
+            verify_signature(package_dir, public_key)
+        except SignatureError as exc:
+            raise PackageError(str(exc)) from None
     manifest = read_manifest(package_dir)
     if verify:
         verify_files(package_dir, manifest)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from .checks import file_problems
+from .signature import ATTESTATIONS
 
 #: refuse archives that expand beyond this (a gzip bomb from a hostile host)
 MAX_UNPACKED_BYTES = 32 << 30
@@ -100,7 +101,8 @@ def _check_against_manifest(found: _Survey) -> None:
         expected = {str(name): str(sha) for name, sha in table.items()}
     except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ArchiveError(f"{MANIFEST_NAME}: no readable file table ({type(exc).__name__}: {exc})") from None
-    problems = file_problems(expected, {k: v for k, v in found.hashes.items() if k != MANIFEST_NAME})
+    problems = file_problems(expected, {k: v for k, v in found.hashes.items()
+                                        if k != MANIFEST_NAME and k not in ATTESTATIONS})
     if problems:
         raise ArchiveError(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
 
