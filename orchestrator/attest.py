@@ -69,12 +69,22 @@ class SigningKey:
 
 
 def key_id(public_key: Any) -> str:
-    """The id a signature names its key by: sha256 of the public key's DER encoding
-    (the hint model-signing writes into its bundles)."""
+    """The id a signature names its key by: sha256 of the public key's PEM text (the hint
+    model-signing writes into its bundles, so every place shows one id)."""
     from cryptography.hazmat.primitives import serialization
 
-    return hashlib.sha256(public_key.public_bytes(serialization.Encoding.DER,
+    return hashlib.sha256(public_key.public_bytes(serialization.Encoding.PEM,
                                                   serialization.PublicFormat.SubjectPublicKeyInfo)).hexdigest()
+
+
+@dataclass(frozen=True)
+class Attested:
+    """What attesting a package did: its archive's new sha256, the key id that signed it
+    (None: unsigned) and the attestation files it now holds."""
+
+    sha256: str
+    signer: str | None
+    files: list[str]
 
 
 @dataclass(frozen=True)
@@ -219,9 +229,9 @@ def rewrite(archive: Path, change: Any) -> str:
 
 
 def attest(archive: Path, instructions: dict[str, Any], spec_sha256: str, run: RunFacts,
-           key: SigningKey | None) -> str:
+           key: SigningKey | None) -> Attested:
     """Add the provenance and the BOM to a verified package archive, and sign it all
-    when a key is given; return the archive's new sha256."""
+    when a key is given."""
 
     def add(folder: Path) -> None:
         manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
@@ -232,4 +242,5 @@ def attest(archive: Path, instructions: dict[str, Any], spec_sha256: str, run: R
         if key:
             sign_folder(folder, key)
 
-    return rewrite(archive, add)
+    files = [PROVENANCE, BOM, *([SIGNATURE] if key else [])]
+    return Attested(rewrite(archive, add), key.key_id if key else None, sorted(files))

@@ -334,7 +334,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.html:
         from .report.html import render_card
 
-        sys.stdout.write(render_card(manifest))
+        sys.stdout.write(render_card(manifest, _attestations_in(args.package)))
         return EXIT_OK
     if args.json:
         _out(json.dumps(manifest, indent=2, sort_keys=True))

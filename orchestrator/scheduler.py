@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
+from .attest import Attested
 from .cache import PackageCache
 from .collect import publish, zip_from_archive
 from .execute import Attempt, AttemptStatus, StageTimeouts, run_attempt
@@ -43,6 +44,8 @@ class JobRecord:
     sha256: str | None = None
     manifest: dict[str, Any] | None = None
     cached: bool = False
+    #: the release attestations added before publishing, if any
+    attested: Attested | None = None
     started: float | None = None
     finished: float | None = None
 
@@ -65,6 +68,8 @@ class JobRecord:
             "cached": self.cached,
             "size": self.package.stat().st_size if self.package and self.package.exists() else None,
             "seconds": round(self.finished - self.started, 3) if self.started and self.finished else None,
+            "signer": self.attested.signer if self.attested and manifest else None,
+            "attestations": self.attested.files if self.attested and manifest else [],
             **_package_facts(manifest),
         }
 
@@ -165,7 +170,7 @@ class Scheduler:
         cache_key_for: Callable[[PlannedJob, str], str | None] | None = None,
         rebuild: bool = False,
         emulated: set[tuple[str, str]] | None = None,
-        attest: Callable[[PlannedJob, Path], str] | None = None,
+        attest: Callable[[PlannedJob, Path], Attested] | None = None,
     ) -> None:
         self.records = [JobRecord(job) for job in jobs]
         self._eligible = eligible
@@ -185,7 +190,7 @@ class Scheduler:
         #: host is free, and given longer to package
         self._emulated = emulated or set()
         #: adds release attestations (provenance, BOM, signature) to a verified package
-        #: in staging and returns its new sha256 (attest.py); None publishes it as built
+        #: in staging (attest.py); None publishes it as built
         self._attest = attest
         total_slots = sum(h.host.slots for h in self._hosts.values())
         self._parallel = max(1, min(len(jobs), total_slots, max_parallel or total_slots))
@@ -274,9 +279,9 @@ class Scheduler:
             staged = folder / record.job.package_filename
             try:
                 self._cache.copy_to(hit, staged)
-                if self._publish(record, staged):
-                    record.status, record.cached, record.sha256 = "built", True, hit.sha256
-                    record.manifest = hit.manifest
+                record.sha256, record.manifest = hit.sha256, hit.manifest
+                if self._publish(record, staged):  # attesting it gives it another sha256
+                    record.status, record.cached = "built", True
             finally:
                 shutil.rmtree(folder, ignore_errors=True)
             return True
@@ -290,7 +295,8 @@ class Scheduler:
         files = [(staged, job.package_filename)]
         try:
             if self._attest is not None:
-                record.sha256 = self._attest(job, staged)
+                record.attested = self._attest(job, staged)
+                record.sha256 = record.attested.sha256
             if job.zip_filename:
                 twin = staged.with_name(job.zip_filename)
                 zip_from_archive(staged, twin)

@@ -53,6 +53,7 @@ def render_report(summary: dict[str, Any], previous: dict[str, Any] | None = Non
     )
 
 
-def render_card(manifest: dict[str, Any]) -> str:
-    """The package card: what a deployer needs to know about one package."""
-    return _CARD_ENV.get_template("card.html.j2").render(m=manifest)
+def render_card(manifest: dict[str, Any], attestations: str | None = None) -> str:
+    """The package card: what a deployer needs to know about one package (and, given,
+    what it says about its signature and attestations)."""
+    return _CARD_ENV.get_template("card.html.j2").render(m=manifest, attestations=attestations)

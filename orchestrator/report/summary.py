@@ -55,6 +55,10 @@ class JobSummary:
     zip: str | None = documented("its .zip twin", None)
     sha256: str | None = documented("the package's sha256", None)
     cached: bool = documented("republished from the package cache", False)
+    signer: str | None = documented("id (sha256 of the public key PEM) of the release key that signed it; null: unsigned",
+                                    None)
+    attestations: list[str] = documented("attestation files in the package: provenance, BOM, signature",
+                                         factory=list)
     size: int | None = documented("package size in bytes", None)
     seconds: float | None = documented("wall time of the job", None)
     engine: str | None = documented("the engine the package ships", None)

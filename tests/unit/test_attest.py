@@ -176,3 +176,20 @@ def test_sign_signs_an_existing_package_and_a_bad_key_is_refused_before_building
     errors = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert code == 2 and len(errors) == 1 and "--sign-key" in errors[0], errors
     assert not (tmp_path / "never").exists()
+
+
+def test_the_summary_report_and_card_say_who_signed_and_what_the_package_carries(capsys, signed, tmp_path):
+    summary = json.loads((signed["folder"] / "a.json").read_text())
+    job = summary["jobs"][0]
+    from orchestrator.attest import SigningKey
+
+    assert job["signer"] == SigningKey.load(signed["key"], "--sign-key").key_id
+    assert job["attestations"] == ["bom.cdx.json", "provenance.intoto.json", "signature.sigstore.json"]
+    assert main(["report", str(signed["folder"] / "a.json"), "--out", str(tmp_path / "r.html")]) == 0
+    assert f"signed by key <code>{job['signer'][:16]}</code>" in (tmp_path / "r.html").read_text()
+    capsys.readouterr()
+    assert main(["inspect", "--html", str(signed["a"])]) == 0
+    assert f"signed by key {job['signer'][:16]}" in capsys.readouterr().out
+    with tarfile.open(signed["a"]) as tar:
+        bundle = json.loads(tar.extractfile("signature.sigstore.json").read())
+    assert bundle["verificationMaterial"]["publicKey"]["hint"] == job["signer"], "one key id everywhere"
