@@ -478,7 +478,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="modelpack-run-") as tmp:
         extract(args.package, Path(tmp))
         try:
-            session = load(tmp)
+            session = load(tmp, threads=args.threads)
             outputs = session.run(feeds)
         except PackageError as exc:
             raise InputError(args.package, None, str(exc)) from None
@@ -747,6 +747,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("package", type=Path)
     r.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy")
     r.add_argument("--output", required=True, metavar="OUT.npz")
+    r.add_argument("--threads", type=_count, help="CPU threads for the engine (default: the package's setting,"
+                                                  " else the engine's own)")
     r.set_defaults(func=cmd_run)
 
     v = sub.add_parser("verify", help="checksums + self-test on a host matching the package's target")

@@ -181,14 +181,17 @@ def inside(package_dir: Path, relative: str) -> Path:
 class Session:
     """A loaded package artifact; ``run`` validates feeds against the signature."""
 
-    def __init__(self, package_dir: Path, manifest: dict[str, Any], artifact: Mapping[str, Any]) -> None:
+    def __init__(self, package_dir: Path, manifest: dict[str, Any], artifact: Mapping[str, Any],
+                 threads: int | None = None) -> None:
         self.package_dir = Path(package_dir)
         self.manifest = manifest
         self.artifact = dict(artifact)
         self.inputs = [TensorSpec.from_json(t) for t in manifest["inputs"]]
         self.outputs = [TensorSpec.from_json(t) for t in manifest["outputs"]]
-        self._runner = open_artifact(artifact["engine"], inside(self.package_dir, artifact["path"]),
-                                     artifact.get("runtime", {}))
+        options = dict(artifact.get("runtime", {}))
+        if threads is not None:  # the caller's count wins over what the package recorded
+            options["threads"] = threads
+        self._runner = open_artifact(artifact["engine"], inside(self.package_dir, artifact["path"]), options)
 
     def _check_feeds(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         expected = {t.name: t for t in self.inputs}
@@ -245,8 +248,10 @@ def artifacts_for(manifest: Mapping[str, Any]) -> list[Mapping[str, Any]]:
 
 
 def load(package_dir: str | Path, artifact: str | None = None, verify: bool = True,
-         public_key: str | Path | None = None) -> Session:
-    """Open a package directory for inference on this machine.
+         public_key: str | Path | None = None, threads: int | None = None) -> Session:
+    """Open a package directory for inference on this machine, with ``threads`` CPU
+    threads for the engine if given (every engine takes it; else the package's own
+    setting, else the engine's default).
 
     Checks, in order, the signature (with ``public_key``: every file must be what its
     owner signed), the file checksums, that this machine can run the package's target,
@@ -280,6 +285,8 @@ def load(package_dir: str | Path, artifact: str | None = None, verify: bool = Tr
     if problem:
         raise PackageError(problem)
     try:
-        return Session(package_dir, manifest, chosen)
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise PackageError(f"threads must be a whole number >= 1 (got {threads!r})")
+        return Session(package_dir, manifest, chosen, threads)
     except EngineUnavailable as exc:
         raise PackageError(str(exc)) from None

@@ -66,7 +66,9 @@ class OpenVinoRunner:
 
     def __init__(self, path: Path, options: Mapping[str, Any]) -> None:
         ov = _import("openvino")
-        config = {"INFERENCE_PRECISION_HINT": options.get("precision", "f32")}
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": options.get("precision", "f32")}
+        if options.get("threads"):
+            config["INFERENCE_NUM_THREADS"] = int(options["threads"])
         self._compiled = ov.Core().compile_model(str(path), "CPU", config)
         self._request = self._compiled.create_infer_request()
         # an output port can carry several tensor names; answer to every one of them
@@ -84,7 +86,10 @@ class MnnRunner:
         self._mnn = _import("MNN")
         self._inputs = list(options["inputs"])
         self._outputs = list(options["outputs"])
-        self._module = self._mnn.nn.load_module_from_file(str(path), self._inputs, self._outputs)
+        #: MNN's own default is one thread
+        self.threads = int(options.get("threads") or 1)
+        self._module = self._mnn.nn.load_module_from_file(str(path), self._inputs, self._outputs,
+                                                          thread_num=self.threads)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         expr = self._mnn.expr

@@ -168,3 +168,27 @@ def test_the_shipped_runtime_never_reads_or_writes_bytecode_in_the_package(unpac
                            str(unpacked)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.split()[-1] == "True", done.stderr
     assert not list((unpacked / "runtime").rglob("*.pyc")), "importing wrote bytecode into the package"
+
+
+@pytest.mark.parametrize("engine", ["onnxruntime", "openvino", "mnn", "ncnn"])
+def test_load_sets_the_thread_count_of_every_engine(tmp_path, capsys, write_spec, local_hosts, engine):
+    """``load(pkg, threads=N)`` reaches each engine's own setting (read back from the
+    engine), so a device runs with the threads it was measured with."""
+    from orchestrator.cli import main
+
+    spec = write_spec(compilers=[engine])
+    assert main(["build", str(spec), "--out", str(tmp_path / "d"), "--hosts", str(local_hosts), "--no-cache"]) == 0
+    capsys.readouterr()
+    folder = tmp_path / "pkg"
+    extract(tmp_path / "d" / "tinycnn-1.0.0-linux-x86_64.tar.gz", folder)
+    read_back = {
+        "onnxruntime": lambda r: r._session.get_session_options().intra_op_num_threads,
+        "openvino": lambda r: int(r._compiled.get_property("INFERENCE_NUM_THREADS")),
+        "ncnn": lambda r: r._net.opt.num_threads,
+        "mnn": lambda r: r.threads,
+    }[engine]
+    for threads in (1, 2):  # OpenVINO caps the count at the cores this machine has
+        session = load(folder, threads=threads)
+        assert session.artifact["engine"] == engine
+        assert read_back(getattr(session._runner, "_runner", session._runner)) == threads
+        assert session.self_test().passed
