@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,16 +135,10 @@ def provenance_statement(folder: Path, manifest: dict[str, Any], instructions: d
                                         "transport": str(prov.get("transport")),
                                         "image": str(prov.get("image_id") or prov.get("image") or "-")}},
                 "metadata": {"invocationId": f"{run.run_id} {' '.join(run.invocation)}",
-                             "startedOn": _iso(run.started), "finishedOn": _iso(_now())},
+                             "startedOn": _iso(run.started), "finishedOn": _iso(time.time())},
             },
         },
     }
-
-
-def _now() -> float:
-    import time
-
-    return time.time()
 
 
 def dsse_envelope(statement: dict[str, Any], key: SigningKey) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from .runtime import PackageError, read_manifest, verify_files
+from .runtime import PackageError, read_manifest
 from .runtime.archive import ArchiveError, extract
 from .runtime.checks import sha256_file
 
@@ -59,9 +59,8 @@ def verify_archive(archive: Path, expected_sha256: str | None = None,
             raise VerificationError(f"{archive.name}: sha256 {actual} differs from the packager's {expected_sha256}")
     with tempfile.TemporaryDirectory(prefix="modelpack-verify-") as tmp:
         try:
-            extract(archive, Path(tmp))
+            extract(archive, Path(tmp))  # checks every file against the table before writing
             manifest = read_manifest(Path(tmp))
-            verify_files(Path(tmp), manifest)
         except (ArchiveError, PackageError) as exc:
             raise VerificationError(f"{archive.name}: {exc}") from None
     missing = [k for k in _REQUIRED if k not in manifest]
