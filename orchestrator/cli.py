@@ -580,6 +580,116 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_FAILED
 
 
+# -- OCI registries -------------------------------------------------------------------------
+def _registry(args: argparse.Namespace, reference: Any) -> Any:
+    """The registry a command names, with the credentials and TLS settings the user gave.
+    The password comes from stdin or the environment, never from the command line (where
+    other users and shell history would see it)."""
+    from .registry import Access, Registry
+
+    if args.ca_file is not None and not args.ca_file.is_file():
+        raise InputError(args.ca_file, "--ca-file", "file not found")
+    if args.password_stdin and args.username is None:
+        raise InputError(None, "--password-stdin", "needs --username")
+    password = sys.stdin.readline().rstrip("\r\n") if args.password_stdin else os.environ.get(
+        "MODELPACK_REGISTRY_PASSWORD")
+    return Registry(reference.registry, Access(plain_http=args.plain_http, ca_file=args.ca_file,
+                                                username=args.username, password=password, timeout=args.timeout))
+
+
+def _packages_in(dist: Path) -> list[Path]:
+    if dist.is_dir():
+        found = sorted(dist.glob("*.tar.gz"))
+        if not found:
+            raise InputError(dist, None, "holds no package (*.tar.gz)")
+        return found
+    if not dist.is_file():
+        raise InputError(dist, None, "file not found")
+    return [dist]
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    """Every package in DIST, checked first (a bad one stops the command before anything
+    is pushed), then pushed one by one; a registry failure stops at that package, and the
+    ones before it are whole and tagged."""
+    from .registry import Reference, RegistryError, publish_package
+
+    namespace = Reference.parse(args.reference, "REFERENCE")
+    if namespace.digest:
+        raise InputError(None, "REFERENCE", "publish names a repository (and a tag), not a digest")
+    packages = [(path, _checked_package(path)) for path in _packages_in(args.dist)]
+    if args.public_key is not None:
+        for path, _ in packages:
+            problem = _signature_check(path, args.public_key)
+            if problem:
+                print(f"modelpack: error: {problem}; nothing was published", file=sys.stderr)
+                return EXIT_FAILED
+    done = 0
+    try:
+        registry = _registry(args, namespace)
+        for path, manifest in packages:
+            with tempfile.TemporaryDirectory(prefix="modelpack-publish-") as tmp:
+                published = publish_package(registry, namespace, path, manifest, Path(tmp))
+            where = f"{namespace.registry}/{published.repository}"
+            how = "unchanged" if published.unchanged else "pushed"
+            extras = f", referrers: {', '.join(published.referrers)}" if published.referrers else ""
+            _out(f"{path.name}: {how} {where}:{' :'.join(published.tags)} @{published.digest}{extras}")
+            done += 1
+    except RegistryError as exc:
+        print(f"modelpack: error: {exc} (published {done} of {len(packages)} before it; no tag names a partial"
+              " artifact)", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    """Fetch one package, check its blob digest, its checksums, that it is the package
+    its annotations say, and (with --public-key) its signature, before it appears in
+    --out under its own name."""
+    from .collect import VerificationError, publish, staging_dir, verify_archive
+    from .packager.job import package_filename
+    from .registry import Reference, RegistryError, package_annotations, read_package_manifest
+
+    reference = Reference.parse(args.reference, "REFERENCE")
+    if reference.tag is None and reference.digest is None:
+        raise InputError(None, "REFERENCE", f"oci://{reference} names no tag or digest; add :TAG or @sha256:...")
+    out = Path(args.out)
+    _check_output(out, "--out", folder=True)
+    if args.public_key is not None and not args.public_key.is_file():
+        raise InputError(args.public_key, "--public-key", "file not found")
+    staging = None
+    try:
+        registry = _registry(args, reference)
+        document, digest = read_package_manifest(registry, reference)
+        staging = staging_dir(out)
+        staged = staging / "package.tar.gz"
+        registry.pull_blob(reference.repository, document["layers"][0], staged)
+        try:
+            manifest = verify_archive(staged)
+        except VerificationError as exc:
+            raise RegistryError(f"{reference}: the package is corrupt: {str(exc).removeprefix(staged.name + ': ')}")
+        said = document.get("annotations") or {}
+        wrong = [f"{k} {said.get(k)!r} (the package says {v!r})" for k, v in package_annotations(manifest).items()
+                 if said.get(k) != v]
+        if wrong:
+            raise RegistryError(f"{reference}: the annotations do not match the package: {'; '.join(wrong)}")
+        if args.public_key is not None:
+            problem = _signature_check(staged, args.public_key)
+            if problem:
+                raise RegistryError(problem.replace(str(staged), str(reference)))
+        name = package_filename(manifest["name"], manifest["version"], manifest["target"]["name"])
+        publish([(staged, name)], out)
+    except RegistryError as exc:
+        print(f"modelpack: error: {exc}; nothing was written to {out}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+    signed = ", signature verified" if args.public_key is not None else ""
+    _out(f"{name}: pulled from {reference} @{digest}; checksums of {len(manifest['files'])} files match{signed}")
+    return EXIT_OK
+
+
 # -- CI matrix and init ------------------------------------------------------------------
 def cmd_matrix(args: argparse.Namespace) -> int:
     import yaml
@@ -665,6 +775,16 @@ def _allow_outside(command: argparse.ArgumentParser) -> None:
     command.add_argument("--allow-outside", action="append", type=Path, default=[], metavar="FOLDER",
                          help="let specs name files under FOLDER too (by default a spec reaches only its own"
                               " folder; repeatable)")
+
+
+def _registry_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--plain-http", action="store_true", help="the registry speaks plain HTTP (no TLS)")
+    command.add_argument("--ca-file", type=Path, metavar="CA.pem", help="trust this CA for the registry's TLS")
+    command.add_argument("--username", default=os.environ.get("MODELPACK_REGISTRY_USERNAME"),
+                         help="registry user (default: $MODELPACK_REGISTRY_USERNAME, else the Docker config's);"
+                              " the password is read from $MODELPACK_REGISTRY_PASSWORD or --password-stdin")
+    command.add_argument("--password-stdin", action="store_true", help="read the registry password from stdin")
+    command.add_argument("--timeout", type=_seconds, default=60.0, help="time limit per registry request, seconds")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -763,6 +883,23 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("package", type=Path)
     s.add_argument("--key", type=Path, required=True, metavar="KEY.pem", help="elliptic-curve private key (PEM)")
     s.set_defaults(func=cmd_sign)
+
+    pb = sub.add_parser("publish", help="push packages to an OCI registry, attestations attached as referrers")
+    pb.add_argument("dist", type=Path, help="a package, or a folder of packages (its *.tar.gz)")
+    pb.add_argument("reference", metavar="oci://REGISTRY/REPOSITORY[:TAG]",
+                    help="each package goes to REPOSITORY/<name>:<version>-<target> (and :<TAG>-<target>)")
+    pb.add_argument("--public-key", type=Path, metavar="PUB.pem",
+                    help="publish only if every package is signed by this key's owner")
+    _registry_options(pb)
+    pb.set_defaults(func=cmd_publish)
+
+    pl = sub.add_parser("pull", help="fetch a package from an OCI registry and verify it")
+    pl.add_argument("reference", metavar="oci://REGISTRY/REPOSITORY:TAG")
+    pl.add_argument("--out", default="dist", help="output folder (default: dist)")
+    pl.add_argument("--public-key", type=Path, metavar="PUB.pem",
+                    help="also require the package's signature to be this key's")
+    _registry_options(pl)
+    pl.set_defaults(func=cmd_pull)
     return p
 
 
