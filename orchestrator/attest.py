@@ -17,11 +17,12 @@ import datetime
 import hashlib
 import json
 import os
+import re
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from . import __version__
 from .errors import InputError
@@ -101,6 +102,32 @@ def _iso(timestamp: float) -> str:
     return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _normalised(distribution: str) -> str:
+    """A distribution's name as wheel file names spell it (PEP 427 and 503)."""
+    return re.sub(r"[-_.]+", "_", distribution).lower()
+
+
+def _tools(manifest: Mapping[str, Any]) -> dict[str, str]:
+    """Every Python distribution that built and tested the package, with its version: the
+    build host's toolchain and the selected engine."""
+    platform_ = (manifest.get("provenance") or {}).get("build_platform") or {}
+    return {**{name: str(version) for name, version in (platform_.get("toolchain") or {}).items()},
+            **{engine: str(info.get("version")) for engine, info in (manifest.get("engines") or {}).items()}}
+
+
+def wheel_hashes(manifest: Mapping[str, Any]) -> dict[tuple[str, str], tuple[str, str]]:
+    """(distribution, version) -> (wheel file, sha256) for the wheels the build host's
+    environment was installed from, as its installer recorded them (see
+    packager/environment.py); empty for an environment that recorded none."""
+    platform_ = (manifest.get("provenance") or {}).get("build_platform") or {}
+    found = {}
+    for wheel, sha in (platform_.get("wheels") or {}).items():
+        parts = str(wheel).split("-")
+        if wheel.endswith(".whl") and len(parts) >= 5:
+            found[(_normalised(parts[0]), parts[1])] = (str(wheel), str(sha))
+    return found
+
+
 def provenance_statement(folder: Path, manifest: dict[str, Any], instructions: dict[str, Any], spec_sha256: str,
                          run: RunFacts) -> dict[str, Any]:
     """An in-toto v1 statement with a SLSA provenance v1 predicate whose subjects are the
@@ -115,9 +142,12 @@ def provenance_statement(folder: Path, manifest: dict[str, Any], instructions: d
         algorithm, _, value = str(prov["image_id"]).partition(":")
         dependencies.append({"name": "build image", "uri": f"docker-image:{prov.get('image')}",
                              "digest": {algorithm if value else "sha256": value or algorithm}})
-    tools = {**{k: str(v) for k, v in (prov.get("build_platform") or {}).get("versions", {}).items()},
-             **{engine: str(info.get("version")) for engine, info in manifest.get("engines", {}).items()}}
-    dependencies += [{"name": name, "uri": f"pkg:pypi/{name}@{version}"} for name, version in sorted(tools.items())]
+    wheels = wheel_hashes(manifest)
+    for name, version in sorted(_tools(manifest).items()):
+        dependency: dict[str, Any] = {"name": name, "uri": f"pkg:pypi/{name}@{version}"}
+        if (found := wheels.get((_normalised(name), version))) is not None:
+            dependency.update(name=found[0], digest={"sha256": found[1]})
+        dependencies.append(dependency)
     return {
         "_type": "https://in-toto.io/Statement/v1",
         "subject": subjects,
@@ -156,7 +186,7 @@ def ml_bom(folder: Path, manifest: dict[str, Any]) -> str:
     packaged artifacts with their sha256, and the runtime's pinned Python dependencies."""
     from cyclonedx.model import HashAlgorithm, HashType, Property
     from cyclonedx.model.bom import Bom
-    from cyclonedx.model.component import Component, ComponentType
+    from cyclonedx.model.component import Component, ComponentScope, ComponentType
     from cyclonedx.output.json import JsonV1Dot6
     from packageurl import PackageURL
 
@@ -189,15 +219,23 @@ def ml_bom(folder: Path, manifest: dict[str, Any]) -> str:
             properties=[Property(name="modelpack:format", value=artifact["format"]),
                         Property(name="modelpack:engine", value=artifact["engine"]),
                         Property(name="modelpack:role", value=artifact["role"])]))
+    # the runtime's pinned dependencies (what the device installs) and the distributions
+    # that built and tested the package, each once, with its wheel's sha256 where the
+    # build host's environment recorded it
     requirements = folder / "runtime" / "requirements.txt"
+    pinned = dict(line.strip().partition("==")[::2] for line in (requirements.read_text().splitlines()
+                                                                    if requirements.is_file() else []))
+    wheels = wheel_hashes(manifest)
     libraries = []
-    for line in requirements.read_text().splitlines() if requirements.is_file() else []:
-        name, _, version = line.strip().partition("==")
-        if name and version:
-            library = Component(type=ComponentType.LIBRARY, name=name, version=version,
-                                bom_ref=f"pypi:{name}@{version}", purl=PackageURL("pypi", name, version))
-            bom.components.add(library)
-            libraries.append(library)
+    for name, version in sorted({**_tools(manifest), **{k: v for k, v in pinned.items() if k and v}}.items()):
+        wheel = wheels.get((_normalised(name), version))
+        library = Component(type=ComponentType.LIBRARY, name=name, version=version, bom_ref=f"pypi:{name}@{version}",
+                            purl=PackageURL("pypi", name, version),
+                            hashes=[HashType(alg=HashAlgorithm.SHA_256, content=wheel[1])] if wheel else [],
+                            properties=[Property(name="modelpack:wheel", value=wheel[0])] if wheel else [],
+                            scope=None if name in pinned else ComponentScope.EXCLUDED)
+        bom.components.add(library)
+        libraries.append(library)
     bom.register_dependency(model, libraries)
     return JsonV1Dot6(bom).output_as_string(indent=2)
 

@@ -29,6 +29,8 @@ from typing import Callable
 import docker
 import docker.errors
 
+from .packager.environment import WHEEL_HASHES
+from .runtime.checks import sha256_file
 from .runtime.platforms import normalise_arch
 from .storage import cache_root
 from .transports.base import TransportError
@@ -228,8 +230,14 @@ def _context(env: Environment, wheelhouse: Path | None) -> io.BytesIO:
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         for path in env.files():
             tar.add(path, arcname=path.name)
-        for wheel in sorted(wheelhouse.glob("*.whl")) if wheelhouse else []:
+        wheels = sorted(wheelhouse.glob("*.whl")) if wheelhouse else []
+        for wheel in wheels:
             tar.add(wheel, arcname=f"wheelhouse/{wheel.name}")
+        if wheelhouse is not None:  # which wheels the image installs, for every package's BOM
+            listing = "".join(f"{sha256_file(wheel)}  {wheel.name}\n" for wheel in wheels).encode()
+            info = tarfile.TarInfo(WHEEL_HASHES)
+            info.size = len(listing)
+            tar.addfile(info, io.BytesIO(listing))
     buffer.seek(0)
     return buffer
 

@@ -6,6 +6,7 @@ there, and the import below is for reading and type-checking this file (the send
 drops it). Standard library only, Python 3.8 or later.
 """
 
+import hashlib
 import json
 import os
 import subprocess
@@ -40,6 +41,10 @@ def make_env(params, stdin):
                     _remove(building)
                 raise Refused("%s failed: %s" % (os.path.basename(argv[0]) + " " + argv[2],
                                                  proc.stdout.decode("utf-8", "replace").strip()[-800:]))
+        with open(os.path.join(building, "wheels.sha256"), "w") as out:  # for every package's BOM
+            for wheel in sorted(os.listdir(params["wheels"])):
+                with open(os.path.join(params["wheels"], wheel), "rb") as data:
+                    out.write("%s  %s\n" % (hashlib.sha256(data.read()).hexdigest(), wheel))
         with open(os.path.join(building, ENV_MARKER), "w") as out:
             json.dump({"hash": env_hash, "created": time.time()}, out)
         # built under a temporary name and renamed: a half-made environment is never

@@ -77,6 +77,39 @@ def test_example_builds_in_docker_reproducibly_and_verifies_in_a_fresh_container
     assert {c.id for c in labelled(docker_client)} == before, "containers must always be removed"
 
 
+def test_a_release_built_in_docker_names_the_engine_wheels_that_built_it_with_their_hashes(
+        capsys, docker_client, docker_hosts, tmp_path, monkeypatch):
+    """The image records the wheels it was installed from; provenance and BOM name them."""
+    import base64
+    import hashlib
+
+    from orchestrator.images import Environment, _wheelhouse
+    from tests.unit.test_attest import key_pair
+
+    key, _ = key_pair(tmp_path, "release")
+    spec = REPO / "examples" / "tinycnn" / "modelpack.yaml"
+    assert main(["build", str(spec), "--out", str(tmp_path / "out"), "--hosts", str(docker_hosts),
+                 "--sign-key", str(key), "-q"]) == 0
+    with tarfile.open(tmp_path / "out" / "tinycnn-1.0.0-linux-x86_64.tar.gz") as tar:
+        envelope = json.load(tar.extractfile("provenance.intoto.json"))
+        bom = json.load(tar.extractfile("bom.cdx.json"))
+    # the wheels the image was built from, hashed here from the controller's wheelhouse
+    monkeypatch.delenv("MODELPACK_CACHE")
+    house = _wheelhouse(Environment.load("linux-x86_64"))
+    expected = {wheel.name: hashlib.sha256(wheel.read_bytes()).hexdigest()
+                for wheel in house.glob("*.whl") if wheel.name.split("-")[0].lower() in ("onnxruntime", "numpy", "onnx")}
+    assert len(expected) == 3
+    statement = json.loads(base64.b64decode(envelope["payload"]))
+    resolved = {d["name"]: d.get("digest", {}).get("sha256")
+                for d in statement["predicate"]["buildDefinition"]["resolvedDependencies"]}
+    assert {name: resolved.get(name) for name in expected} == expected
+    libraries = {c["name"].lower(): c for c in bom["components"] if c["type"] == "library"}
+    for wheel, sha in expected.items():
+        component = libraries[wheel.split("-")[0].lower()]
+        assert component["hashes"] == [{"alg": "SHA-256", "content": sha}]
+        assert {"name": "modelpack:wheel", "value": wheel} in component["properties"]
+
+
 def test_second_network_with_user_samples_in_docker(capsys, docker_client, docker_hosts, write_spec, tmp_path):
     model = save(make_two_tower(), tmp_path / "two_tower.onnx")
     spec = write_spec(model=model, name="two-tower", samples="s.npz", tolerance={"atol": 1e-6, "rtol": 1e-5})

@@ -218,6 +218,13 @@ def test_a_host_with_only_python_is_bootstrapped_with_the_pinned_engines_and_bui
                 if "==" in line)
     toolchain = manifest["provenance"]["build_platform"]["toolchain"]
     assert toolchain["onnxruntime"] == pins["onnxruntime"] and toolchain["numpy"] == pins["numpy"]
+    # the environment records the wheels it was made from (for provenance and BOM): the
+    # very files pushed from this machine's wheelhouse
+    from orchestrator.bootstrap import wheelhouse_for
+
+    pushed = {w.name: hashlib.sha256(w.read_bytes()).hexdigest() for w in wheelhouse_for(facts).glob("*.whl")}
+    assert manifest["provenance"]["build_platform"]["wheels"] == pushed
+    assert any(name.startswith(f"onnxruntime-{pins['onnxruntime']}-") for name in pushed)
 
 
 def test_host_that_hangs_mid_upload_is_detected_within_the_liveness_timeout(sshd, client_key, tmp_path):

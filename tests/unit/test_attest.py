@@ -9,6 +9,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from jsonschema import Draft202012Validator
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -131,13 +132,22 @@ def test_the_provenance_is_slsa_v1_its_subjects_are_the_payload_and_it_is_signed
     assert statement["_type"] == "https://in-toto.io/Statement/v1"
     assert statement["predicateType"] == "https://slsa.dev/provenance/v1"
     json_format.ParseDict(statement["predicate"], provenance_pb2.Provenance())  # unknown or mistyped fields raise
+    schema = Draft202012Validator(json.loads((Path(__file__).parent.parent / "schemas" /
+                                              "slsa-provenance-v1.schema.json").read_text()))
+    assert list(schema.iter_errors(statement)) == []
+    broken = json.loads(body)
+    del broken["predicate"]["buildDefinition"]["buildType"]
+    broken["predicate"]["runDetails"]["metadata"]["startedOn"] = "yesterday"
+    assert len(list(schema.iter_errors(broken))) == 2, "the schema can fail"
     manifest = json.loads((folder / "manifest.json").read_text())
     subjects = {s["name"]: s["digest"]["sha256"] for s in statement["subject"]}
     assert subjects == {"manifest.json": sha256_file(folder / "manifest.json"),
                         **{name: sha256_file(folder / name) for name in manifest["files"]}}
     dependencies = {d["name"]: d for d in statement["predicate"]["buildDefinition"]["resolvedDependencies"]}
     assert dependencies["source model"]["digest"]["sha256"] == manifest["source"]["sha256"]
-    assert "onnxruntime" in dependencies
+    # every distribution that built and tested it: the build host's toolchain, not only the engine
+    assert {"onnxruntime", "onnx", "numpy"} <= set(dependencies)
+    assert dependencies["onnx"]["uri"] == f"pkg:pypi/onnx@{manifest['provenance']['build_platform']['toolchain']['onnx']}"
     details = statement["predicate"]["runDetails"]
     assert details["builder"]["version"]["host"] == "here" and details["metadata"]["startedOn"].endswith("Z")
 
