@@ -13,7 +13,8 @@ from pydantic_core import PydanticUndefined
 
 from .inventory import Host, Inventory
 from .packager.accelerate import ALWAYS_APPLIED, VARIANTS
-from .spec import Accelerate, Functions, Gate, SelectPolicy, ShapeRange, Spec, Tolerance
+from .spec import (Accelerate, Device, Functions, Gate, MnnSettings, NcnnSettings, OnnxRuntimeSettings,
+                   OpenVinoSettings, SelectPolicy, ShapeRange, Spec, Tolerance)
 
 
 def _type_name(annotation: Any) -> str:
@@ -60,6 +61,13 @@ SECTIONS: list[tuple[str, type[BaseModel], str]] = [
     ("`accelerate.gate`", Gate, "How variants are judged; without a criterion, by `tolerance` like every candidate."),
     ("`functions`", Functions, "Pre/post-processing fused into the graph. The steps are described in"
      " [functions.md](functions.md)."),
+    ("`device`", Device, "The device the package runs on: candidates are measured with these settings, the"
+     " artifacts record them and the package runtime applies them (`load(pkg, threads=N)` and"
+     " `modelpack run --threads` override the count)."),
+    ("`device.engines.onnxruntime`", OnnxRuntimeSettings, "onnxruntime session options."),
+    ("`device.engines.openvino`", OpenVinoSettings, "OpenVINO CPU plugin properties."),
+    ("`device.engines.mnn`", MnnSettings, "MNN module options."),
+    ("`device.engines.ncnn`", NcnnSettings, "ncnn net options."),
     ("Inventory (`hosts.yaml`)", Inventory, "Top-level keys of an inventory file."),
     ("`hosts[]`", Host, "One build host."),
 ]

@@ -120,6 +120,7 @@ class PlannedJob:
             evaluation="evaluation.npz" if self.spec.evaluation else None,
             gate=s.accelerate.gate.model_dump(exclude_none=True, exclude_defaults=True) if s.accelerate else {},
             metric_file="metric.py" if self.spec.metric else None,
+            device=s.device.job_fields() if s.device else {},
         )
 
 

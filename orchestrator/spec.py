@@ -129,6 +129,57 @@ class Functions(_Strict):
                                " (NumPy), or drop that candidate")
 
 
+class OnnxRuntimeSettings(_Strict):
+    execution_mode: Literal["sequential", "parallel"] | None = Field(
+        None, description="run independent graph branches one after another or in parallel (inter-op threads)")
+    optimization: Literal["all", "extended", "basic", "disabled"] | None = Field(
+        None, description="graph optimisation level at session creation (default: all)")
+
+
+class OpenVinoSettings(_Strict):
+    performance_hint: Literal["LATENCY", "THROUGHPUT"] | None = Field(
+        None, description="OpenVINO's PERFORMANCE_HINT: tune the CPU plugin for one request or for many")
+    streams: int | None = Field(None, ge=1, le=256, description="NUM_STREAMS: parallel inference streams")
+
+
+class MnnSettings(_Strict):
+    precision: Literal["normal", "high", "low"] | None = Field(
+        None, description="MNN's precision mode; low allows fp16 arithmetic where the CPU has it (gated like"
+                          " any candidate)")
+
+
+class NcnnSettings(_Strict):
+    light_mode: bool | None = Field(None, description="free intermediate blobs as soon as they are consumed")
+    packing: bool | None = Field(None, description="ncnn's packed (SIMD) memory layout")
+
+
+class EngineSettings(_Strict):
+    """Per-engine runtime settings, recorded in the artifacts and applied by the package
+    runtime on the device; the build host measures with them too."""
+
+    onnxruntime: OnnxRuntimeSettings | None = None
+    openvino: OpenVinoSettings | None = None
+    mnn: MnnSettings | None = None
+    ncnn: NcnnSettings | None = None
+
+
+class Device(_Strict):
+    """The device the package will run on, as far as the engines care: the build host
+    measures candidates as the device will run them, and the package carries these
+    settings so the device applies what was measured."""
+
+    threads: int | None = Field(None, ge=1, le=1024, description="CPU threads the device gives the engine (every"
+                                                                  " engine runs with this many; default: the"
+                                                                  " engine's own)")
+    engines: EngineSettings | None = Field(None, description="settings per engine (onnxruntime, openvino, mnn,"
+                                                                             " ncnn); see `device.engines.*` below")
+
+    def job_fields(self) -> dict[str, Any]:
+        """What the packager gets: the count and each engine's settings that are set."""
+        engines = self.engines.model_dump(exclude_none=True) if self.engines else {}
+        return {"threads": self.threads, "engines": {k: v for k, v in engines.items() if v}}
+
+
 class Spec(_Strict):
     name: str = Field(description="package name; letters, digits, '.', '_', '+', '-'")
     version: str = Field(description="package version, as a string (quote it in YAML)")
@@ -162,6 +213,7 @@ class Spec(_Strict):
         None, description=".npz like `calibration`: held-out samples that judge the variants (never calibrate"
                           " them); a task gate needs at least 20")
     functions: Functions | None = Field(None, description="business functions; see `functions` below")
+    device: Device | None = Field(None, description="the device's threads and engine settings; see `device` below")
     zip: bool = Field(False, description="windows-x86_64: also publish the package as a .zip (the same files,"
                                          " for Windows users without tar), made from the verified .tar.gz")
 

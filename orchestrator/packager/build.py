@@ -214,7 +214,7 @@ def compile_candidates(job: Job, checked: Checked, reference: Reference, normali
         + [tensor_entry(t, bench.reference[t]) for t in reference.taps],
         fixed_model=normalised.fixed, alternate_inputs=_alternate_inputs(reference.golden, inputs),
         calibration=reference.calibration, runtime_functions=reference.runtime_steps,
-        functions="graph" if reference.resolved else None)
+        functions="graph" if reference.resolved else None, device=job.device)
     candidates = compile_all(job.compilers, checked.compilers, job.target, setting, checked.work / "candidates",
                              job.worker_timeout, progress=stage)
     return setting, candidates
@@ -398,7 +398,7 @@ def _runtime_fallbacks(job: Job, compilers: dict[str, Any], candidates: list[Can
         alternate_inputs=[tensor_entry(i["name"], second[i["name"]]) for i in model_inputs] if second else None,
         calibration=fused.calibration if not resolved.pre else None,
         runtime_functions={"pre": resolved.pre, "post": resolved.post + resolved.runtime}, functions="runtime",
-        suffix=" (functions in runtime)")
+        suffix=" (functions in runtime)", device=job.device)
     calls = [c.call for c in broken if c.call is not None]
     retried = compile_all(calls, compilers, job.target, setting, work / "fallback", job.worker_timeout, progress=stage)
     gate_all(retried, measurement, work / "fallback-measure", job.worker_timeout, progress=stage)

@@ -94,6 +94,9 @@ class Job(Message):
     gate: dict[str, Any] = field(default_factory=dict)
     #: the user's metric module (file name inside the job's input folder) for gate.metric
     metric_file: str | None = None
+    #: the device's runtime settings: {"threads": N or None, "engines": {engine: {setting: value}}};
+    #: every artifact records them and every measurement runs with them
+    device: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_fields(cls, data: dict[str, Any]) -> "Job":

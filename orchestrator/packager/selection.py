@@ -18,7 +18,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from .causes import root_cause
 from ..runtime.platforms import minimal_environment
@@ -150,6 +150,17 @@ class CompileSetting:
     functions: str | None = None
     #: appended to candidate ids (the runtime-functions fallback pass)
     suffix: str = ""
+    #: the device's threads and engine settings (Job.device)
+    device: dict[str, Any] = field(default_factory=dict)
+
+
+def device_options(device: Mapping[str, Any], engine: str) -> dict[str, Any]:
+    """The runtime options an artifact of ``engine`` gets from the spec's ``device``: the
+    thread count (every engine) and that engine's own settings."""
+    options = dict((device.get("engines") or {}).get(engine) or {})
+    if device.get("threads"):
+        options["threads"] = int(device["threads"])
+    return options
 
 
 def candidate_id(call: CompilerCall, seen: dict[str, int]) -> str:
@@ -199,10 +210,12 @@ def compile_all(
         candidate.preparation = result.get("preparation", [])
         candidate.notes = result.get("notes", [])
         candidate.artifacts = result["artifacts"]
+        shipped = device_options(setting.device, compiler.engine)
         if setting.runtime_functions:
-            for artifact in candidate.artifacts:
-                if artifact["role"] != "auxiliary":
-                    artifact["runtime"] = {**artifact.get("runtime", {}), "functions": setting.runtime_functions}
+            shipped["functions"] = setting.runtime_functions
+        for artifact in candidate.artifacts if shipped else []:
+            if artifact["role"] != "auxiliary":  # measured with these, and run with them on the device
+                artifact["runtime"] = {**artifact.get("runtime", {}), **shipped}
         candidate.reproducible = result["reproducible"]
         candidate.size_bytes = sum((root / a["path"]).stat().st_size for a in candidate.artifacts)
         candidate.status = "compiled"

@@ -47,9 +47,11 @@ class OnnxRuntimeRunner:
             "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
         }
+        modes = {"sequential": ort.ExecutionMode.ORT_SEQUENTIAL, "parallel": ort.ExecutionMode.ORT_PARALLEL}
         session_options = ort.SessionOptions()
         session_options.graph_optimization_level = levels[options.get("optimization", "all")]
         session_options.intra_op_num_threads = int(options.get("threads", 0))
+        session_options.execution_mode = modes[options.get("execution_mode", "sequential")]
         session_options.log_severity_level = 3
         self._session = ort.InferenceSession(str(path), session_options,
                                              providers=usable_providers(options.get("execution_providers")))
@@ -69,6 +71,10 @@ class OpenVinoRunner:
         config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": options.get("precision", "f32")}
         if options.get("threads"):
             config["INFERENCE_NUM_THREADS"] = int(options["threads"])
+        if options.get("performance_hint"):
+            config["PERFORMANCE_HINT"] = str(options["performance_hint"])
+        if options.get("streams"):
+            config["NUM_STREAMS"] = str(int(options["streams"]))
         self._compiled = ov.Core().compile_model(str(path), "CPU", config)
         self._request = self._compiled.create_infer_request()
         # an output port can carry several tensor names; answer to every one of them
@@ -86,10 +92,15 @@ class MnnRunner:
         self._mnn = _import("MNN")
         self._inputs = list(options["inputs"])
         self._outputs = list(options["outputs"])
-        #: MNN's own default is one thread
+        #: MNN's own defaults are one thread and normal precision; kept here because MNN
+        #: cannot report them back
         self.threads = int(options.get("threads") or 1)
+        self.precision = str(options.get("precision", "normal"))
+        modes = {"normal": self._mnn.expr.PrecisionMode.Normal, "high": self._mnn.expr.PrecisionMode.High,
+                 "low": self._mnn.expr.PrecisionMode.Low}
         self._module = self._mnn.nn.load_module_from_file(str(path), self._inputs, self._outputs,
-                                                          thread_num=self.threads)
+                                                          thread_num=self.threads,
+                                                          precision_mode=modes[self.precision])
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         expr = self._mnn.expr
@@ -124,6 +135,10 @@ class NcnnRunner:
         self._net.opt.use_fp16_arithmetic = not exact
         self._net.opt.use_bf16_storage = not exact
         self._net.opt.num_threads = int(options.get("threads", 0)) or self._net.opt.num_threads
+        if options.get("light_mode") is not None:
+            self._net.opt.lightmode = bool(options["light_mode"])
+        if options.get("packing") is not None:
+            self._net.opt.use_packing_layout = bool(options["packing"])
         if self._net.load_param(str(path)) != 0 or self._net.load_model(str(path.with_suffix(".bin"))) != 0:
             raise RuntimeError(f"ncnn could not load {path.name}")
         self._inputs: dict[str, str] = dict(options["inputs"])  # model name -> blob

@@ -176,6 +176,14 @@ def test_invalid_host_fields(capsys, write_spec, out_dir, tmp_path, host, needle
         ({"shapes": {"image": [1, 3, 64, 64]}}, ("shapes.image[2] is 64", "fixes it to 32")),
         ({"samples": "absent.npz"}, ("samples", "absent.npz", "not found")),
         ({"zip": True}, ("zip: true applies to windows-x86_64", "no Windows target")),
+        ({"device": {"threads": 0}}, ("device.threads", "greater than or equal to 1", "got 0")),
+        ({"device": {"threads": -4}}, ("device.threads", "got -4")),
+        ({"device": {"threads": "many"}}, ("device.threads", "got 'many'")),
+        ({"device": {"engines": {"tensorrt": {"fp16": True}}}}, ("device.engines", "unknown key 'tensorrt'")),
+        ({"device": {"engines": {"openvino": {"stream": 2}}}},
+         ("device.engines.openvino", "unknown key 'stream'", "did you mean 'streams'")),
+        ({"device": {"engines": {"mnn": {"precision": "fp8"}}}}, ("device.engines.mnn.precision", "got 'fp8'")),
+        ({"device": {"cores": 4}}, ("device", "unknown key 'cores'")),
     ],
 )
 def test_invalid_spec_fields(capsys, write_spec, out_dir, local_hosts, fields, needles):

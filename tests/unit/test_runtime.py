@@ -192,3 +192,49 @@ def test_load_sets_the_thread_count_of_every_engine(tmp_path, capsys, write_spec
         assert session.artifact["engine"] == engine
         assert read_back(getattr(session._runner, "_runner", session._runner)) == threads
         assert session.self_test().passed
+
+
+DEVICE_SETTINGS = {
+    # engine: (its settings in the spec, what the engine reports back once loaded)
+    "onnxruntime": ({"execution_mode": "parallel"},
+                    lambda r: (r._session.get_session_options().intra_op_num_threads,
+                               str(r._session.get_session_options().execution_mode))),
+    "openvino": ({"performance_hint": "THROUGHPUT", "streams": 2},
+                 lambda r: (int(r._compiled.get_property("INFERENCE_NUM_THREADS")),
+                            str(r._compiled.get_property("PERFORMANCE_HINT")),
+                            int(r._compiled.get_property("NUM_STREAMS")))),
+    "ncnn": ({"light_mode": False, "packing": False},
+             lambda r: (r._net.opt.num_threads, r._net.opt.lightmode, r._net.opt.use_packing_layout)),
+    "mnn": ({"precision": "high"}, lambda r: (r.threads, r.precision)),
+}
+EXPECTED_BACK = {
+    "onnxruntime": (2, "ExecutionMode.ORT_PARALLEL"),
+    "openvino": (2, "THROUGHPUT", 2),
+    "ncnn": (2, False, False),
+    "mnn": (2, "high"),
+}
+
+
+@pytest.mark.parametrize("engine", sorted(DEVICE_SETTINGS))
+def test_the_devices_threads_and_engine_settings_are_measured_with_shipped_and_applied(
+        tmp_path, capsys, write_spec, local_hosts, engine):
+    """`device: {threads, engines}` in the spec: every candidate is measured with them,
+    the package records them in its artifacts, and the runtime applies them on load,
+    read back from the engine itself (each default differs: 0 or all cores, MNN 1)."""
+    from orchestrator.cli import main
+
+    settings, read_back = DEVICE_SETTINGS[engine]
+    spec = write_spec(compilers=[engine], device={"threads": 2, "engines": {engine: settings}})
+    assert main(["build", str(spec), "--out", str(tmp_path / "d"), "--hosts", str(local_hosts), "--no-cache"]) == 0
+    capsys.readouterr()
+    folder = tmp_path / "pkg"
+    extract(tmp_path / "d" / "tinycnn-1.0.0-linux-x86_64.tar.gz", folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    primary = next(a for a in manifest["artifacts"] if a["role"] == "primary")
+    assert {k: primary["runtime"].get(k) for k in ("threads", *settings)} == {"threads": 2, **settings}
+    session = load(folder)
+    assert read_back(getattr(session._runner, "_runner", session._runner)) == EXPECTED_BACK[engine]
+    assert session.self_test().passed
+    # the caller's count still wins over the recorded one
+    override = load(folder, threads=1)
+    assert read_back(getattr(override._runner, "_runner", override._runner))[0] == 1
