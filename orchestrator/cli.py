@@ -403,6 +403,10 @@ def _text_card(m: dict[str, Any]) -> list[str]:
         lines.append(f"  artifact      {artifact['path']} ({artifact['format']}, {artifact['role']})")
     emulated = " under EMULATION" if _at(m, "selection", "emulated", default=False) else ""
     how = "benchmarked" + emulated if _at(m, "selection", "measured", default=False) else "accuracy only"
+    decision = _at(m, "selection", "benchmark", "decision", default=None)
+    if decision is not None:
+        how += (f"; ranking {decision} after {_at(m, 'selection', 'benchmark', 'rounds')} rounds (95 % intervals);"
+                f" host contention {_at(m, 'selection', 'benchmark', 'contention')}x")
     lines.append(f"  candidates    ({how})")
     for row in m.get("candidates") or []:
         median, p90 = _at(row, "latency_ms", "median", default=None), _at(row, "latency_ms", "p90", default=None)

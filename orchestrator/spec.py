@@ -49,7 +49,11 @@ class SelectPolicy(_Strict):
     latency_budget_ms: float | None = Field(None, gt=0, description="reject candidates whose median is above this")
     prefer: list[str] = Field(default_factory=list, description="tie-break order of engines (within 2%)")
     engine: str | None = Field(None, description="force this engine (it must still pass the gate)")
-    benchmark_s: float = Field(0.4, gt=0, le=60, description="timed-run budget per candidate in each of 5 interleaved rounds, seconds")
+    benchmark_s: float = Field(0.4, gt=0, le=60, description="timed-run budget per candidate in each interleaved round,"
+                                                             " seconds")
+    max_rounds: int = Field(10, ge=3, le=100, description="rounds at most: measuring stops once every candidate is"
+                                                           " slower than the leader or tied with it at 95 % confidence"
+                                                           " (at least 3 rounds), else here, undecided")
 
 
 AccelerateVariant = Literal[tuple([*ALWAYS_APPLIED, *VARIANTS])]  # type: ignore[valid-type]

@@ -47,6 +47,7 @@ from .selection import (
     compile_all,
     gate_all,
 )
+from .ranking import MAX_ROUNDS
 from .signature import load_onnx, signature
 
 BENCHMARK = {"warmup_s": 0.1, "budget_s": 0.4, "min_runs": 5, "max_runs": 100_000}
@@ -233,17 +234,20 @@ def select(job: Job, in_dir: Path, checked: Checked, reference: Reference, setti
         candidates += _runtime_fallbacks(job, checked.compilers, candidates, checked.model_path, reference.golden,
                                          reference.resolved, setting, measurement, work, stage)
     measured = len(candidates) > 1 or bool({"latency_budget_ms", "metric"} & set(job.select))
+    found = None
     if measured:
         benchmark = {**BENCHMARK, "budget_s": float(job.select.get("benchmark_s", BENCHMARK["budget_s"]))}
-        benchmark_all(candidates, measurement, work / "measure", job.worker_timeout, benchmark, progress=stage)
+        found = benchmark_all(candidates, measurement, work / "measure", job.worker_timeout, benchmark,
+                              max_rounds=int(job.select.get("max_rounds", MAX_ROUNDS)),
+                              metric=job.select.get("metric", "latency"), progress=stage)
     compare_with_baselines(candidates)
-    winner = choose(candidates, job.select)
+    winner = choose(candidates, job.select, found.verdict if found else None)
     if winner is None:
         why = "; ".join(f"{c.id}: {c.status}: {c.reason}" for c in candidates)
         forced = job.select.get("engine")
         prefix = f"the forced engine {forced} did not pass" if forced else "no candidate passed"
         raise PackageFailed(f"{prefix} ({why})")
-    return Selected(candidates, winner, measured)
+    return Selected(candidates, winner, measured, found)
 
 
 def lay_out(job: Job, checked: Checked, reference: Reference, normalised: Normalised, selected: Selected,

@@ -78,7 +78,7 @@ class Job(Message):
     #: or packaged at that size (and the manifest says so)
     fixed_shapes: str = "reject"
     provenance: dict[str, Any] = field(default_factory=dict)
-    #: selection policy (metric, latency_budget_ms, prefer, engine, benchmark_s, max_runs)
+    #: selection policy (metric, latency_budget_ms, prefer, engine, benchmark_s, max_rounds)
     select: dict[str, Any] = field(default_factory=dict)
     #: time limit for each compile or measure worker process, seconds
     worker_timeout: float = 600.0

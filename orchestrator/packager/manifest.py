@@ -191,6 +191,7 @@ def write_manifest_data(root: Path, job: Job, env: CompileEnvironment, reference
             "policy": job.select,
             "selected": winner.id,
             "measured": selected.measured,
+            "benchmark": selected.benchmark.to_json() if selected.benchmark else None,
             "emulated": emulated,
             "note": ("latencies were measured under emulation and do not represent native speed"
                      if emulated and selected.measured else None),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -24,7 +25,9 @@ from .causes import root_cause
 from ..runtime.platforms import minimal_environment
 from .compilers import Compiler
 from .job import CompilerCall, JobTarget
+from .hostload import Sample, contention, round_load
 from .messages import CompileRequest, MeasureRequest, WorkerResult
+from .ranking import MAX_ROUNDS, MIN_ROUNDS, Verdict, decide
 from .worker import latency_stats
 
 #: within this fraction of the best value, candidates tie and `prefer` decides
@@ -307,12 +310,39 @@ def _check_sizes(c: Candidate, checks: dict[str, dict[str, Any]], measurement: M
     c.reason = f"runs only at the benchmark size ({why}); fixed_shapes: allow would package it at that size"
 
 
+@dataclass
+class Benchmark:
+    """What the measuring found: the verdict (None with fewer than two candidates), the
+    load each round saw, and the round cap it ran under."""
+
+    verdict: Verdict | None
+    load: list[dict[str, Any]]
+    max_rounds: int
+
+    def to_json(self) -> dict[str, Any]:
+        found: dict[str, Any] = self.verdict.to_json() if self.verdict else {"decision": "single", "rounds": len(self.load)}
+        return {**found, "max_rounds": self.max_rounds, "contention": contention(self.load), "load": self.load}
+
+
+def round_value(times_ms: list[float], metric: str) -> float:
+    """One round's figure for the metric: its median latency, or its mean (throughput)."""
+    return statistics.fmean(times_ms) if metric == "throughput" else statistics.median(times_ms)
+
+
 def benchmark_all(candidates: list[Candidate], measurement: Measurement, work: Path, timeout: float,
-                  benchmark: dict[str, Any], rounds: int = 5, progress: Callable[[str], None] = _quiet) -> None:
-    """Benchmark the candidates that passed, in interleaved rounds so noise hits them alike."""
-    for round_number in range(1, rounds + 1):
+                  benchmark: dict[str, Any], rounds: int | None = None, max_rounds: int = MAX_ROUNDS,
+                  metric: str = "latency", progress: Callable[[str], None] = _quiet) -> Benchmark:
+    """Benchmark the candidates that passed, in interleaved rounds so noise hits them
+    alike, until the ranking is decided at 95 % confidence (see ranking.py) or
+    ``max_rounds`` is reached; ``rounds`` fixes the count instead. Each round's host load
+    is recorded beside it."""
+    cap = rounds or max_rounds
+    loads: list[dict[str, Any]] = []
+    verdict = None
+    for round_number in range(1, cap + 1):
+        before = Sample.now()
         for c in (c for c in candidates if c.status == "passed"):
-            progress(f"select: benchmark {c.id} (round {round_number}/{rounds})")
+            progress(f"select: benchmark {c.id} (round {round_number}, at most {cap})")
             try:
                 result = run_worker(measurement.request(c, c.artifacts[0], benchmark),
                                     work / f"{c.id.replace('+', '_')}.bench", timeout)
@@ -322,6 +352,13 @@ def benchmark_all(candidates: list[Candidate], measurement: Measurement, work: P
             c.rounds_ms.append(result["times_ms"])
             c.load_s = result["load_s"] if c.load_s is None else min(c.load_s, result["load_s"])
             c.peak_rss_mb = max(c.peak_rss_mb or 0.0, result["peak_rss_mb"] or 0.0) or None
+        loads.append(round_load(before, Sample.now()))
+        values = {c.id: [round_value(r, metric) for r in c.rounds_ms]
+                  for c in candidates if c.status == "passed" and c.rounds_ms}
+        verdict = decide(values, TIE) if len(values) > 1 else None
+        if rounds is None and round_number >= MIN_ROUNDS and (verdict is None or verdict.decision != "undecided"):
+            break
+    return Benchmark(verdict, loads, cap)
 
 
 def compare_with_baselines(candidates: list[Candidate]) -> None:
@@ -372,8 +409,11 @@ def _metric(c: Candidate, metric: str) -> float:
     return stats["mean"] if metric == "throughput" else stats["median"]
 
 
-def choose(candidates: list[Candidate], policy: dict[str, Any]) -> Candidate | None:
-    """Apply the selection policy; mark the winner and say why every other lost."""
+def choose(candidates: list[Candidate], policy: dict[str, Any], verdict: Verdict | None = None) -> Candidate | None:
+    """Apply the selection policy; mark the winner and say why every other lost. With
+    the benchmark's ``verdict``, a decided leader wins and a decided tie goes to
+    ``prefer``, then to the smaller artifact; an undecided one falls back to the best
+    figures, and the reason says it was undecided."""
     passed = [c for c in candidates if c.status == "passed"]
     forced = policy.get("engine")
     if forced:
@@ -400,14 +440,28 @@ def choose(candidates: list[Candidate], policy: dict[str, Any]) -> Candidate | N
     best = min(_metric(c, metric) for c in passed)
     prefer = list(policy.get("prefer", []))
     rank = {name: i for i, name in enumerate(prefer)}
-    tied = [c for c in passed if _metric(c, metric) <= best * (1 + TIE)]
-    winner = min(tied, key=lambda c: (rank.get(c.engine, rank.get(c.id, len(prefer))), _metric(c, metric)))
+    ids = {c.id for c in passed}
+    decided = (verdict is not None and metric != "size" and verdict.decision != "undecided"
+               and ids == {verdict.leader, *(c.other for c in verdict.comparisons)})
+    if decided:
+        assert verdict is not None
+        tied = [c for c in passed if c.id in verdict.tied]
+    else:
+        tied = [c for c in passed if _metric(c, metric) <= best * (1 + TIE)]
+    winner = min(tied, key=lambda c: (rank.get(c.engine, rank.get(c.id, len(prefer))), c.size_bytes or 0,
+                                      _metric(c, metric)))
     unit = "bytes" if metric == "size" else "ms"
     label = {"latency": "median latency", "throughput": "mean latency (throughput)", "size": "size"}[metric]
     winner.status = "selected"
     winner.reason = f"best {label} ({_metric(winner, metric):.4g} {unit}) of {len(passed)} passing candidates"
-    if len(tied) > 1:
-        winner.reason += f"; tie within {TIE:.0%} broken by prefer={prefer}"
+    if decided and verdict is not None and verdict.decision == "leader":
+        winner.reason += (f"; ahead of every other by more than {TIE:.0%} at 95 % confidence after"
+                          f" {verdict.rounds} rounds")
+    elif len(tied) > 1:
+        how = f"at 95 % confidence after {verdict.rounds} rounds" if decided and verdict else f"within {TIE:.0%}"
+        winner.reason += f"; tie ({how}) broken by prefer={prefer}, then the smaller artifact"
+    if verdict is not None and not decided and metric != "size":
+        winner.reason += f"; the ranking stayed undecided after {verdict.rounds} rounds (low confidence)"
     for c in passed:
         if c is not winner:
             ratio = _metric(c, metric) / max(_metric(winner, metric), 1e-12)

@@ -15,7 +15,7 @@ from .environment import CompileEnvironment
 from .evaluate import GateTensors
 from .functions import Resolved
 from .golden import Golden
-from .selection import Candidate
+from .selection import Benchmark, Candidate
 
 
 @dataclass
@@ -64,3 +64,5 @@ class Selected:
     candidates: list[Candidate]
     winner: Candidate
     measured: bool
+    #: the measuring's verdict, rounds and load (None: nothing was benchmarked)
+    benchmark: Benchmark | None = None

@@ -121,7 +121,9 @@ class Manifest:
     files: Dict[str, str] = documented("sha256 of every other file in the package")
     candidates: List[Dict[str, Any]] = documented("every compiler and variant tried: status, reason, accuracy,"
                                             " latency, size, held-out loss", factory=list)
-    selection: Dict[str, Any] = documented("the policy, the winner, whether measured and whether under emulation",
+    selection: Dict[str, Any] = documented("the policy, the winner, whether measured and whether under emulation,"
+                                           " and the benchmark: rounds, decision and its 95 % confidence,"
+                                           " each candidate against the leader, and the host load per round",
                                      factory=dict)
     selftest: Optional[SelfTest] = documented("see SelfTest", None)
     samples: Optional[Samples] = documented("see Samples", None)
