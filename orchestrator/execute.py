@@ -12,18 +12,20 @@ The outcome is classified here, because only here are both sides visible:
 from __future__ import annotations
 
 import collections
+import contextlib
 import shutil
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from . import __version__
 from .collect import VerificationError, verify_archive
-from .packager.job import RESULT_FILE, STAGE_MARKER, Outcome, Result
+from .leases import BenchmarkLeases, LeaseClient
+from .packager.job import LEASE_MARKER, RESULT_FILE, STAGE_MARKER, Outcome, Result
 from .plan import PlannedJob, packager_code
 from .transports.base import Transport, TransportError, Workspace
 from .transports.watchdog import Watchdog
@@ -152,8 +154,12 @@ def run_attempt(
     on_stage: Callable[[str], None],
     on_open: Callable[[Workspace], None] = lambda ws: None,
     on_log: Callable[[str], None] = lambda line: None,
+    leases: BenchmarkLeases | None = None,
 ) -> Attempt:
+    """One attempt of ``job`` on ``transport``'s host. With ``leases``, a packager there
+    that benchmarks waits for the host's benchmark lease (see leases.py)."""
     attempt = Attempt(host=transport.name)
+    lease: list[LeaseClient] = []  # the attempt's lease conversation, once the workspace is open
     log: collections.deque[str] = collections.deque(maxlen=LOG_TAIL)
     current: list[Any] = []  # [stage name, start time] of the stage in progress
 
@@ -168,6 +174,12 @@ def run_attempt(
     def on_line(line: str) -> None:
         if line.startswith(STAGE_MARKER):
             on_stage(f"package: {line[len(STAGE_MARKER):]}")
+        elif line.startswith(LEASE_MARKER) and lease:
+            if line[len(LEASE_MARKER):].strip() == "request":
+                on_stage("package: waiting for the host's benchmark lease")
+                lease[0].request()
+            else:
+                lease[0].release()
         else:
             log.append(line)
             on_log(line)
@@ -183,13 +195,22 @@ def run_attempt(
         provenance = {"host": transport.name, "transport": type(transport).__name__.removesuffix("Transport").lower(),
                       "controller_version": __version__, **workspace.provenance()}
         job_file = own / "job.json"
-        job_file.write_text(job.packager_job(provenance).to_json())
+        granting = leases is not None and transport.grants_benchmark_lease
+        job_file.write_text(replace(job.packager_job(provenance), benchmark_lease=granting).to_json())
+        if granting:
+            assert leases is not None
+            lease.append(LeaseClient(leases, transport, opened, job.id))
         payload = {**packager_code(), **job.inputs(), "in/job.json": job_file}
         stage("push", _size(sum(p.stat().st_size for p in payload.values())))
         within(timeouts.push, f"{transport.name}: push", lambda: opened.push(payload), opened.close)
         stage("package")
-        code, result = run_packager(workspace, ["build", "in/job.json"], timeouts.package, on_line,
-                                    own / "result.json")
+        with leases.packaging(transport, workspace) if leases else contextlib.nullcontext():
+            try:
+                code, result = run_packager(workspace, ["build", "in/job.json"], timeouts.package, on_line,
+                                            own / "result.json")
+            finally:
+                for held in lease:  # a packager that died mid-benchmark releases nothing itself
+                    held.release()
         stage("pull")
         attempt.packager_timings = result.timings if result else {}
         status = classify(code, result)

@@ -23,6 +23,7 @@ from .cache import PackageCache
 from .collect import publish, zip_from_archive
 from .execute import Attempt, AttemptStatus, StageTimeouts, run_attempt
 from .inventory import Host
+from .leases import BenchmarkLeases
 from .plan import PlannedJob
 from .transports.base import Transport, Workspace
 
@@ -196,6 +197,8 @@ class Scheduler:
         self._parallel = max(1, min(len(jobs), total_slots, max_parallel or total_slots))
         self._cond = threading.Condition()
         self._open: set[Workspace] = set()
+        #: one benchmark at a time per host, the host's other packagers paused meanwhile
+        self._leases = BenchmarkLeases()
         self.cancelled = threading.Event()
         #: held while publishing and while cancelling: once cancel() returns, nothing more
         #: reaches --out, and a package being published is published whole
@@ -339,7 +342,7 @@ class Scheduler:
                         job, state.transport, self._staging, timeouts, labels,
                         on_stage=lambda s, n=name, st=state: self._on_stage(record, n, st, s),
                         on_log=lambda line, n=name: self.events.job_log(record, n, line),
-                        on_open=self._track,
+                        on_open=self._track, leases=self._leases,
                     )
                 finally:
                     failed_infra = attempt is None or attempt.status is AttemptStatus.INFRASTRUCTURE

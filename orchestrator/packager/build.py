@@ -47,6 +47,7 @@ from .selection import (
     compile_all,
     gate_all,
 )
+from .lease import benchmark_lease
 from .ranking import MAX_ROUNDS
 from .signature import load_onnx, signature
 
@@ -237,9 +238,11 @@ def select(job: Job, in_dir: Path, checked: Checked, reference: Reference, setti
     found = None
     if measured:
         benchmark = {**BENCHMARK, "budget_s": float(job.select.get("benchmark_s", BENCHMARK["budget_s"]))}
-        found = benchmark_all(candidates, measurement, work / "measure", job.worker_timeout, benchmark,
-                              max_rounds=int(job.select.get("max_rounds", MAX_ROUNDS)),
-                              metric=job.select.get("metric", "latency"), progress=stage)
+        with benchmark_lease(job.benchmark_lease, job.worker_timeout) as lease:
+            found = benchmark_all(candidates, measurement, work / "measure", job.worker_timeout, benchmark,
+                                  max_rounds=int(job.select.get("max_rounds", MAX_ROUNDS)),
+                                  metric=job.select.get("metric", "latency"), progress=stage)
+        found.lease = lease
     compare_with_baselines(candidates)
     winner = choose(candidates, job.select, found.verdict if found else None)
     if winner is None:

@@ -97,6 +97,9 @@ class Job(Message):
     #: the device's runtime settings: {"threads": N or None, "engines": {engine: {setting: value}}};
     #: every artifact records them and every measurement runs with them
     device: dict[str, Any] = field(default_factory=dict)
+    #: the controller grants a benchmark lease (its transport can tell a running packager):
+    #: wait for it before timing anything
+    benchmark_lease: bool = False
 
     @classmethod
     def from_fields(cls, data: dict[str, Any]) -> "Job":
@@ -105,10 +108,10 @@ class Job(Message):
 
     def instructions_sha256(self) -> str:
         """What the package was asked to be, as one digest: every field but provenance
-        (which host and when). The packager records it in the manifest, and the
+        (which host and when) and the benchmark lease (whether that host grants one). The packager records it in the manifest, and the
         controller publishes a package, built or cached, only when it matches the job's."""
         fields = asdict(self)
-        del fields["provenance"]
+        del fields["provenance"], fields["benchmark_lease"]  # where and how it was built, not what
         return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
     @classmethod
@@ -155,3 +158,8 @@ def package_filename(name: str, version: str, target: str) -> str:
 
 #: a stdout line starting with this tells the controller which packaging stage is running
 STAGE_MARKER = "::modelpack-stage::"
+#: ``LEASE_MARKER + "request"`` asks the controller for the host's benchmark lease (see
+#: orchestrator/leases.py), which answers by putting LEASE_FILE in the workspace;
+#: ``LEASE_MARKER + "release"`` gives it back
+LEASE_MARKER = "::modelpack-lease::"
+LEASE_FILE = "benchmark.lease"

@@ -17,6 +17,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -318,10 +319,15 @@ class Benchmark:
     verdict: Verdict | None
     load: list[dict[str, Any]]
     max_rounds: int
+    #: when the timing began and ended (seconds since the epoch, the host's clock)
+    window: tuple[float, float] = (0.0, 0.0)
+    #: the host's benchmark lease as the controller granted it (None: not asked for)
+    lease: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         found: dict[str, Any] = self.verdict.to_json() if self.verdict else {"decision": "single", "rounds": len(self.load)}
-        return {**found, "max_rounds": self.max_rounds, "contention": contention(self.load), "load": self.load}
+        return {**found, "max_rounds": self.max_rounds, "contention": contention(self.load), "lease": self.lease,
+                "window": [round(self.window[0], 3), round(self.window[1], 3)], "load": self.load}
 
 
 def round_value(times_ms: list[float], metric: str) -> float:
@@ -339,6 +345,7 @@ def benchmark_all(candidates: list[Candidate], measurement: Measurement, work: P
     cap = rounds or max_rounds
     loads: list[dict[str, Any]] = []
     verdict = None
+    started = time.time()
     for round_number in range(1, cap + 1):
         before = Sample.now()
         for c in (c for c in candidates if c.status == "passed"):
@@ -358,7 +365,7 @@ def benchmark_all(candidates: list[Candidate], measurement: Measurement, work: P
         verdict = decide(values, TIE) if len(values) > 1 else None
         if rounds is None and round_number >= MIN_ROUNDS and (verdict is None or verdict.decision != "undecided"):
             break
-    return Benchmark(verdict, loads, cap)
+    return Benchmark(verdict, loads, cap, (started, time.time()))
 
 
 def compare_with_baselines(candidates: list[Candidate]) -> None:

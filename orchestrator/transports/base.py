@@ -10,10 +10,11 @@ from the command is the command's own business.
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Mapping
 
 if TYPE_CHECKING:
     from ..inventory import Host
@@ -74,6 +75,14 @@ class Workspace(ABC):
         a memory limit the job outgrew): the job's own failure, not the host's."""
         return None
 
+    def pause(self) -> bool:
+        """Freeze the command running here while another job on the host benchmarks, so
+        the benchmark sees the quiet a device has; False where this transport cannot."""
+        return False
+
+    def resume(self) -> None:
+        """Undo :meth:`pause`. Never raises: a workspace that ended meanwhile is fine."""
+
     def __enter__(self) -> "Workspace":
         return self
 
@@ -114,3 +123,19 @@ class Transport(ABC):
         """Remove workspaces that a crashed earlier run left behind; name them. Raises
         :class:`TransportError` when the host cannot be asked."""
         return []
+
+    #: whether a packager there can be told it holds the benchmark lease (the controller
+    #: pushes a file into its workspace while it runs)
+    grants_benchmark_lease: bool = False
+
+    @property
+    def machine(self) -> str:
+        """The machine the host's work runs on: hosts naming one machine (two inventory
+        entries for one Docker engine) share its benchmark lease and pause each other."""
+        return self.name
+
+    def benchmark_lease(self, holder: str) -> ContextManager[None]:
+        """Hold the host's benchmark lease against other controllers: one benchmark at a
+        time on a host, wherever it was started from. By default only this controller's
+        own lock applies (orchestrator/leases.py)."""
+        return contextlib.nullcontext()

@@ -16,6 +16,7 @@ import os
 import shutil
 import socket
 import threading
+import time
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterator, Mapping
 
@@ -42,6 +43,9 @@ log = logging.getLogger(__name__)
 LABEL = "org.modelpack"
 #: which controller process owns a container: "<hostname>:<pid>"
 OWNER = f"{LABEL}.controller"
+#: the engine-wide benchmark lease (a network of this name), and how long one may be held
+LEASE = "modelpack-benchmark-lease"
+LEASE_SECONDS = 900
 
 
 def _owner() -> str:
@@ -207,6 +211,46 @@ class DockerTransport(Transport):
     def open(self, environment: str, labels: Mapping[str, str], lifetime: float | None = None) -> "DockerWorkspace":
         return DockerWorkspace(self, self.image_for(environment), labels, lifetime)
 
+    grants_benchmark_lease = True
+
+    @property
+    def machine(self) -> str:
+        return f"docker:{self.host.docker_host or 'local'}"
+
+    @contextlib.contextmanager
+    def benchmark_lease(self, holder: str) -> Iterator[None]:
+        """The lease is a network named :data:`LEASE` on the engine: the engine refuses a
+        second network of that name, so creating it is an atomic test-and-set that every
+        controller using this engine sees. A lease whose controller died, or that has
+        outlived :data:`LEASE_SECONDS`, is broken."""
+        client = self.client()
+        while True:
+            labels = {LABEL: "1", OWNER: _owner(), f"{LABEL}.lease.holder": holder,
+                      f"{LABEL}.lease.expires": str(int(time.time() + LEASE_SECONDS))}
+            try:
+                with _infrastructure(f"taking the benchmark lease on {self.name}"):
+                    network = client.networks.create(LEASE, labels=labels, internal=True, check_duplicate=True)
+                break
+            except TransportError as exc:
+                if not isinstance(exc.__cause__, docker.errors.APIError) or exc.__cause__.status_code != 409:
+                    raise
+                self._break_stale_lease(client)
+                time.sleep(0.1)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(*_ERRORS):
+                network.remove()
+
+    def _break_stale_lease(self, client: docker.DockerClient) -> None:
+        with contextlib.suppress(*_ERRORS):
+            for network in client.networks.list(names=[LEASE]):
+                expires = network.attrs.get("Labels", {}).get(f"{LABEL}.lease.expires", "0")
+                owner = network.attrs.get("Labels", {}).get(OWNER, "")
+                if _owner_gone(owner) or (expires.isdigit() and int(expires) < time.time()):
+                    log.warning("%s: breaking a stale benchmark lease held by %s", self.name, owner)
+                    network.remove()
+
     def reap(self) -> list[str]:
         """Remove modelpack containers whose controller process on this machine died."""
         removed = []
@@ -358,6 +402,16 @@ class DockerWorkspace(Workspace):
                         f" (raise memory_gb in hosts.yaml, or use a host with more memory)")
             return None
         return None
+
+    def pause(self) -> bool:
+        with contextlib.suppress(*_ERRORS):
+            self._container.pause()
+            return True
+        return False
+
+    def resume(self) -> None:
+        with contextlib.suppress(*_ERRORS):
+            self._container.unpause()
 
     def provenance(self) -> dict[str, Any]:
         """Image identity, and whether the container runs under emulation: an image

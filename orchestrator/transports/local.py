@@ -6,6 +6,7 @@ own process group so a timeout or Ctrl-C kills the whole tree.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -17,7 +18,7 @@ import sys
 import tempfile
 from importlib import metadata
 from pathlib import Path, PurePosixPath
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from ..inventory import Host
 from ..runtime.platforms import minimal_environment
@@ -46,6 +47,26 @@ class LocalTransport(Transport):
 
     def open(self, environment: str, labels: Mapping[str, str], lifetime: float | None = None) -> "LocalWorkspace":
         return LocalWorkspace(keep=self.keep_workspaces)
+
+    grants_benchmark_lease = True
+    machine = "local"
+
+    @contextlib.contextmanager
+    def benchmark_lease(self, holder: str) -> Iterator[None]:
+        """An exclusive lock on a file every controller of this user on this machine
+        opens: the kernel releases it if the holder dies, so it can never go stale."""
+        try:
+            import fcntl
+        except ImportError:  # Windows: this controller's own lock only
+            yield
+            return
+        path = Path(tempfile.gettempdir()) / f"modelpack-benchmark-{os.getuid()}.lock"
+        with open(path, "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 class LocalWorkspace(Workspace):
@@ -111,6 +132,23 @@ class LocalWorkspace(Workspace):
 
     def provenance(self) -> dict[str, Any]:
         return {"python": sys.executable, "emulated": False}
+
+    def pause(self) -> bool:
+        return _signal_groups(self._running, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        _signal_groups(self._running, signal.SIGCONT)
+
+
+def _signal_groups(groups: set[int], signum: int) -> bool:
+    sent = False
+    for group in list(groups):
+        try:
+            os.killpg(group, signum)
+            sent = True
+        except ProcessLookupError:  # ended meanwhile
+            pass
+    return sent
 
 
 def _kill_group(group: int) -> None:
