@@ -359,6 +359,53 @@ def _kill_group(pid):
             time.sleep(0.1)
 
 
+def freeze(params, stdin):
+    """Pause (``on``) or resume a workspace's packager while another one on this host
+    benchmarks: SIGSTOP or SIGCONT to its process group, only if it proves to be ours.
+    Not done on Windows, which has no such signals."""
+    group = params.get("group")
+    if WINDOWS or not group or not _ours(group, params["root"]):
+        return {"done": False}
+    os.killpg(int(group["pid"]), signal.SIGSTOP if params["on"] else signal.SIGCONT)
+    return {"done": True}
+
+
+def bench_lease(params, stdin):
+    """Take (``take``, waiting up to ``wait`` s) or give back this host's benchmark lease:
+    a folder made atomically in the workdir that names its holder and expiry, whichever
+    controller asks; an expired one is broken."""
+    path = os.path.join(_workdir(params), "benchmark.lease")
+    record = os.path.join(path, "holder.json")
+    if not params["take"]:
+        try:
+            with open(record) as data:
+                if json.load(data)["holder"] == params["holder"]:
+                    _remove(path)
+        except (OSError, ValueError, KeyError):
+            pass
+        return {"held": False}
+    deadline = time.time() + float(params["wait"])
+    while True:
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            os.mkdir(path)
+            with open(record, "w") as out:
+                json.dump({"holder": params["holder"], "expires": time.time() + float(params["ttl"])}, out)
+            return {"held": True}
+        except FileExistsError:
+            try:
+                with open(record) as data:
+                    expires = float(json.load(data)["expires"])
+            except (OSError, ValueError, KeyError):
+                expires = os.path.getmtime(path) + 60  # being written, or its writer died
+            if expires < time.time():
+                _remove(path)
+                continue
+        if time.time() > deadline:
+            return {"held": False}
+        time.sleep(0.2)
+
+
 def _remove(path):
     def retry(function, target, excinfo):  # read-only files on Windows
         os.chmod(target, 0o700)
@@ -409,7 +456,7 @@ def clean(params, stdin):
     return {"removed": removed}
 
 
-OPERATIONS = {f.__name__: f for f in (facts, open_workspace, push, send, supervise, close, clean)}
+OPERATIONS = {f.__name__: f for f in (facts, open_workspace, push, send, supervise, close, clean, freeze, bench_lease)}
 
 
 def main(argv):

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import ast
 import base64
+import contextlib
 import hashlib
 import json
 import logging
+import os
 import socket
 import threading
 import time
@@ -45,6 +47,8 @@ WINDOW = 1 << 27  # 128 MiB: paramiko's small default window caps throughput
 PACKET = 1 << 15
 MAX_PULL_BYTES = 16 << 30
 CHUNK = 1 << 22
+#: how long a host's benchmark lease may be held before another controller breaks it
+LEASE_TTL = 900
 #: writes a command's stdin with ``send``; may read the command's answers with ``read_line``
 Feed = Callable[[Callable[[bytes | memoryview], None], Callable[[], str]], None]
 
@@ -396,6 +400,26 @@ class SshTransport(Transport):
                                               "controller": socket.gethostname(), "run": run})
         return SshWorkspace(self, PurePosixPath(answer["root"]), lifetime)
 
+    grants_benchmark_lease = True
+
+    @property
+    def machine(self) -> str:
+        return f"ssh:{self.host.address}"
+
+    @contextlib.contextmanager
+    def benchmark_lease(self, holder: str) -> Iterator[None]:
+        """The host's lease is a folder in its workdir that every controller using the
+        host must make first (hostside ``bench_lease``); asked again every 30 s."""
+        holder = f"{socket.gethostname()}:{os.getpid()}:{holder}"
+        while not self.call("bench_lease", {"take": True, "holder": holder, "ttl": LEASE_TTL, "wait": 30},
+                            timeout=60)["held"]:
+            pass
+        try:
+            yield
+        finally:
+            with contextlib.suppress(TransportError):
+                self.call("bench_lease", {"take": False, "holder": holder})
+
     def reap(self) -> list[str]:
         """Workspaces whose lease expired (a crashed run's, or one kept with --keep)."""
         answer = self.call("clean", {"blob_ttl": self.host.blob_ttl})
@@ -530,6 +554,20 @@ class SshWorkspace(Workspace):
                             self.root, self._transport.name)
         except TransportError as exc:  # the host is gone; its lease lets `hosts clean` find it later
             log.warning("could not remove %s on %s: %s", self.root, self._transport.name, exc)
+
+    def pause(self) -> bool:
+        if self._group is None:
+            return False
+        try:
+            return bool(self._transport.call("freeze", {"root": str(self.root), "group": self._group,
+                                                       "on": True})["done"])
+        except TransportError:
+            return False
+
+    def resume(self) -> None:
+        if self._group is not None:
+            with contextlib.suppress(TransportError):
+                self._transport.call("freeze", {"root": str(self.root), "group": self._group, "on": False})
 
     def provenance(self) -> dict[str, Any]:
         facts = self._transport.facts()

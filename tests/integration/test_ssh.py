@@ -41,6 +41,37 @@ def test_build_and_verify_over_ssh(capsys, sshd, client_key, tmp_path):
     assert "self-test passed on sshbox" in capsys.readouterr().out
 
 
+def test_two_selection_jobs_on_a_two_slot_ssh_host_take_turns_benchmarking_the_other_stopped(
+        capsys, sshd, client_key, write_spec, tmp_path):
+    """The host's lease is a folder its workdir holds for one controller at a time, and
+    the other job's packager is SIGSTOPped (its process group, proven ours) meanwhile."""
+    import json
+    import shutil
+
+    from orchestrator.runtime.archive import extract
+
+    address, host_key, _, _ = sshd
+    hosts = tmp_path / "hosts.yaml"
+    hosts.write_text(f"hosts:\n  - name: sshbox\n    transport: ssh\n    address: {address}\n    user: root\n"
+                     f"    key: {client_key[0]}\n    host_key: \"{host_key}\"\n    python: {PYTHON}\n"
+                     f"    targets: [linux-x86_64]\n    slots: 2\n")
+    first = write_spec(compilers=["onnxruntime", "openvino"], select={"max_rounds": 3})
+    second = tmp_path / "second"
+    shutil.copytree(first.parent, second)
+    (second / "modelpack.yaml").write_text(first.read_text().replace("name: tinycnn", "name: tinycnn-b"))
+    assert main(["build", str(first), str(second / "modelpack.yaml"), "--out", str(tmp_path / "d"),
+                 "--hosts", str(hosts), "--no-cache"]) == 0
+    capsys.readouterr()
+    benches = []
+    for name in ("tinycnn", "tinycnn-b"):
+        extract(tmp_path / "d" / f"{name}-1.0.0-linux-x86_64.tar.gz", tmp_path / name)
+        benches.append(json.loads((tmp_path / name / "manifest.json").read_text())["selection"]["benchmark"])
+    assert all(b["lease"]["granted"] for b in benches)
+    earlier, later = sorted(benches, key=lambda b: b["window"][0])
+    assert earlier["window"][1] <= later["window"][0], "the timing windows overlap"
+    assert earlier["lease"]["paused"] == 1, earlier["lease"]
+
+
 def test_unknown_host_key_is_refused_with_its_fingerprint(sshd, client_key, tmp_path):
     address, host_key, _, _ = sshd
     transport = SshTransport(ssh_host(address, client_key[0], None, known_hosts=str(tmp_path / "empty")))
