@@ -48,7 +48,7 @@ from .selection import (
     gate_all,
 )
 from .lease import benchmark_lease
-from .ranking import MAX_ROUNDS
+from .ranking import MAX_ROUNDS, MIN_ROUNDS
 from .signature import load_onnx, signature
 
 BENCHMARK = {"warmup_s": 0.1, "budget_s": 0.4, "min_runs": 5, "max_runs": 100_000}
@@ -238,9 +238,12 @@ def select(job: Job, in_dir: Path, checked: Checked, reference: Reference, setti
     found = None
     if measured:
         benchmark = {**BENCHMARK, "budget_s": float(job.select.get("benchmark_s", BENCHMARK["budget_s"]))}
+        cap = int(job.select.get("max_rounds", MAX_ROUNDS))
+        if job.provenance.get("emulated"):  # emulated timings rank nothing native: no more than the minimum
+            cap = MIN_ROUNDS
         with benchmark_lease(job.benchmark_lease, job.worker_timeout) as lease:
             found = benchmark_all(candidates, measurement, work / "measure", job.worker_timeout, benchmark,
-                                  max_rounds=int(job.select.get("max_rounds", MAX_ROUNDS)),
+                                  max_rounds=cap,
                                   metric=job.select.get("metric", "latency"), progress=stage)
         found.lease = lease
     compare_with_baselines(candidates)

@@ -151,3 +151,45 @@ def test_the_tolerance_must_hold_on_held_out_samples_not_only_on_the_golden_one(
     assert int8["status"] == "rejected", int8
     assert "held-out samples" in int8["reason"] and int8["accuracy"]["held_out"]["failing"] > 0
     assert int8["held_out"]["outputs"]["logits"]["max_abs"] > 1e-4
+
+
+def test_static_int8_recipes_calibrate_differently_in_bounded_chunks_and_compete_under_the_gate(
+        capsys, write_spec, local_hosts, tmp_path):
+    """MinMax, entropy, percentile and symmetric calibration each give their own
+    activation ranges (read from the quantised graphs), consume the samples in chunks,
+    and are candidates under the task gate, each with its reason in the manifest."""
+    import onnx
+    from onnx import numpy_helper
+
+    from orchestrator.packager.accelerate import transform
+    from tests.models import TINYCNN
+
+    model = TINYCNN
+    rng = np.random.default_rng(3)
+    samples = rng.standard_normal((40, 1, 3, 32, 32)).astype(np.float32)
+    samples[0] *= 25  # one outlier sample: the methods that clip it must differ from MinMax
+    np.savez(tmp_path / "calibration.npz", image=samples)
+    recipes = ["int8-static", "int8-static-entropy", "int8-static-percentile", "int8-static-symmetric"]
+    scales, zero_points = {}, {}
+    for recipe in recipes:
+        notes = transform(recipe, model, tmp_path / f"{recipe}.onnx", tmp_path / "calibration.npz")
+        assert any("calibrated on 40 samples in chunks of 16" in n for n in notes), notes
+        graph = onnx.load(str(tmp_path / f"{recipe}.onnx")).graph
+        init = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+        quantisers = {n.input[0]: n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in init}
+        scales[recipe] = {name: float(init[n.input[1]]) for name, n in quantisers.items()}
+        zero_points[recipe] = int(init[quantisers["image"].input[2]])
+    assert len({tuple(sorted(s.items())) for s in scales.values()}) == 4, f"each recipe has its own ranges: {scales}"
+    assert scales["int8-static-percentile"]["image"] < scales["int8-static"]["image"], "the percentile clips"
+    assert zero_points["int8-static-symmetric"] == 128 and zero_points["int8-static"] != 128
+
+    spec = write_spec(compilers=["onnxruntime"], calibration="calibration.npz",
+                      accelerate={"variants": recipes, "gate": {"top1_agreement": 0.9}}, select={"benchmark_s": 0.05})
+    np.savez(spec.parent / "calibration.npz", image=samples)
+    code, manifest, output = build(capsys, spec, local_hosts, tmp_path / "out")
+    assert code == 0, output
+    rows = {c["id"]: c for c in manifest["candidates"]}
+    for recipe in recipes:
+        row = rows[f"onnxruntime+{recipe}"]
+        assert row["status"] in ("selected", "passed", "rejected"), row
+        assert row["task_gate"]["criterion"] == "top1_agreement >= 0.9" and row["reason"], row
