@@ -122,3 +122,30 @@ def spawn_modelpack(*args: str, cwd: Path, ignore_sigint: bool = False):
     return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, cwd=cwd, preexec_fn=prepare,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def two_jobs_take_turns(write_spec, tmp_path: Path, hosts: Path) -> list[dict]:
+    """Build two selection jobs (onnxruntime, openvino and MNN) in one run on ``hosts``,
+    check that they benchmarked one at a time with the first to time pausing the other,
+    and return both manifests' ``selection.benchmark``. Three compilers: both packagers
+    are surely running (compiling or gating) when the first one starts timing."""
+    import json
+
+    from orchestrator.cli import main
+    from orchestrator.runtime.archive import extract
+
+    first = write_spec(compilers=["onnxruntime", "openvino", "mnn"], select={"max_rounds": 3})
+    second = tmp_path / "second"
+    shutil.copytree(first.parent, second)
+    (second / "modelpack.yaml").write_text(first.read_text().replace("name: tinycnn", "name: tinycnn-b"))
+    assert main(["build", str(first), str(second / "modelpack.yaml"), "--out", str(tmp_path / "d"),
+                 "--hosts", str(hosts), "--no-cache", "-q"]) == 0
+    benches = []
+    for name in ("tinycnn", "tinycnn-b"):
+        extract(tmp_path / "d" / f"{name}-1.0.0-linux-x86_64.tar.gz", tmp_path / name)
+        benches.append(json.loads((tmp_path / name / "manifest.json").read_text())["selection"]["benchmark"])
+    assert all(b["lease"]["granted"] for b in benches)
+    earlier, later = sorted(benches, key=lambda b: b["window"][0])
+    assert earlier["window"][1] <= later["window"][0], "the timing windows overlap"
+    assert earlier["lease"]["paused"] == 1 and earlier["lease"]["not_pausable"] == 0, earlier["lease"]
+    return benches

@@ -26,7 +26,7 @@ from orchestrator.spec import load_spec
 from orchestrator.transports.base import TransportError
 from orchestrator.transports.docker import DockerTransport
 from orchestrator.images import on_demand
-from tests.conftest import spawn_modelpack
+from tests.conftest import spawn_modelpack, two_jobs_take_turns
 from tests.models import REPO, make_two_tower, renamed_specs, save
 
 LABEL = "org.modelpack"
@@ -111,31 +111,14 @@ def test_a_release_built_in_docker_names_the_engine_wheels_that_built_it_with_th
 
 
 def test_two_selection_jobs_on_one_engine_take_turns_benchmarking_the_other_paused(
-        capsys, docker_client, docker_hosts, write_spec, tmp_path):
+        docker_client, docker_hosts, write_spec, tmp_path):
     """dock-a and dock-b are one engine: its benchmark lease (a network only one
     controller can create) lets one job time at a time, and `docker pause` freezes the
     other job's container meanwhile; nothing of either is left afterwards."""
-    import shutil
-
-    from orchestrator.runtime.archive import extract
     from orchestrator.transports.docker import LEASE
 
-    first = write_spec(compilers=["onnxruntime", "openvino"], select={"max_rounds": 3})
-    second = tmp_path / "second"
-    shutil.copytree(first.parent, second)
-    (second / "modelpack.yaml").write_text(first.read_text().replace("name: tinycnn", "name: tinycnn-b"))
     before = {c.id for c in labelled(docker_client)}
-    assert main(["build", str(first), str(second / "modelpack.yaml"), "--out", str(tmp_path / "d"),
-                 "--hosts", str(docker_hosts), "--no-cache"]) == 0
-    capsys.readouterr()
-    benches = []
-    for name in ("tinycnn", "tinycnn-b"):
-        extract(tmp_path / "d" / f"{name}-1.0.0-linux-x86_64.tar.gz", tmp_path / name)
-        benches.append(json.loads((tmp_path / name / "manifest.json").read_text())["selection"]["benchmark"])
-    assert all(b["lease"]["granted"] for b in benches)
-    earlier, later = sorted(benches, key=lambda b: b["window"][0])
-    assert earlier["window"][1] <= later["window"][0], "the timing windows overlap"
-    assert earlier["lease"]["paused"] == 1, earlier["lease"]
+    two_jobs_take_turns(write_spec, tmp_path, docker_hosts)
     assert docker_client.networks.list(names=[LEASE]) == [], "the lease is given back"
     assert {c.id for c in labelled(docker_client)} == before
 

@@ -17,6 +17,7 @@ from orchestrator.cli import main
 from orchestrator.inventory import Host, load_inventory
 from orchestrator.transports.base import TransportError
 from orchestrator.transports.ssh import SshTransport
+from tests.conftest import two_jobs_take_turns
 from tests.integration.conftest import PYTHON, make_wheel, ssh_host
 from tests.models import REPO
 
@@ -42,34 +43,15 @@ def test_build_and_verify_over_ssh(capsys, sshd, client_key, tmp_path):
 
 
 def test_two_selection_jobs_on_a_two_slot_ssh_host_take_turns_benchmarking_the_other_stopped(
-        capsys, sshd, client_key, write_spec, tmp_path):
+        sshd, client_key, write_spec, tmp_path):
     """The host's lease is a folder its workdir holds for one controller at a time, and
     the other job's packager is SIGSTOPped (its process group, proven ours) meanwhile."""
-    import json
-    import shutil
-
-    from orchestrator.runtime.archive import extract
-
     address, host_key, _, _ = sshd
     hosts = tmp_path / "hosts.yaml"
     hosts.write_text(f"hosts:\n  - name: sshbox\n    transport: ssh\n    address: {address}\n    user: root\n"
                      f"    key: {client_key[0]}\n    host_key: \"{host_key}\"\n    python: {PYTHON}\n"
                      f"    targets: [linux-x86_64]\n    slots: 2\n")
-    first = write_spec(compilers=["onnxruntime", "openvino"], select={"max_rounds": 3})
-    second = tmp_path / "second"
-    shutil.copytree(first.parent, second)
-    (second / "modelpack.yaml").write_text(first.read_text().replace("name: tinycnn", "name: tinycnn-b"))
-    assert main(["build", str(first), str(second / "modelpack.yaml"), "--out", str(tmp_path / "d"),
-                 "--hosts", str(hosts), "--no-cache"]) == 0
-    capsys.readouterr()
-    benches = []
-    for name in ("tinycnn", "tinycnn-b"):
-        extract(tmp_path / "d" / f"{name}-1.0.0-linux-x86_64.tar.gz", tmp_path / name)
-        benches.append(json.loads((tmp_path / name / "manifest.json").read_text())["selection"]["benchmark"])
-    assert all(b["lease"]["granted"] for b in benches)
-    earlier, later = sorted(benches, key=lambda b: b["window"][0])
-    assert earlier["window"][1] <= later["window"][0], "the timing windows overlap"
-    assert earlier["lease"]["paused"] == 1, earlier["lease"]
+    two_jobs_take_turns(write_spec, tmp_path, hosts)
 
 
 def test_unknown_host_key_is_refused_with_its_fingerprint(sshd, client_key, tmp_path):

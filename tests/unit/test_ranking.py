@@ -121,30 +121,12 @@ def test_a_real_build_records_its_rounds_decision_and_load_in_the_manifest(tmp_p
         assert bench["decision"] in ("tie", "undecided")
 
 
-def test_two_selection_jobs_on_one_two_slot_host_benchmark_one_at_a_time_the_other_paused(
-        tmp_path, capsys, write_spec):
+def test_two_selection_jobs_on_one_two_slot_host_benchmark_one_at_a_time_the_other_paused(tmp_path, write_spec):
     """Both jobs start together on a host with two slots: their timing windows never
     overlap (the host's benchmark lease), and whichever benchmarks first has the other's
     packager paused meanwhile (it is still compiling, gating or waiting)."""
-    import shutil
+    from tests.conftest import two_jobs_take_turns
 
-    from orchestrator.cli import main
-    from orchestrator.runtime.archive import extract
-
-    first = write_spec(compilers=["onnxruntime", "openvino"], select={"max_rounds": 4})
-    second = tmp_path / "second"
-    shutil.copytree(first.parent, second)
-    (second / "modelpack.yaml").write_text(first.read_text().replace("name: tinycnn", "name: tinycnn-b"))
     hosts = tmp_path / "hosts.yaml"
     hosts.write_text("hosts:\n  - {name: here, transport: local, targets: [linux-x86_64], slots: 2}\n")
-    assert main(["build", str(first), str(second / "modelpack.yaml"), "--out", str(tmp_path / "d"),
-                 "--hosts", str(hosts), "--no-cache"]) == 0
-    capsys.readouterr()
-    benches = []
-    for name in ("tinycnn", "tinycnn-b"):
-        extract(tmp_path / "d" / f"{name}-1.0.0-linux-x86_64.tar.gz", tmp_path / name)
-        benches.append(json.loads((tmp_path / name / "manifest.json").read_text())["selection"]["benchmark"])
-    assert all(b["lease"]["granted"] for b in benches)
-    earlier, later = sorted(benches, key=lambda b: b["window"][0])
-    assert earlier["window"][1] <= later["window"][0], "the timing windows overlap"
-    assert earlier["lease"]["paused"] == 1, earlier["lease"]
+    two_jobs_take_turns(write_spec, tmp_path, hosts)
