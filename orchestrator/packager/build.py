@@ -49,6 +49,7 @@ from .selection import (
 )
 from .lease import benchmark_lease
 from .ranking import MAX_ROUNDS, MIN_ROUNDS
+from .tuning import leading, tune
 from .signature import load_onnx, signature
 
 BENCHMARK = {"warmup_s": 0.1, "budget_s": 0.4, "min_runs": 5, "max_runs": 100_000}
@@ -235,7 +236,7 @@ def select(job: Job, in_dir: Path, checked: Checked, reference: Reference, setti
         candidates += _runtime_fallbacks(job, checked.compilers, candidates, checked.model_path, reference.golden,
                                          reference.resolved, setting, measurement, work, stage)
     measured = len(candidates) > 1 or bool({"latency_budget_ms", "metric"} & set(job.select))
-    found = None
+    found, tuning, metric = None, None, job.select.get("metric", "latency")
     if measured:
         benchmark = {**BENCHMARK, "budget_s": float(job.select.get("benchmark_s", BENCHMARK["budget_s"]))}
         cap = int(job.select.get("max_rounds", MAX_ROUNDS))
@@ -243,17 +244,39 @@ def select(job: Job, in_dir: Path, checked: Checked, reference: Reference, setti
             cap = MIN_ROUNDS
         with benchmark_lease(job.benchmark_lease, job.worker_timeout) as lease:
             found = benchmark_all(candidates, measurement, work / "measure", job.worker_timeout, benchmark,
-                                  max_rounds=cap,
-                                  metric=job.select.get("metric", "latency"), progress=stage)
+                                  max_rounds=cap, metric=metric, progress=stage)
+            compare_with_baselines(candidates)
+            winner = choose(candidates, job.select, found.verdict)
+            if winner is not None and job.select.get("tune") and metric != "size" and not job.select.get("engine"):
+                winner, tuning = _tuned(job, winner, candidates, measurement, work, benchmark, metric, cap, stage)
         found.lease = lease
-    compare_with_baselines(candidates)
-    winner = choose(candidates, job.select, found.verdict if found else None)
+    else:
+        compare_with_baselines(candidates)
+        winner = choose(candidates, job.select, None)
     if winner is None:
         why = "; ".join(f"{c.id}: {c.status}: {c.reason}" for c in candidates)
         forced = job.select.get("engine")
         prefix = f"the forced engine {forced} did not pass" if forced else "no candidate passed"
         raise PackageFailed(f"{prefix} ({why})")
-    return Selected(candidates, winner, measured, found)
+    return Selected(candidates, winner, measured, found, tuning)
+
+
+def _tuned(job: Job, winner: Candidate, candidates: list[Candidate], measurement: Measurement, work: Path,
+           benchmark: dict[str, Any], metric: str, cap: int, stage: Stage) -> tuple[Candidate, dict[str, Any]]:
+    """The runtime-settings search (tuning.py): the chosen settings go into the chosen
+    candidate's artifacts, and a tuned runner-up that beats the winner ships instead."""
+    chosen, settings, record = tune(leading(candidates, winner, metric), measurement, work / "tune",
+                                    job.worker_timeout, benchmark, job.device, metric, cap,
+                                    lambda line: stage(line.replace("select: benchmark", "select: tune")))
+    for artifact in chosen.artifacts:
+        if artifact["role"] != "auxiliary":
+            artifact["runtime"] = {**artifact.get("runtime", {}), **settings}
+    if chosen is not winner:
+        winner.status, winner.reason = "passed", f"{winner.reason}; but {chosen.id} with {settings} is faster"
+        chosen.status, chosen.reason = "selected", f"fastest once tuned ({settings})"
+    elif settings:
+        chosen.reason = f"{chosen.reason}; tuned: {settings}"
+    return chosen, record
 
 
 def lay_out(job: Job, checked: Checked, reference: Reference, normalised: Normalised, selected: Selected,

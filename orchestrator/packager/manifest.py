@@ -192,6 +192,7 @@ def write_manifest_data(root: Path, job: Job, env: CompileEnvironment, reference
             "selected": winner.id,
             "measured": selected.measured,
             "benchmark": selected.benchmark.to_json() if selected.benchmark else None,
+            "tuning": selected.tuning,
             "emulated": emulated,
             "note": ("latencies were measured under emulation and do not represent native speed"
                      if emulated and selected.measured else None),

@@ -66,3 +66,5 @@ class Selected:
     measured: bool
     #: the measuring's verdict, rounds and load (None: nothing was benchmarked)
     benchmark: Benchmark | None = None
+    #: the runtime-settings search (select.tune): what was tried and chosen
+    tuning: dict[str, Any] | None = None

@@ -1,0 +1,93 @@
+"""Runtime settings tuned on the build host and shipped (``select: {tune: true}``).
+
+An engine's defaults are not its best on every model: thread count, onnxruntime's
+execution mode, OpenVINO's performance hint and ncnn's memory layout each change
+latency. For the leading candidates, every setting worth trying is measured against
+the candidate as built in one interleaved tournament (the same rounds, confidence and
+load record as the selection itself), and the best is written into that candidate's
+artifacts, so the device runs what was measured. Only settings that cannot change the
+results are tried (precision settings are variants, gated); settings the spec pins under
+``device`` are never changed. A tie keeps the settings as built.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from .selection import TIE, Candidate, Measurement, benchmark_all, device_options, round_value
+
+#: accuracy-neutral settings worth a try per engine (beside the thread counts)
+TRIALS: dict[str, list[dict[str, Any]]] = {
+    "onnxruntime": [{"execution_mode": "parallel"}],
+    "openvino": [{"performance_hint": "THROUGHPUT"}],
+    "mnn": [],
+    "ncnn": [{"light_mode": False}, {"packing": False}],
+}
+
+
+def trials(c: Candidate, device: Mapping[str, Any], cores: int | None = None) -> list[dict[str, Any]]:
+    """The settings to try on ``c`` besides its own: one thread and every core, unless the
+    spec fixes the threads, and the engine's own trials minus what the spec pins."""
+    pinned = set(device_options(device, c.engine))
+    tried: list[dict[str, Any]] = []
+    if "threads" not in pinned:
+        tried += [{"threads": n} for n in sorted({1, cores or os.cpu_count() or 1})]
+    return tried + [s for s in TRIALS.get(c.engine, []) if not set(s) & pinned]
+
+
+def _with(c: Candidate, settings: dict[str, Any], label: str) -> Candidate:
+    artifacts = copy.deepcopy(c.artifacts)
+    for artifact in artifacts:
+        if artifact["role"] != "auxiliary":
+            artifact["runtime"] = {**artifact.get("runtime", {}), **settings}
+    return Candidate(label, c.compiler, c.engine, c.options, c.version, status="passed", artifacts=artifacts,
+                     size_bytes=c.size_bytes, root=c.root, variant=c.variant, fixed_shapes=c.fixed_shapes)
+
+
+def tune(leading: list[Candidate], measurement: Measurement, work: Path, timeout: float, benchmark: dict[str, Any],
+         device: Mapping[str, Any], metric: str, max_rounds: int,
+         progress: Callable[[str], None]) -> tuple[Candidate, dict[str, Any], dict[str, Any]]:
+    """Measure ``leading`` as built and with each trial setting; return the candidate
+    to ship, the settings to give it, and the record for the manifest."""
+    entries: list[tuple[Candidate, dict[str, Any], Candidate]] = []
+    for c in leading:
+        entries.append((c, {}, _with(c, {}, f"{c.id}~as-built")))
+        for number, settings in enumerate(trials(c, device), 1):
+            entries.append((c, settings, _with(c, settings, f"{c.id}~{number}")))
+    found = benchmark_all([e[2] for e in entries], measurement, work, timeout, benchmark,
+                          max_rounds=max_rounds, metric=metric, progress=progress)
+
+    def figure(entry: tuple[Candidate, dict[str, Any], Candidate]) -> float:
+        rounds = entry[2].rounds_ms
+        return min(round_value(r, metric) for r in rounds) if rounds else float("inf")
+
+    measured = [e for e in entries if e[2].status == "passed" and e[2].rounds_ms]
+    best = min(measured, key=figure)
+    verdict = found.verdict
+    if verdict is not None and verdict.decision != "undecided":
+        best = next(e for e in measured if e[2].id == verdict.leader)
+        tied = set(verdict.tied)
+        as_built = [e for e in measured if e[2].id in tied and not e[1]]
+        if as_built and verdict.decision == "tie":  # no setting beats the candidate as built
+            best = min(as_built, key=figure)
+    elif figure(best) > min(figure(e) for e in measured if not e[1]) / (1 + TIE):
+        best = min((e for e in measured if not e[1]), key=figure)  # undecided: only a clear gain changes it
+    record = {
+        "tried": [{"candidate": c.id, "settings": settings, "status": clone.status,
+                   "figure_ms": round(figure((c, settings, clone)), 4) if clone.rounds_ms else None}
+                  for c, settings, clone in entries],
+        "chosen": {"candidate": best[0].id, "settings": best[1]},
+        "benchmark": found.to_json(),
+    }
+    return best[0], best[1], record
+
+
+def leading(candidates: list[Candidate], winner: Candidate, metric: str) -> list[Candidate]:
+    """The winner and the best of the rest: tuning can reorder two close candidates."""
+    from .selection import _metric
+
+    rest = [c for c in candidates if c is not winner and c.status == "passed" and c.rounds_ms]
+    return [winner] + sorted(rest, key=lambda c: _metric(c, metric))[:1]
