@@ -16,6 +16,7 @@ Layout of the host's work directory (``workdir`` in hosts.yaml, default ``~/.mod
     pids/<run>-<random>.json the supervisor of that workspace (outside it: job code runs there)
     envs/<hash>/             environments made by ``modelpack hosts bootstrap`` (bootstrap/hostside_env.py)
     envs/current             the hash of the environment builds use
+    benchmark.lease/         while a benchmark runs here: its holder and expiry (one at a time)
 """
 
 import hashlib
