@@ -16,7 +16,7 @@ from orchestrator.inventory import Host
 from orchestrator.plan import PlannedJob, plan
 from orchestrator.scheduler import Scheduler
 from orchestrator.spec import load_spec
-from orchestrator.transports.base import TransportError
+from orchestrator.transports.base import Transport, TransportError
 from orchestrator.transports.local import LocalTransport, LocalWorkspace
 
 
@@ -172,7 +172,7 @@ def test_load_100_jobs_over_4_hosts_with_2_slots_never_oversubscribes(tmp_path):
         assert any(a.host == h.name for r in records for a in r.attempts), f"{h.name} got no work"
 
 
-class StallingTransport:
+class StallingTransport(Transport):
     """A host that stalls in one stage until its workspace is destroyed (the abort)."""
 
     def __init__(self, name: str, stall: str) -> None:
