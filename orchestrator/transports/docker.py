@@ -347,8 +347,12 @@ class DockerWorkspace(Workspace):
                 on_line(pending.decode("utf-8", "replace"))
             if watchdog.fired:
                 raise CommandTimeout(f"{argv[0]} exceeded its {timeout:g} s limit on {self._transport.name} and was killed")
-            code = api.exec_inspect(exec_id).get("ExitCode")
-            self._container.reload()
+            try:
+                code = api.exec_inspect(exec_id).get("ExitCode")
+                self._container.reload()
+            except docker.errors.NotFound:  # killed, and already removed by the engine (auto_remove)
+                raise TransportError(f"the build container on {self._transport.name} died (and is gone) while"
+                                     f" the command ran") from None
             if self._container.status != "running":
                 raise TransportError(f"the build container on {self._transport.name} died"
                                      f" ({self._container.status}) while the command ran")
