@@ -269,7 +269,8 @@ class Registry:
         if access.username is not None:
             self._client.auth.set_basic_auth(access.username, access.password or "")
         else:
-            self._client.auth.load_configs(self._client.get_container(f"{host}/modelpack"))  # the Docker config's credentials, if any
+            # the Docker config's credentials for this registry, if any
+            self._client.auth.load_configs(self._client.get_container(f"{host}/modelpack"))
         credentials = getattr(self._client.auth, "_basic_auth", None)
         if scheme == "basic":
             if not credentials:

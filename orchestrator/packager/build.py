@@ -46,6 +46,7 @@ from .selection import (
     compare_with_baselines,
     compile_all,
     gate_all,
+    with_runtime,
 )
 from .lease import benchmark_lease
 from .ranking import MAX_ROUNDS, MIN_ROUNDS
@@ -268,9 +269,7 @@ def _tuned(job: Job, winner: Candidate, candidates: list[Candidate], measurement
     chosen, settings, record = tune(leading(candidates, winner, metric), measurement, work / "tune",
                                     job.worker_timeout, benchmark, job.device, metric, cap,
                                     lambda line: stage(line.replace("select: benchmark", "select: tune")))
-    for artifact in chosen.artifacts:
-        if artifact["role"] != "auxiliary":
-            artifact["runtime"] = {**artifact.get("runtime", {}), **settings}
+    with_runtime(chosen.artifacts, settings)
     if chosen is not winner:
         winner.status, winner.reason = "passed", f"{winner.reason}; but {chosen.id} with {settings} is faster"
         chosen.status, chosen.reason = "selected", f"fastest once tuned ({settings})"

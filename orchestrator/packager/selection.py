@@ -167,6 +167,14 @@ def device_options(device: Mapping[str, Any], engine: str) -> dict[str, Any]:
     return options
 
 
+def with_runtime(artifacts: list[dict[str, Any]], options: Mapping[str, Any]) -> None:
+    """Give every runnable artifact these runtime options: what it is measured with on
+    the build host is what the package runtime applies on the device."""
+    for artifact in artifacts:
+        if artifact["role"] != "auxiliary":
+            artifact["runtime"] = {**artifact.get("runtime", {}), **options}
+
+
 def candidate_id(call: CompilerCall, seen: dict[str, int]) -> str:
     if call.variant:
         return f"{call.name}+{call.variant}"
@@ -217,9 +225,7 @@ def compile_all(
         shipped = device_options(setting.device, compiler.engine)
         if setting.runtime_functions:
             shipped["functions"] = setting.runtime_functions
-        for artifact in candidate.artifacts if shipped else []:
-            if artifact["role"] != "auxiliary":  # measured with these, and run with them on the device
-                artifact["runtime"] = {**artifact.get("runtime", {}), **shipped}
+        with_runtime(candidate.artifacts, shipped)
         candidate.reproducible = result["reproducible"]
         candidate.size_bytes = sum((root / a["path"]).stat().st_size for a in candidate.artifacts)
         candidate.status = "compiled"
@@ -467,7 +473,7 @@ def choose(candidates: list[Candidate], policy: dict[str, Any], verdict: Verdict
     elif len(tied) > 1:
         how = f"at 95 % confidence after {verdict.rounds} rounds" if decided and verdict else f"within {TIE:.0%}"
         winner.reason += f"; tie ({how}) broken by prefer={prefer}, then the smaller artifact"
-    if verdict is not None and not decided and metric != "size":
+    if verdict is not None and verdict.decision == "undecided" and metric != "size":
         winner.reason += f"; the ranking stayed undecided after {verdict.rounds} rounds (low confidence)"
     for c in passed:
         if c is not winner:

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from .selection import TIE, Candidate, Measurement, benchmark_all, device_options, round_value
+from .selection import TIE, Candidate, Measurement, benchmark_all, device_options, round_value, with_runtime
 
 #: accuracy-neutral settings worth a try per engine (beside the thread counts)
 TRIALS: dict[str, list[dict[str, Any]]] = {
@@ -40,9 +40,7 @@ def trials(c: Candidate, device: Mapping[str, Any], cores: int | None = None) ->
 
 def _with(c: Candidate, settings: dict[str, Any], label: str) -> Candidate:
     artifacts = copy.deepcopy(c.artifacts)
-    for artifact in artifacts:
-        if artifact["role"] != "auxiliary":
-            artifact["runtime"] = {**artifact.get("runtime", {}), **settings}
+    with_runtime(artifacts, settings)
     return Candidate(label, c.compiler, c.engine, c.options, c.version, status="passed", artifacts=artifacts,
                      size_bytes=c.size_bytes, root=c.root, variant=c.variant, fixed_shapes=c.fixed_shapes)
 
