@@ -10,7 +10,8 @@ ranking that load distorts; taking the load away does.
 How: the packager asks (a :data:`LEASE_MARKER` line) and waits; the controller takes
 this host's lock (its own jobs), then the transport's lease (other controllers using
 the same host: see ``Transport.benchmark_lease``), freezes the host's other workspaces
-that are running a packager (``docker pause``; SIGSTOP of their process groups), and
+that are running a packager (``docker pause``; SIGSTOP of their process groups), its
+own and, where the transport can see them, other controllers' (``others_paused``), and
 tells the packager by pushing :data:`LEASE_FILE` into its workspace. When the packager
 says it is done, or its run ends however it ends, everything is resumed and released.
 """
@@ -57,11 +58,13 @@ class BenchmarkLeases:
         asked = time.monotonic()
         with self._locks[transport.machine], transport.benchmark_lease(holder):
             with self._guard:
-                others = [w for w in self._running[transport.machine] if w is not workspace]
+                mine = {workspace, *self._running[transport.machine]}
+            others = [w for w in mine if w is not workspace]
             paused = [w for w in others if w.pause()]
             try:
-                yield {"waited_s": round(time.monotonic() - asked, 3), "paused": len(paused),
-                       "not_pausable": len(others) - len(paused)}
+                with transport.others_paused(mine) as foreign:
+                    yield {"waited_s": round(time.monotonic() - asked, 3), "paused": len(paused),
+                           "not_pausable": len(others) - len(paused), "paused_other_controllers": foreign}
             finally:
                 for other in paused:
                     other.resume()

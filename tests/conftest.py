@@ -149,3 +149,32 @@ def two_jobs_take_turns(write_spec, tmp_path: Path, hosts: Path) -> list[dict]:
     assert earlier["window"][1] <= later["window"][0], "the timing windows overlap"
     assert earlier["lease"]["paused"] == 1 and earlier["lease"]["not_pausable"] == 0, earlier["lease"]
     return benches
+
+
+def two_controllers_take_turns(write_spec, tmp_path: Path, hosts: Path) -> list[dict]:
+    """Two controllers (two ``modelpack build`` processes) each build a selection job on
+    the one build host in ``hosts`` at the same time; check that they benchmarked one at
+    a time and that the first to time paused the other controller's job (the host's own
+    lease and labels show it: no controller knows the other), and return both
+    manifests' ``selection.benchmark``."""
+    import json
+
+    from orchestrator.runtime.archive import extract
+
+    first = write_spec(compilers=["onnxruntime", "openvino", "mnn"], select={"max_rounds": 3})
+    second = tmp_path / "second"
+    shutil.copytree(first.parent, second)
+    (second / "modelpack.yaml").write_text(first.read_text().replace("name: tinycnn", "name: tinycnn-b"))
+    children = [spawn_modelpack("build", str(spec), "--out", str(tmp_path / out), "--hosts", str(hosts),
+                                "--no-cache", "-q", cwd=tmp_path)
+                for spec, out in ((first, "d1"), (second / "modelpack.yaml", "d2"))]
+    outputs = [child.communicate(timeout=900)[0] for child in children]
+    assert [child.returncode for child in children] == [0, 0], outputs
+    benches = []
+    for name, out in (("tinycnn", "d1"), ("tinycnn-b", "d2")):
+        extract(tmp_path / out / f"{name}-1.0.0-linux-x86_64.tar.gz", tmp_path / name)
+        benches.append(json.loads((tmp_path / name / "manifest.json").read_text())["selection"]["benchmark"])
+    earlier, later = sorted(benches, key=lambda b: b["window"][0])
+    assert earlier["window"][1] <= later["window"][0], "the timing windows overlap"
+    assert earlier["lease"]["paused"] == 0 and earlier["lease"]["paused_other_controllers"] == 1, earlier["lease"]
+    return benches

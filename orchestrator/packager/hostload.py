@@ -1,7 +1,7 @@
 """How busy the build host was while a benchmark round ran.
 
 A ranking measured on a busy host can differ from the one a quiet device sees, and not
-all load can be paused (other tenants of a VM, another controller's jobs). So each
+all load can be paused (other tenants of a VM, processes modelpack did not start). So each
 round records what could be read: the 1-minute load average, the share of CPU time the
 hypervisor stole (Linux /proc/stat), and a fixed calibration loop timed before and
 after the round, whose slowdown against the quietest round shows contention directly.

@@ -14,7 +14,7 @@ import contextlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, Callable, ContextManager, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Collection, ContextManager, Mapping
 
 if TYPE_CHECKING:
     from ..inventory import Host
@@ -133,6 +133,12 @@ class Transport(ABC):
         """The machine the host's work runs on: hosts naming one machine (two inventory
         entries for one Docker engine) share its benchmark lease and pause each other."""
         return self.name
+
+    def others_paused(self, mine: Collection[Workspace]) -> ContextManager[int]:
+        """While this controller holds the benchmark lease: pause the packaging that other
+        controllers run on this machine (every workspace not in ``mine``), and resume it
+        after; yields how many were paused. By default none can be seen."""
+        return contextlib.nullcontext(0)
 
     def benchmark_lease(self, holder: str) -> ContextManager[None]:
         """Hold the host's benchmark lease against other controllers: one benchmark at a

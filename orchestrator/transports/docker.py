@@ -18,7 +18,7 @@ import socket
 import threading
 import time
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Collection, Iterator, Mapping
 
 import docker
 import docker.constants
@@ -43,9 +43,11 @@ log = logging.getLogger(__name__)
 LABEL = "org.modelpack"
 #: which controller process owns a container: "<hostname>:<pid>"
 OWNER = f"{LABEL}.controller"
-#: the engine-wide benchmark lease (a network of this name), and how long one may be held
+#: the engine-wide benchmark lease (a container of this name), and how long one may be held
 LEASE = "modelpack-benchmark-lease"
 LEASE_SECONDS = 900
+#: marks a build workspace's container: what a benchmark lease holder may pause
+WORKSPACE = f"{LABEL}.workspace"
 
 
 def _owner() -> str:
@@ -97,6 +99,8 @@ class DockerTransport(Transport):
         self._connect_timeout = connect_timeout
         self._client: docker.DockerClient | None = None
         self._lock = threading.Lock()
+        #: an image of this engine's that holds the benchmark lease (the last one opened)
+        self._lease_image: str | None = None
 
     def client(self) -> docker.DockerClient:
         with self._lock:
@@ -209,7 +213,9 @@ class DockerTransport(Transport):
             return HostStatus(False, str(exc))
 
     def open(self, environment: str, labels: Mapping[str, str], lifetime: float | None = None) -> "DockerWorkspace":
-        return DockerWorkspace(self, self.image_for(environment), labels, lifetime)
+        image = self.image_for(environment)
+        self._lease_image = image  # any image this engine has will do to hold the lease
+        return DockerWorkspace(self, image, labels, lifetime)
 
     grants_benchmark_lease = True
 
@@ -219,17 +225,22 @@ class DockerTransport(Transport):
 
     @contextlib.contextmanager
     def benchmark_lease(self, holder: str) -> Iterator[None]:
-        """The lease is a network named :data:`LEASE` on the engine: the engine refuses a
-        second network of that name, so creating it is an atomic test-and-set that every
-        controller using this engine sees. A lease whose controller died, or that has
-        outlived :data:`LEASE_SECONDS`, is broken."""
+        """The lease is a container named :data:`LEASE` on the engine, created and never
+        started: the engine refuses a second container of one name (409), so creating it
+        is an atomic test-and-set that every controller using this engine sees (network
+        names are not: the engine makes a second network of the same name). A lease whose
+        controller died, or that has outlived :data:`LEASE_SECONDS`, is broken."""
         client = self.client()
+        image = self._lease_image
+        if image is None:
+            raise TransportError(f"{self.name}: no workspace was opened here, so no image to hold a lease with")
         while True:
             labels = {LABEL: "1", OWNER: _owner(), f"{LABEL}.lease.holder": holder,
                       f"{LABEL}.lease.expires": str(int(time.time() + LEASE_SECONDS))}
             try:
                 with _infrastructure(f"taking the benchmark lease on {self.name}"):
-                    network = client.networks.create(LEASE, labels=labels, internal=True, check_duplicate=True)
+                    lease = client.containers.create(image, command=["true"], name=LEASE, labels=labels,
+                                                     network_mode="none")
                 break
             except TransportError as exc:
                 if not isinstance(exc.__cause__, docker.errors.APIError) or exc.__cause__.status_code != 409:
@@ -240,16 +251,41 @@ class DockerTransport(Transport):
             yield
         finally:
             with contextlib.suppress(*_ERRORS):
-                network.remove()
+                lease.remove(force=True)
 
     def _break_stale_lease(self, client: docker.DockerClient) -> None:
+        """Break a lease whose holder died or overran, and resume what it paused: only a
+        lease holder pauses workspaces, so with no live holder none should stay paused.
+        The lease is removed by its id, so a fresh lease taken meanwhile is never hit."""
         with contextlib.suppress(*_ERRORS):
-            for network in client.networks.list(names=[LEASE]):
-                expires = network.attrs.get("Labels", {}).get(f"{LABEL}.lease.expires", "0")
-                owner = network.attrs.get("Labels", {}).get(OWNER, "")
+            for lease in client.containers.list(all=True, filters={"name": f"^/{LEASE}$"}):
+                expires = lease.labels.get(f"{LABEL}.lease.expires", "0")
+                owner = lease.labels.get(OWNER, "")
                 if _owner_gone(owner) or (expires.isdigit() and int(expires) < time.time()):
                     log.warning("%s: breaking a stale benchmark lease held by %s", self.name, owner)
-                    network.remove()
+                    lease.remove(force=True)
+                    for container in client.containers.list(filters={"label": WORKSPACE, "status": "paused"}):
+                        with contextlib.suppress(*_ERRORS):
+                            container.unpause()
+
+    @contextlib.contextmanager
+    def others_paused(self, mine: Collection[Workspace]) -> Iterator[int]:
+        """Pause the running build containers on this engine that are not ``mine``: other
+        controllers' jobs, which the engine's labels show and ``docker pause`` freezes."""
+        own = {w.container_id for w in mine if isinstance(w, DockerWorkspace)}
+        paused = []
+        with contextlib.suppress(*_ERRORS):
+            for container in self.client().containers.list(filters={"label": WORKSPACE, "status": "running"}):
+                if container.id not in own:
+                    with contextlib.suppress(*_ERRORS):
+                        container.pause()
+                        paused.append(container)
+        try:
+            yield len(paused)
+        finally:
+            for container in paused:
+                with contextlib.suppress(*_ERRORS):
+                    container.unpause()
 
     def reap(self) -> list[str]:
         """Remove modelpack containers whose controller process on this machine died."""
@@ -283,7 +319,7 @@ class DockerWorkspace(Workspace):
                     image,
                     command=["sleep", str(math.ceil(lifetime)) if lifetime else "infinity"],
                     auto_remove=bool(lifetime),
-                    labels={LABEL: "1", OWNER: _owner(), **labels},
+                    labels={LABEL: "1", OWNER: _owner(), WORKSPACE: "1", **labels},
                     network_mode="none",
                     cap_drop=["ALL"],
                     security_opt=SECURITY_OPT,

@@ -371,6 +371,55 @@ def freeze(params, stdin):
     return {"done": True}
 
 
+def _frozen_file(work):
+    return os.path.join(work, "benchmark.lease", "frozen.json")
+
+
+def _thaw_recorded(work):
+    """Resume what a lease holder froze of other controllers' packagers (recorded in the
+    lease folder): on release, and when an expired lease is broken."""
+    try:
+        with open(_frozen_file(work)) as data:
+            groups = json.load(data)
+    except (OSError, ValueError):
+        return
+    for group in groups:
+        if _ours(group, group.get("root", "")):
+            os.killpg(int(group["pid"]), signal.SIGCONT)
+
+
+def freeze_foreign(params, stdin):
+    """While the caller holds this host's benchmark lease: SIGSTOP every packager on this
+    host whose workspace is not one of ``mine`` (other controllers' jobs, found by the
+    records supervisors leave in the workdir) and that proves to be ours; recorded in the
+    lease folder, so that ``thaw`` and whoever breaks an expired lease resume them."""
+    work = _workdir(params)
+    mine = {os.path.abspath(root) for root in params["mine"]}
+    frozen = []
+    if not WINDOWS:
+        for name in sorted(os.listdir(os.path.join(work, "pids")) if os.path.isdir(os.path.join(work, "pids")) else []):
+            try:
+                with open(os.path.join(work, "pids", name)) as data:
+                    group = json.load(data)
+            except (OSError, ValueError):
+                continue
+            if os.path.abspath(str(group.get("root"))) not in mine and _ours(group, group.get("root", "")):
+                os.killpg(int(group["pid"]), signal.SIGSTOP)
+                frozen.append(group)
+    with open(_frozen_file(work), "w") as out:
+        json.dump(frozen, out)
+    return {"frozen": len(frozen)}
+
+
+def thaw(params, stdin):
+    """Resume what ``freeze_foreign`` stopped."""
+    work = _workdir(params)
+    _thaw_recorded(work)
+    if os.path.exists(_frozen_file(work)):
+        os.remove(_frozen_file(work))
+    return {"done": True}
+
+
 def bench_lease(params, stdin):
     """Take (``take``, waiting up to ``wait`` s) or give back this host's benchmark lease:
     a folder made atomically in the workdir that names its holder and expiry, whichever
@@ -381,6 +430,7 @@ def bench_lease(params, stdin):
         try:
             with open(record) as data:
                 if json.load(data)["holder"] == params["holder"]:
+                    _thaw_recorded(_workdir(params))
                     _remove(path)
         except (OSError, ValueError, KeyError):
             pass
@@ -400,6 +450,7 @@ def bench_lease(params, stdin):
             except (OSError, ValueError, KeyError):
                 expires = os.path.getmtime(path) + 60  # being written, or its writer died
             if expires < time.time():
+                _thaw_recorded(_workdir(params))
                 _remove(path)
                 continue
         if time.time() > deadline:
@@ -457,7 +508,8 @@ def clean(params, stdin):
     return {"removed": removed}
 
 
-OPERATIONS = {f.__name__: f for f in (facts, open_workspace, push, send, supervise, close, clean, freeze, bench_lease)}
+OPERATIONS = {f.__name__: f for f in (facts, open_workspace, push, send, supervise, close, clean, freeze, freeze_foreign, thaw,
+                                               bench_lease)}
 
 
 def main(argv):

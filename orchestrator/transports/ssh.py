@@ -26,7 +26,7 @@ import threading
 import time
 import zlib
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Collection, Iterator, Mapping
 
 import paramiko
 
@@ -419,6 +419,22 @@ class SshTransport(Transport):
         finally:
             with contextlib.suppress(TransportError):
                 self.call("bench_lease", {"take": False, "holder": holder})
+
+    @contextlib.contextmanager
+    def others_paused(self, mine: Collection[Workspace]) -> Iterator[int]:
+        """Stop the packagers that other controllers run on this host (hostside
+        ``freeze_foreign``: every supervisor recorded in the workdir outside ``mine``)."""
+        roots = [str(w.root) for w in mine if isinstance(w, SshWorkspace)]
+        try:
+            frozen = self.call("freeze_foreign", {"mine": roots}, timeout=60)["frozen"]
+        except TransportError as exc:
+            log.warning("%s: could not pause other controllers' jobs: %s", self.name, exc)
+            frozen = 0
+        try:
+            yield frozen
+        finally:
+            with contextlib.suppress(TransportError):
+                self.call("thaw", {}, timeout=60)
 
     def reap(self) -> list[str]:
         """Workspaces whose lease expired (a crashed run's, or one kept with --keep)."""

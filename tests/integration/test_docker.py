@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tarfile
@@ -26,7 +27,7 @@ from orchestrator.spec import load_spec
 from orchestrator.transports.base import TransportError
 from orchestrator.transports.docker import DockerTransport
 from orchestrator.images import on_demand
-from tests.conftest import spawn_modelpack, two_jobs_take_turns
+from tests.conftest import spawn_modelpack, two_controllers_take_turns, two_jobs_take_turns
 from tests.models import REPO, make_two_tower, renamed_specs, save
 
 LABEL = "org.modelpack"
@@ -119,8 +120,47 @@ def test_two_selection_jobs_on_one_engine_take_turns_benchmarking_the_other_paus
 
     before = {c.id for c in labelled(docker_client)}
     two_jobs_take_turns(write_spec, tmp_path, docker_hosts)
-    assert docker_client.networks.list(names=[LEASE]) == [], "the lease is given back"
+    assert docker_client.containers.list(all=True, filters={"name": f"^/{LEASE}$"}) == [], "the lease is given back"
     assert {c.id for c in labelled(docker_client)} == before
+
+
+def test_two_controllers_on_one_engine_take_turns_and_pause_each_others_jobs(
+        docker_client, docker_hosts, write_spec, tmp_path):
+    """Two `modelpack build` processes share one engine: the engine-wide lease makes them
+    time one at a time, and the first to time pauses the other controller's build
+    container (found by its workspace label); every container is unpaused and gone after."""
+    from orchestrator.transports.docker import LEASE
+
+    before = {c.id for c in labelled(docker_client)}
+    hosts = tmp_path / "one.yaml"
+    hosts.write_text(docker_hosts.read_text().split("  - {name: dock-b")[0])
+    assert "dock-a" in hosts.read_text() and "dock-b" not in hosts.read_text()
+    two_controllers_take_turns(write_spec, tmp_path, hosts)
+    assert docker_client.containers.list(all=True, filters={"name": f"^/{LEASE}$"}) == []
+    assert {c.id for c in labelled(docker_client)} == before
+
+
+def test_a_broken_lease_resumes_what_its_dead_holder_paused(docker_client, docker_hosts, tmp_path):
+    """A controller killed while it held the lease leaves other jobs paused; the next one
+    to take the lease breaks it (its owner is gone) and unpauses them."""
+    from orchestrator.transports.docker import LABEL as LABEL_, LEASE, OWNER, WORKSPACE
+
+    transport = DockerTransport(load_inventory(docker_hosts).hosts[0], images=IMAGES)
+    workspace = transport.open("linux-x86_64", {"org.modelpack.run": "lease-test"}, lifetime=120)
+    try:
+        workspace.pause()
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait(timeout=60)
+        docker_client.containers.create(workspace._image, command=["true"], name=LEASE,
+                                        labels={LABEL_: "1", OWNER: f"{socket.gethostname()}:{dead.pid}"})
+        container = docker_client.containers.get(workspace.container_id)
+        assert container.status == "paused" and container.labels[WORKSPACE] == "1"
+        with transport.benchmark_lease("next"):
+            container.reload()
+            assert container.status == "running"
+        assert docker_client.containers.list(all=True, filters={"name": f"^/{LEASE}$"}) == []
+    finally:
+        workspace.close()
 
 
 def test_second_network_with_user_samples_in_docker(capsys, docker_client, docker_hosts, write_spec, tmp_path):
@@ -235,7 +275,7 @@ def test_a_killed_controllers_container_ends_within_its_lifetime(docker_client, 
     proc = spawn_modelpack("build", str(REPO / "examples/tinycnn/modelpack.yaml"), "--out", str(tmp_path / "out"),
                            "--hosts", str(docker_hosts), "--no-cache", *limits, cwd=REPO)
     _until_packaging(proc)
-    [container] = labelled(docker_client)
+    [container] = docker_client.containers.list(all=True, filters={"label": f"{LABEL}.workspace"})
     proc.kill()  # SIGKILL: no cleanup at all
     proc.wait(timeout=10)
     lifetime = 4 * 5 + LIFETIME_MARGIN

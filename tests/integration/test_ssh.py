@@ -17,7 +17,7 @@ from orchestrator.cli import main
 from orchestrator.inventory import Host, load_inventory
 from orchestrator.transports.base import TransportError
 from orchestrator.transports.ssh import SshTransport
-from tests.conftest import two_jobs_take_turns
+from tests.conftest import two_controllers_take_turns, two_jobs_take_turns
 from tests.integration.conftest import PYTHON, make_wheel, ssh_host
 from tests.models import REPO
 
@@ -52,6 +52,23 @@ def test_two_selection_jobs_on_a_two_slot_ssh_host_take_turns_benchmarking_the_o
                      f"    key: {client_key[0]}\n    host_key: \"{host_key}\"\n    python: {PYTHON}\n"
                      f"    targets: [linux-x86_64]\n    slots: 2\n")
     two_jobs_take_turns(write_spec, tmp_path, hosts)
+
+
+def test_two_controllers_on_one_ssh_host_take_turns_and_stop_each_others_packagers(
+        sshd, client_key, write_spec, tmp_path):
+    """Two `modelpack build` processes share one SSH host: its lease folder makes them time
+    one at a time, and the first to time SIGSTOPs the other controller's packager (found
+    by the record its supervisor left in the workdir, proven to be a live supervisor of
+    that workspace), resumed after; the lease and the record of what was stopped are gone."""
+    address, host_key, _, _ = sshd
+    hosts = tmp_path / "hosts.yaml"
+    hosts.write_text(f"hosts:\n  - name: sshbox\n    transport: ssh\n    address: {address}\n    user: root\n"
+                     f"    key: {client_key[0]}\n    host_key: \"{host_key}\"\n    python: {PYTHON}\n"
+                     f"    targets: [linux-x86_64]\n    slots: 1\n")
+    two_controllers_take_turns(write_spec, tmp_path, hosts)
+    transport = SshTransport(load_inventory(hosts).hosts[0])
+    code, output = transport.execute("ls ~/.modelpack", timeout=30)
+    assert "benchmark.lease" not in output.decode(), output
 
 
 def test_unknown_host_key_is_refused_with_its_fingerprint(sshd, client_key, tmp_path):

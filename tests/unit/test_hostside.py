@@ -361,3 +361,38 @@ def test_clean_stops_a_supervisor_left_by_a_dead_controller(tmp_path):
     finally:
         if runner.poll() is None:
             os.killpg(runner.pid, 9)
+
+
+def _state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def test_a_lease_holder_stops_other_controllers_packagers_and_thaw_or_a_broken_lease_resumes_them(tmp_path):
+    """Supervisors from any controller leave a record in the workdir; the lease holder
+    stops every one outside its own workspaces (``mine``), and what it stopped is resumed
+    by ``thaw``, or, if the holder died, by whoever breaks its expired lease."""
+    spin = "print('started', flush=True)\nwhile True: pass"
+    mine, theirs = workspace(tmp_path), workspace(tmp_path)
+    runners = [_run_supervised(tmp_path, root, spin) for root in (mine, theirs)]
+    try:
+        groups = [json.loads(r.stdout.readline().decode().removeprefix(hostside.RESULT)) for r in runners]
+        assert [r.stdout.readline() for r in runners] == [b"started\n"] * 2
+        lease = {"holder": "me", "ttl": 0.5, "wait": 0}
+        assert answer(call(tmp_path, "bench_lease", {"take": True, **lease})) == {"held": True}
+        assert answer(call(tmp_path, "freeze_foreign", {"mine": [str(mine)]})) == {"frozen": 1}
+        assert _state(groups[1]["pid"]) == "T" and _state(groups[0]["pid"]) in "RS"
+        assert answer(call(tmp_path, "thaw", {})) == {"done": True}
+        assert _state(groups[1]["pid"]) in "RS"
+        # the holder stops the other job again and dies: its lease expires and is broken
+        assert answer(call(tmp_path, "freeze_foreign", {"mine": [str(mine)]})) == {"frozen": 1}
+        assert _state(groups[1]["pid"]) == "T"
+        time.sleep(0.6)
+        assert answer(call(tmp_path, "bench_lease", {"take": True, "holder": "next", "ttl": 60, "wait": 5})) \
+            == {"held": True}
+        assert _state(groups[1]["pid"]) in "RS"
+        assert answer(call(tmp_path, "bench_lease", {"take": False, "holder": "next"})) == {"held": False}
+    finally:
+        for group, root in zip(groups, (mine, theirs)):
+            call(tmp_path, "close", {"root": str(root), "group": group})
+        for runner in runners:
+            runner.wait(timeout=15)
