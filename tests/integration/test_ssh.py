@@ -10,6 +10,7 @@ import os
 import tarfile
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -42,16 +43,21 @@ def test_build_and_verify_over_ssh(capsys, sshd, client_key, tmp_path):
     assert "self-test passed on sshbox" in capsys.readouterr().out
 
 
-def test_two_selection_jobs_on_a_two_slot_ssh_host_take_turns_benchmarking_the_other_stopped(
-        sshd, client_key, write_spec, tmp_path):
-    """The host's lease is a folder its workdir holds for one controller at a time, and
-    the other job's packager is SIGSTOPped (its process group, proven ours) meanwhile."""
+def sshbox_hosts(sshd, client_key, tmp_path: Path, slots: int) -> Path:
+    """An inventory of the test sshd container alone, with ``slots``."""
     address, host_key, _, _ = sshd
     hosts = tmp_path / "hosts.yaml"
     hosts.write_text(f"hosts:\n  - name: sshbox\n    transport: ssh\n    address: {address}\n    user: root\n"
                      f"    key: {client_key[0]}\n    host_key: \"{host_key}\"\n    python: {PYTHON}\n"
-                     f"    targets: [linux-x86_64]\n    slots: 2\n")
-    two_jobs_take_turns(write_spec, tmp_path, hosts)
+                     f"    targets: [linux-x86_64]\n    slots: {slots}\n")
+    return hosts
+
+
+def test_two_selection_jobs_on_a_two_slot_ssh_host_take_turns_benchmarking_the_other_stopped(
+        sshd, client_key, write_spec, tmp_path):
+    """The host's lease is a folder its workdir holds for one controller at a time, and
+    the other job's packager is SIGSTOPped (its process group, proven ours) meanwhile."""
+    two_jobs_take_turns(write_spec, tmp_path, sshbox_hosts(sshd, client_key, tmp_path, slots=2))
 
 
 def test_two_controllers_on_one_ssh_host_take_turns_and_stop_each_others_packagers(
@@ -60,11 +66,7 @@ def test_two_controllers_on_one_ssh_host_take_turns_and_stop_each_others_package
     one at a time, and the first to time SIGSTOPs the other controller's packager (found
     by the record its supervisor left in the workdir, proven to be a live supervisor of
     that workspace), resumed after; the lease and the record of what was stopped are gone."""
-    address, host_key, _, _ = sshd
-    hosts = tmp_path / "hosts.yaml"
-    hosts.write_text(f"hosts:\n  - name: sshbox\n    transport: ssh\n    address: {address}\n    user: root\n"
-                     f"    key: {client_key[0]}\n    host_key: \"{host_key}\"\n    python: {PYTHON}\n"
-                     f"    targets: [linux-x86_64]\n    slots: 1\n")
+    hosts = sshbox_hosts(sshd, client_key, tmp_path, slots=1)
     two_controllers_take_turns(write_spec, tmp_path, hosts)
     transport = SshTransport(load_inventory(hosts).hosts[0])
     code, output = transport.execute("ls ~/.modelpack", timeout=30)
