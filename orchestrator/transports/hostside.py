@@ -365,10 +365,17 @@ def freeze(params, stdin):
     benchmarks: SIGSTOP or SIGCONT to its process group, only if it proves to be ours.
     Not done on Windows, which has no such signals."""
     group = params.get("group")
-    if WINDOWS or not group or not _ours(group, params["root"]):
-        return {"done": False}
-    os.killpg(int(group["pid"]), signal.SIGSTOP if params["on"] else signal.SIGCONT)
-    return {"done": True}
+    done = bool(group) and _signal_if_ours(group, params["root"], signal.SIGSTOP if params["on"] else signal.SIGCONT)
+    return {"done": done}
+
+
+def _signal_if_ours(group, root, sig):
+    """Send ``sig`` to a supervisor's process group, only if it proves to be ours for
+    ``root`` (never on Windows, which has no such signals)."""
+    if WINDOWS or not _ours(group, root):
+        return False
+    os.killpg(int(group["pid"]), sig)
+    return True
 
 
 def _frozen_file(work):
@@ -384,8 +391,7 @@ def _thaw_recorded(work):
     except (OSError, ValueError):
         return
     for group in groups:
-        if _ours(group, group.get("root", "")):
-            os.killpg(int(group["pid"]), signal.SIGCONT)
+        _signal_if_ours(group, group.get("root", ""), signal.SIGCONT)
 
 
 def freeze_foreign(params, stdin):
@@ -395,17 +401,17 @@ def freeze_foreign(params, stdin):
     lease folder, so that ``thaw`` and whoever breaks an expired lease resume them."""
     work = _workdir(params)
     mine = {os.path.abspath(root) for root in params["mine"]}
+    records = os.path.join(work, "pids")
     frozen = []
-    if not WINDOWS:
-        for name in sorted(os.listdir(os.path.join(work, "pids")) if os.path.isdir(os.path.join(work, "pids")) else []):
-            try:
-                with open(os.path.join(work, "pids", name)) as data:
-                    group = json.load(data)
-            except (OSError, ValueError):
-                continue
-            if os.path.abspath(str(group.get("root"))) not in mine and _ours(group, group.get("root", "")):
-                os.killpg(int(group["pid"]), signal.SIGSTOP)
-                frozen.append(group)
+    for name in sorted(os.listdir(records)) if os.path.isdir(records) else []:
+        try:
+            with open(os.path.join(records, name)) as data:
+                group = json.load(data)
+        except (OSError, ValueError):
+            continue
+        root = str(group.get("root", ""))
+        if os.path.abspath(root) not in mine and _signal_if_ours(group, root, signal.SIGSTOP):
+            frozen.append(group)
     with open(_frozen_file(work), "w") as out:
         json.dump(frozen, out)
     return {"frozen": len(frozen)}
@@ -508,8 +514,8 @@ def clean(params, stdin):
     return {"removed": removed}
 
 
-OPERATIONS = {f.__name__: f for f in (facts, open_workspace, push, send, supervise, close, clean, freeze, freeze_foreign, thaw,
-                                               bench_lease)}
+OPERATIONS = {f.__name__: f for f in (facts, open_workspace, push, send, supervise, close, clean, freeze,
+                                       freeze_foreign, thaw, bench_lease)}
 
 
 def main(argv):
