@@ -250,13 +250,14 @@ def cmd_hosts(args: argparse.Namespace) -> int:
                 "host": host.name, "target": target, "ready": ok,
                 "detail": why_not or (status.detail if status else ""),
                 "emulated": status.emulated if status else None,
+                "emulation": status.facts.get("emulation") if status else None,
             })
     if args.json:
         _out(json.dumps({"inventory": inventory.source, "checks": rows}, indent=2))
     else:
         for row in rows:
             mark = "ok  " if row["ready"] else "FAIL"
-            emulated = " (emulated)" if row["emulated"] else ""
+            emulated = f" (emulated: {row['emulation']})" if row["emulation"] else " (emulated)" if row["emulated"] else ""
             _out(f"{mark} {row['host']:20} {row['target']:16} {row['detail']}{emulated}")
     return EXIT_OK if all(r["ready"] for r in rows) else EXIT_FAILED
 
@@ -287,7 +288,8 @@ def _bootstrap_hosts(inventory: Any, hosts: list[Any], named: bool, wheelhouse: 
     failed = False
     for host in hosts:
         try:
-            done = bootstrap(_transport(host, first_answer), wheelhouse, lambda step: _out(f"{host.name}: {step}"))
+            done = bootstrap(_transport(host, first_answer), wheelhouse, lambda step: _out(f"{host.name}: {step}"),
+                             host.pins)
         except (BootstrapError, TransportError) as exc:
             _out(f"FAIL {host.name}: {exc}")
             failed = True

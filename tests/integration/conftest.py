@@ -33,14 +33,16 @@ def sshd(docker_client_module, client_key):
     yield from start_sshd(docker_client_module, client_key)
 
 
-def start_sshd(client, client_key, files: dict[str, tuple[bytes, int]] | None = None, **create):
-    """Run an sshd container (authorised for ``client_key``, with extra ``files`` as
-    {path: (bytes, mode)}) on a private network, and remove both afterwards."""
+def start_sshd(client, client_key, files: dict[str, tuple[bytes, int]] | None = None, environment: str = "sshd-test",
+               **create):
+    """Run an sshd container of ``environment``'s image (authorised for ``client_key``,
+    with extra ``files`` as {path: (bytes, mode)}) on a private network, and remove both
+    afterwards."""
     try:
-        image = image_tag("sshd-test")
+        image = image_tag(environment)
         client.images.get(image)
     except Exception as exc:  # built by scripts/build-images
-        pytest.fail(f"sshd test image missing ({exc}); run scripts/build-images")
+        pytest.fail(f"{environment} test image missing ({exc}); run scripts/build-images")
     network = client.networks.create(f"modelpack-ssh-{os.getpid()}-{time.monotonic_ns()}", driver="bridge",
                                       labels={"org.modelpack.test": "1"})
     container = client.containers.create(image, labels={"org.modelpack.test": "1"}, network=network.name, **create)
