@@ -73,11 +73,14 @@ def _environment_steps(building, wheels):
     and the wheels they install.
 
     Usually a venv and its pip. Windows' embeddable distribution has neither venv nor
-    ensurepip, and its ``._pth`` file fixes sys.path: the distribution (a dozen files,
-    relocatable) is copied instead, its ``._pth`` gains ``Lib\\site-packages`` and
-    ``import site``, and pip, run from its own wheel (the controller sends one for such a
-    host), installs the rest there with ``--target`` (pip on Windows will not install
-    itself unless run as ``-m pip``, and builds never run pip)."""
+    ensurepip, and its ``._pth`` file fixes sys.path, ignoring PYTHONPATH and the working
+    directory that the packager and its worker processes rely on. The distribution (a
+    dozen files, relocatable) is copied instead, without its ``._pth``: the copy then
+    finds its standard library in ``pythonXY.zip`` beside it and ``Lib\\site-packages``
+    through ``site``, like any installed Python. pip, run from its own wheel (the
+    controller sends one for such a host), installs the rest there with ``--target``
+    (pip on Windows will not install itself unless run as ``-m pip``, and builds never
+    run pip)."""
     install = ["install", "--no-index", "--no-cache-dir", "--no-deps", "--disable-pip-version-check", "--quiet"]
     path_file = _path_file()
     if path_file is None:
@@ -88,14 +91,10 @@ def _environment_steps(building, wheels):
     source = os.path.dirname(path_file)
     os.makedirs(building)
     for name in os.listdir(source):
-        if os.path.isfile(os.path.join(source, name)):
+        if os.path.isfile(os.path.join(source, name)) and not name.endswith("._pth"):
             shutil.copy2(os.path.join(source, name), os.path.join(building, name))
     site_packages = os.path.join(building, "Lib", "site-packages")
     os.makedirs(site_packages)
-    with open(path_file) as data:
-        kept = [line.strip() for line in data if line.strip() and not line.strip().lstrip("#").strip() == "import site"]
-    with open(os.path.join(building, os.path.basename(path_file)), "w") as out:
-        out.write("\n".join(kept + ["Lib\\site-packages", "import site"]) + "\n")
     rest = [w for w in wheels if w not in pip]
     return [[_python(building), os.path.join(pip[0], "pip")] + install + ["--target", site_packages] + rest], rest
 

@@ -395,16 +395,17 @@ def freeze(params, stdin):
     benchmarks: SIGSTOP or SIGCONT to its process group, only if it proves to be ours.
     Not done on Windows, which has no such signals."""
     group = params.get("group")
-    done = bool(group) and _signal_if_ours(group, params["root"], signal.SIGSTOP if params["on"] else signal.SIGCONT)
+    done = bool(group) and _signal_if_ours(group, params["root"], "SIGSTOP" if params["on"] else "SIGCONT")
     return {"done": done}
 
 
-def _signal_if_ours(group, root, sig):
-    """Send ``sig`` to a supervisor's process group, only if it proves to be ours for
-    ``root`` (never on Windows, which has no such signals)."""
+def _signal_if_ours(group, root, name):
+    """Send signal ``name`` to a supervisor's process group, only if it proves to be ours
+    for ``root``. Never on Windows, whose Python has no SIGSTOP or SIGCONT (named, not
+    looked up, so that callers run there too)."""
     if WINDOWS or not _ours(group, root):
         return False
-    os.killpg(int(group["pid"]), sig)
+    os.killpg(int(group["pid"]), getattr(signal, name))
     return True
 
 
@@ -421,7 +422,7 @@ def _thaw_recorded(work):
     except (OSError, ValueError):
         return
     for group in groups:
-        _signal_if_ours(group, group.get("root", ""), signal.SIGCONT)
+        _signal_if_ours(group, group.get("root", ""), "SIGCONT")
 
 
 def freeze_foreign(params, stdin):
@@ -440,7 +441,7 @@ def freeze_foreign(params, stdin):
         except (OSError, ValueError):
             continue
         root = str(group.get("root", ""))
-        if os.path.abspath(root) not in mine and _signal_if_ours(group, root, signal.SIGSTOP):
+        if os.path.abspath(root) not in mine and _signal_if_ours(group, root, "SIGSTOP"):
             frozen.append(group)
     with open(_frozen_file(work), "w") as out:
         json.dump(frozen, out)

@@ -396,3 +396,26 @@ def test_a_lease_holder_stops_other_controllers_packagers_and_thaw_or_a_broken_l
             call(tmp_path, "close", {"root": str(root), "group": group})
         for runner in runners:
             runner.wait(timeout=15)
+
+
+def test_on_windows_the_benchmark_lease_is_released_although_nothing_can_be_paused(tmp_path, monkeypatch):
+    """Windows' Python has no SIGSTOP or SIGCONT: pausing does nothing there, and giving
+    the lease back must not die looking them up (under Wine, a leftover lease made the
+    next build on the host wait for its expiry)."""
+    import signal
+
+    monkeypatch.setattr(hostside, "WINDOWS", True)
+    for name in ("SIGSTOP", "SIGCONT"):
+        monkeypatch.delattr(signal, name)
+    params = {"workdir": str(tmp_path), "holder": "me", "ttl": 60, "wait": 1}
+    assert hostside.bench_lease({**params, "take": True}, None) == {"held": True}
+    root = workspace(tmp_path)
+    record = {"pid": os.getpid() + 1, "started": None, "root": str(root)}
+    (tmp_path / "pids").mkdir(exist_ok=True)
+    (tmp_path / "pids" / "other.json").write_text(json.dumps(record))
+    assert hostside.freeze_foreign({"workdir": str(tmp_path), "mine": []}, None) == {"frozen": 0}
+    assert hostside.freeze({"workdir": str(tmp_path), "root": str(root), "group": record, "on": True}, None) == \
+        {"done": False}
+    hostside.bench_lease({**params, "take": False}, None)
+    assert not (tmp_path / "benchmark.lease").exists()
+    assert hostside.bench_lease({**params, "holder": "next", "take": True}, None) == {"held": True}

@@ -8,6 +8,7 @@ graph order; that mapping and the output shapes go to the runtime.
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ def _pnnx_binary() -> Path | None:
     spec = importlib.util.find_spec("pnnx")
     if spec is None or spec.origin is None:
         return None
-    binary = Path(spec.origin).with_name("pnnx")
+    binary = Path(spec.origin).with_name("pnnx.exe" if os.name == "nt" else "pnnx")
     return binary if binary.is_file() else None
 
 
