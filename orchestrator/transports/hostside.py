@@ -300,10 +300,13 @@ def supervise(params, stdin):
     on cancel, which the controller keeps; a copy goes outside the workspace for ``clean``.
 
     On POSIX this process leads a process group of its own, so stopping the group stops
-    the packager and everything it started; on Windows the process tree is stopped."""
-    if not WINDOWS and os.getpgid(0) != os.getpid():
-        os.setsid()
+    the packager and everything it started; on Windows it joins a job object named after
+    the workspace, which everything it starts joins too."""
     root = os.path.abspath(params["root"])
+    if WINDOWS:
+        _join_job(root)
+    elif os.getpgid(0) != os.getpid():
+        os.setsid()
     work = _workdir(params)
     group = {"pid": os.getpid(), "started": _start_time(os.getpid()), "root": root}
     os.makedirs(os.path.join(work, "pids"), exist_ok=True)
@@ -324,12 +327,54 @@ def supervise(params, stdin):
 
 def _end_own_group():
     """The workspace's lifetime has passed: stop the packager and everything it started
-    (this supervisor leads their process group; on Windows, its process tree)."""
+    (this supervisor leads their process group; on Windows, their job object)."""
     if WINDOWS:
-        subprocess.call(["taskkill", "/T", "/F", "/PID", str(os.getpid())],
-                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _terminate_job(os.getcwd())
     else:
         os.killpg(os.getpid(), signal.SIGKILL)
+
+
+def _job_name(root):
+    """The Windows job object of a workspace's supervisor and every process it starts.
+    ``taskkill /T`` misses processes whose parent has exited (and Wine's has no /T); a
+    job holds them all. Named after the workspace, so a stop reaches only its processes."""
+    return "modelpack-" + hashlib.sha256(os.path.normcase(os.path.abspath(root)).encode()).hexdigest()[:32]
+
+
+def _kernel32():
+    import ctypes
+    from ctypes import wintypes
+
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+    kernel32.CreateJobObjectW.restype = kernel32.OpenJobObjectW.restype = wintypes.HANDLE
+    kernel32.GetCurrentProcess.restype = wintypes.HANDLE
+    kernel32.CreateJobObjectW.argtypes = [ctypes.c_void_p, wintypes.LPCWSTR]
+    kernel32.OpenJobObjectW.argtypes = [wintypes.DWORD, wintypes.BOOL, wintypes.LPCWSTR]
+    kernel32.AssignProcessToJobObject.argtypes = [wintypes.HANDLE, wintypes.HANDLE]
+    kernel32.TerminateJobObject.argtypes = [wintypes.HANDLE, wintypes.UINT]
+    kernel32.CloseHandle.argtypes = [wintypes.HANDLE]
+    return kernel32
+
+
+def _join_job(root):
+    """Put this process, and so everything it starts, in the workspace's job object. The
+    handle is never closed: a named job lives while a handle to it does."""
+    kernel32 = _kernel32()
+    job = kernel32.CreateJobObjectW(None, _job_name(root))
+    if not job or not kernel32.AssignProcessToJobObject(job, kernel32.GetCurrentProcess()):
+        raise OSError("cannot make the job object of %s (error %d)" % (root, __import__("ctypes").get_last_error()))
+
+
+def _terminate_job(root):
+    """Stop every process of a workspace's job object; False when there is none."""
+    kernel32 = _kernel32()
+    job = kernel32.OpenJobObjectW(0x0008, False, _job_name(root))  # JOB_OBJECT_TERMINATE
+    if not job:
+        return False
+    try:
+        return bool(kernel32.TerminateJobObject(job, 1))
+    finally:
+        kernel32.CloseHandle(job)
 
 
 def _ours(group, root):
@@ -366,16 +411,17 @@ def _stop(work, root, group=None):
     try:
         chosen = next((g for g in candidates if _ours(g, root)), None)
         if chosen is not None:
-            _kill_group(int(chosen["pid"]))
+            _kill_group(chosen)
     finally:
         if os.path.exists(record):
             os.remove(record)
 
 
-def _kill_group(pid):
+def _kill_group(group):
     if WINDOWS:
-        subprocess.call(["taskkill", "/T", "/F", "/PID", str(pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _terminate_job(group["root"])
         return
+    pid = int(group["pid"])
     for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 0.0)):
         try:
             os.killpg(pid, sig)

@@ -36,8 +36,8 @@ def sshd(docker_client_module, client_key):
 def start_sshd(client, client_key, files: dict[str, tuple[bytes, int]] | None = None, environment: str = "sshd-test",
                **create):
     """Run an sshd container of ``environment``'s image (authorised for ``client_key``,
-    with extra ``files`` as {path: (bytes, mode)}) on a private network, and remove both
-    afterwards."""
+    with extra ``files`` as {path: (bytes, mode)}) on a private network; yields
+    (address, pinned host key, container, network), and removes both afterwards."""
     try:
         image = image_tag(environment)
         client.images.get(image)
@@ -46,35 +46,40 @@ def start_sshd(client, client_key, files: dict[str, tuple[bytes, int]] | None = 
     network = client.networks.create(f"modelpack-ssh-{os.getpid()}-{time.monotonic_ns()}", driver="bridge",
                                       labels={"org.modelpack.test": "1"})
     container = client.containers.create(image, labels={"org.modelpack.test": "1"}, network=network.name, **create)
+    try:
+        address, host_key = launch_sshd(container, network, client_key[1], files)
+        yield address, host_key, container, network
+    finally:
+        container.remove(force=True)
+        network.remove()
+
+
+def launch_sshd(container, network, authorized_key: str, files: dict[str, tuple[bytes, int]] | None = None,
+                wait: float = 30) -> tuple[str, str]:
+    """Start a created sshd container on ``network`` with ``authorized_key`` for root
+    (and extra ``files``); returns its address and the host key to pin, once it answers."""
     data = io.BytesIO()
     with tarfile.open(fileobj=data, mode="w") as tar:
-        for path, (blob, mode) in {"etc/ssh/authorized/root": ((client_key[1] + "\n").encode(), 0o600),
+        for path, (blob, mode) in {"etc/ssh/authorized/root": ((authorized_key + "\n").encode(), 0o600),
                                    **(files or {})}.items():
             info = tarfile.TarInfo(path.lstrip("/"))
             info.size, info.mode = len(blob), mode
             tar.addfile(info, io.BytesIO(blob))
     container.put_archive("/", data.getvalue())
     container.start()
-    try:
-        container.reload()
-        address = container.attrs["NetworkSettings"]["Networks"][network.name]["IPAddress"]
-        deadline = time.monotonic() + 30
-        host_key = ""
-        while time.monotonic() < deadline:
-            code, out = container.exec_run(["cat", "/etc/ssh/ssh_host_ed25519_key.pub"])
-            if code == 0:
-                try:
-                    socket.create_connection((address, 22), timeout=1).close()
-                    host_key = " ".join(out.decode().split()[:2])
-                    break
-                except OSError:
-                    pass
-            time.sleep(0.2)
-        assert host_key, "sshd did not come up"
-        yield address, host_key, container, network
-    finally:
-        container.remove(force=True)
-        network.remove()
+    container.reload()
+    address = container.attrs["NetworkSettings"]["Networks"][network.name]["IPAddress"]
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        code, out = container.exec_run(["cat", "/etc/ssh/ssh_host_ed25519_key.pub"])
+        if code == 0:
+            try:
+                socket.create_connection((address, 22), timeout=1).close()
+                return address, " ".join(out.decode().split()[:2])
+            except OSError:
+                pass
+        time.sleep(0.2)
+    raise AssertionError("sshd did not come up")
 
 
 @pytest.fixture(scope="module")

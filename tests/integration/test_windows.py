@@ -1,0 +1,248 @@
+"""Windows packages made and run by Windows binaries: the Wine build host
+(images/windows-x86_64-wine) reached over SSH exactly as a Windows machine with OpenSSH
+and its default shell, cmd.exe. Nothing here runs in-process: the host's own embeddable
+CPython bootstraps, compiles, benchmarks and self-tests.
+
+Skipped, with the reason, where the Wine image is not built (scripts/build-images makes
+it); MODELPACK_REQUIRE_WINE=1 turns that into a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tarfile
+import threading
+import time
+import zipfile
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import yaml
+
+from orchestrator.cli import main
+from orchestrator.images import image_tag
+from orchestrator.inventory import Host
+from orchestrator.runtime.archive import extract
+from orchestrator.transports.ssh import SshTransport
+from tests.conftest import unavailable
+from tests.integration.conftest import start_sshd
+from tests.models import pypi_model
+
+ENVIRONMENT = "windows-x86_64-wine"
+#: numpy 2.1 and later import ucrtbase's crealf, which Wine 10 does not implement
+PINS = {"numpy": "2.0.2"}
+
+
+@pytest.fixture(scope="module")
+def wine_host(docker_client_module, client_key, tmp_path_factory):
+    """A Wine build host on a private network, and an inventory for it whose host key is
+    pinned; yields (inventory path, container, network)."""
+    try:
+        docker_client_module.images.get(image_tag(ENVIRONMENT))
+    except Exception as exc:
+        unavailable(f"the Windows (Wine) host image is not built ({exc}); run scripts/build-images",
+                    "MODELPACK_REQUIRE_WINE")
+    started = start_sshd(docker_client_module, client_key, environment=ENVIRONMENT)
+    address, host_key, container, network = next(started)
+    inventory = tmp_path_factory.mktemp("wine") / "hosts.yaml"
+    inventory.write_text(yaml.safe_dump({"hosts": [{
+        "name": "winebox", "transport": "ssh", "targets": ["windows-x86_64"], "address": address, "user": "root",
+        "key": str(client_key[0]), "host_key": host_key, "known_hosts": str(inventory.parent / "none"),
+        "shell": "cmd", "python": "python", "pins": PINS, "liveness_timeout": 8}]}))
+    try:
+        yield inventory, container, network
+    finally:
+        next(started, None)
+
+
+@pytest.fixture(scope="module")
+def bootstrapped(wine_host):
+    """Bootstrap from nothing, then again: [(exit code, output, seconds)] for both."""
+    import contextlib
+    import io
+
+    inventory = wine_host[0]
+    runs = []
+    for _ in range(2):
+        out = io.StringIO()
+        began = time.monotonic()
+        with contextlib.redirect_stdout(out):
+            code = main(["hosts", "bootstrap", "--hosts", str(inventory)])
+        runs.append((code, out.getvalue(), time.monotonic() - began))
+    return runs
+
+
+def test_bootstrap_makes_an_environment_for_the_embeddable_python_then_reuses_it_in_seconds(bootstrapped):
+    (first_code, first, _), (again_code, again, again_s) = bootstrapped
+    assert first_code == 0, first
+    assert re.search(r"ok   winebox: windows-x86_64 environment \w+ created", first), first
+    assert again_code == 0 and "reused" in again, again
+    assert again_s < 20, f"an unchanged environment took {again_s:.1f} s to confirm"
+    # a copy of the embeddable distribution, not a venv (it has none)
+    assert re.search(r"builds use C:/users/root/\.modelpack/envs/\w+/python\.exe", again), again
+
+
+def test_hosts_check_says_windows_x86_64_its_python_and_emulated_wine(capsys, wine_host, bootstrapped):
+    assert main(["hosts", "check", "--hosts", str(wine_host[0]), "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)["checks"][0]
+    assert row["ready"] and row["emulated"] is True
+    assert re.fullmatch(r"wine \d+\.\d+.*", row["emulation"]), row
+    assert "(cmd, windows/amd64 under wine" in row["detail"], row
+    # the host's own Python and engines, with the host's numpy pin
+    assert re.search(r"Python/onnxruntime/numpy 3\.11\.\d+ 1\.32\.0 2\.0\.2", row["detail"]), row
+
+
+@pytest.fixture(scope="module")
+def windows_package(wine_host, bootstrapped, tmp_path_factory):
+    """A real network (PP-OCR's direction classifier, dynamic width) packaged for
+    windows-x86_64 with all four compilers on the Wine host."""
+    folder = tmp_path_factory.mktemp("wine-build")
+    model = pypi_model("ppocr_cls")
+    (folder / model.name).write_bytes(model.read_bytes())
+    (folder / "modelpack.yaml").write_text(yaml.safe_dump({
+        "name": "textdir", "version": "2.0.0", "model": model.name, "targets": ["windows-x86_64"],
+        "compilers": ["onnxruntime", "openvino", "mnn", "ncnn"], "zip": True}))
+    out = folder / "dist"
+    code = main(["build", str(folder), "--hosts", str(wine_host[0]), "--out", str(out), "--no-cache"])
+    return code, out, model
+
+
+def test_all_four_windows_engines_build_and_self_test_under_wine_and_say_so(windows_package):
+    code, out, _ = windows_package
+    assert code == 0
+    package = out / "textdir-2.0.0-windows-x86_64.tar.gz"
+    with tarfile.open(package) as tar:
+        manifest = json.load(tar.extractfile("manifest.json"))
+    statuses = {c["id"]: c["status"] for c in manifest["candidates"]}
+    assert set(statuses) == {"onnxruntime", "openvino", "mnn", "ncnn"}
+    assert set(statuses.values()) <= {"selected", "passed"}, manifest["candidates"]
+    selftest = manifest["selftest"]
+    assert selftest["passed"] and not selftest["on_target_os"]
+    assert re.fullmatch(r"windows/x86_64 under wine \d+\.\d+.*", selftest["ran_on"]), selftest
+    assert "under wine" in selftest["not_checked"][0]
+    assert manifest["selection"]["emulated"] is True and "emulation" in manifest["selection"]["note"]
+    assert all(c["emulated"] for c in manifest["candidates"] if c.get("latency_ms"))
+    build = manifest["provenance"]["build_platform"]
+    assert build["os"] == "windows" and build["emulation"].startswith("wine ")
+    # the host's pin override is recorded, and the versions that really ran
+    assert manifest["provenance"]["pin_overrides"] == PINS
+    assert build["toolchain"]["numpy"] == "2.0.2" and "numpy-2.0.2-cp311-cp311-win_amd64.whl" in build["wheels"]
+
+
+def test_the_windows_package_matches_onnxruntime_on_linux_and_its_zip_twin(windows_package, tmp_path):
+    code, out, model = windows_package
+    assert code == 0
+    tar_root, zip_root = tmp_path / "tar", tmp_path / "zip"
+    extract(out / "textdir-2.0.0-windows-x86_64.tar.gz", tar_root)
+    with zipfile.ZipFile(out / "textdir-2.0.0-windows-x86_64.zip") as archive:
+        archive.extractall(zip_root)
+    files = {p.relative_to(tar_root).as_posix(): p.read_bytes() for p in tar_root.rglob("*") if p.is_file()}
+    assert files == {p.relative_to(zip_root).as_posix(): p.read_bytes() for p in zip_root.rglob("*") if p.is_file()}
+    manifest = json.loads(files["manifest.json"])
+    # every size the package was checked at: the Windows engines' reference (onnxruntime
+    # for Windows under Wine) against onnxruntime for Linux, here, on the same inputs
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    sizes = [manifest["samples"]] + manifest["samples"]["sizes"]
+    for size in sizes:
+        feeds = {name: np.load(tar_root / path) for name, path in size["inputs"].items()}
+        linux = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
+        for name, path in size["reference"].items():
+            np.testing.assert_allclose(np.load(tar_root / path), linux[name], rtol=manifest["tolerance"]["rtol"],
+                                       atol=manifest["tolerance"]["atol"])
+    assert len(sizes) >= 2, "a dynamic-width model must be checked at more than one size"
+
+
+def test_verify_runs_the_windows_package_on_the_wine_host(capsys, wine_host, windows_package):
+    _, out, _ = windows_package
+    capsys.readouterr()
+    assert main(["verify", str(out / "textdir-2.0.0-windows-x86_64.tar.gz"), "--hosts", str(wine_host[0])]) == 0
+    assert "self-test passed on winebox" in capsys.readouterr().out
+
+
+def test_closing_a_workspace_stops_everything_its_job_started(wine_host, bootstrapped):
+    """Windows has no process groups: the supervisor's job object must take the packager's
+    own children with it (Wine's taskkill has no /T, and /T misses orphans anyway)."""
+    inventory, container, _ = wine_host
+    from orchestrator.inventory import load_inventory
+
+    transport = SshTransport(load_inventory(inventory).hosts[0])
+    marker = f"modelpack-orphan-{time.monotonic_ns()}"
+    child = (f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)',"
+             f" '{marker}']); print('started', flush=True); time.sleep(600)")
+    workspace = transport.open("windows-x86_64", {"org.modelpack.run": "orphans"})
+    lines: list[str] = []
+    runner = threading.Thread(target=lambda: _run_quietly(workspace, [workspace.python, "-c", child], lines),
+                              daemon=True)
+    runner.start()
+    deadline = time.monotonic() + 60
+    while "started" not in lines and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert "started" in lines, lines
+    assert _processes(container, marker), "the grandchild should be running"
+    workspace.close()
+    deadline = time.monotonic() + 20
+    while _processes(container, marker) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _processes(container, marker), "a process the job started outlived its workspace"
+    transport.drop()
+
+
+def _run_quietly(workspace, argv: list[str], lines: list[str]) -> None:
+    try:
+        workspace.run(argv, {}, 300, lines.append)
+    except Exception:  # the workspace is closed under it
+        pass
+
+
+def _processes(container, marker: str) -> list[str]:
+    _, out = container.exec_run(["ps", "-eo", "args"])
+    return [line for line in out.decode().splitlines() if marker in line and "ps -eo" not in line]
+
+
+def test_a_cut_connection_and_a_killed_host_fail_the_job_as_infrastructure_leaving_out_untouched(
+        capsys, wine_host, bootstrapped, tmp_path):
+    """Last in this module: it kills the host."""
+    inventory, container, network = wine_host
+    spec = tmp_path / "spec"
+    spec.mkdir()
+    model = pypi_model("ppocr_cls")
+    (spec / model.name).write_bytes(model.read_bytes())
+    (spec / "modelpack.yaml").write_text(yaml.safe_dump({
+        "name": "cut", "version": "1.0.0", "model": model.name, "targets": ["windows-x86_64"],
+        "compilers": ["onnxruntime", "openvino", "mnn", "ncnn"]}))
+    out = tmp_path / "dist"
+    out.mkdir()
+    (out / "kept.txt").write_text("already here")
+    result: list[int] = []
+    builder = threading.Thread(target=lambda: result.append(
+        main(["build", str(spec), "--hosts", str(inventory), "--out", str(out), "--no-cache", "--json",
+              str(tmp_path / "summary.json")])), daemon=True)
+    builder.start()
+    deadline = time.monotonic() + 300
+    while not _processes(container, "orchestrator.packager") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _processes(container, "orchestrator.packager"), "the build never started packaging"
+    network.disconnect(container, force=True)
+    container.kill()
+    builder.join(300)
+    assert result == [1]
+    job = json.loads((tmp_path / "summary.json").read_text())["jobs"][0]
+    assert job["status"] == "failed" and job["failure"] == "infrastructure", job
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith("report")) == ["kept.txt"]
+    assert (out / "kept.txt").read_text() == "already here"
+
+
+def test_the_inventory_refuses_a_pin_for_a_package_the_environment_does_not_pin(tmp_path):
+    from orchestrator.bootstrap import BootstrapError, with_pins
+    from orchestrator.images import IMAGES_DIR, requirement_lists
+
+    lists = requirement_lists(IMAGES_DIR / "linux-x86_64")
+    pinned = with_pins(lists, {"NumPy": "2.0.2"}, tmp_path)
+    assert "numpy==2.0.2" in pinned[0][0][0].read_text().splitlines()
+    assert "numpy==2.0.2" not in (IMAGES_DIR / "linux-x86_64" / "requirements.txt").read_text()
+    with pytest.raises(BootstrapError, match="pins: torch is not a package this host's environment pins"):
+        with_pins(lists, {"torch": "2.5.0"}, tmp_path)
+    with pytest.raises(ValueError):
+        Host(name="w", transport="ssh", targets=["windows-x86_64"], address="h", pins={"numpy": "latest; rm -rf /"})
