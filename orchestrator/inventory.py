@@ -9,11 +9,12 @@ reason it was rejected.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .config import read_yaml, validate
 from .errors import InputError
@@ -75,8 +76,7 @@ class Host(BaseModel):
         14 * 86400.0, gt=0, description="ssh: stored files unused this many seconds are removed by `hosts clean`")
     liveness_timeout: float = Field(
         20.0, gt=0, description="ssh: seconds a silent connection may go unanswered before the host counts as lost")
-    pins: dict[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")],
-               Annotated[str, StringConstraints(pattern=r"^[0-9][0-9A-Za-z.+!-]*$")]] = Field(
+    pins: dict[str, str] = Field(
         default_factory=dict, description="ssh: this host's own version of pinned packages ({numpy: 2.0.2}), used by"
                                           " `hosts bootstrap`; they change the environment hash and every manifest"
                                           " built there records them")
@@ -84,6 +84,16 @@ class Host(BaseModel):
         None, description="ssh: the host runs Windows binaries under this compatibility layer (detected too):"
                           " its timings are flagged like emulated ones, allow_emulation applies, native hosts"
                           " are preferred")
+
+    @field_validator("pins")
+    @classmethod
+    def _pins_are_versions(cls, pins: dict[str, str]) -> dict[str, str]:
+        for name, version in pins.items():
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+                raise ValueError(f"{name!r} is not a package name")
+            if not re.fullmatch(r"[0-9][0-9A-Za-z.+!-]*", str(version)):
+                raise ValueError(f"{name}: {version!r} is not an exact version (such as 2.0.2)")
+        return pins
 
     @model_validator(mode="after")
     def _transport_keys(self) -> "Host":

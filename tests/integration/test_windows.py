@@ -201,6 +201,66 @@ def _processes(container, marker: str) -> list[str]:
     return [line for line in out.decode().splitlines() if marker in line and "ps -eo" not in line]
 
 
+#: run on the host by Windows' Python: each line of its input through cmd.exe the way
+#: Windows' OpenSSH hands a command over, CreateProcessW(NULL, "cmd.exe /c " + line)
+DRIVER = ("import json, subprocess, sys\n"
+          "for line in json.loads(sys.stdin.readline()):\n"
+          "    done = subprocess.run('cmd.exe /c ' + line, capture_output=True)\n"
+          "    print(json.dumps([done.returncode, done.stdout.decode('ascii', 'replace').strip()]), flush=True)\n")
+#: prints its argv and one variable as JSON (ASCII, so no code page can change it)
+ECHO = "import json, os, sys; print(json.dumps([sys.argv[1:], os.environ.get('MODELPACK_Q')]))"
+#: what cmd.exe and the MSVC argv rules treat specially, and some that nobody should
+METACHARACTERS = ' \t"\\^&|<>()@,;=\'`~*?[]{}$#é中'
+
+
+def quoting_cases(count: int, seed: int = 15) -> list[list[str]]:
+    rng = np.random.default_rng(seed)
+    pool = list(METACHARACTERS) + list("abcXYZ019-_./:")
+    fixed = [["a b", 'say "hi"', "trailing\\", 'back\\"quote'], ["^", "&&", "|", "<in>", "(x)"],
+             ["", " ", '""', "\\\\server\\share\\"], ['a\\\\"b', "c:\\path with space\\", "%notavar"]]
+    drawn = [["".join(rng.choice(pool, size=int(rng.integers(0, 12)))) for _ in range(int(rng.integers(1, 4)))]
+             for _ in range(count)]
+    return fixed + drawn
+
+
+def test_cmd_quoting_holds_against_wine_cmd_exe_and_windows_pythons_argv(wine_host, bootstrapped):
+    """The cmd dialect's quoting, and the parser models the unit tests check it with
+    (tests/unit/test_shells.py), against the real parsers: Wine's cmd.exe and the argv
+    rules of Windows' CPython. Any case where the model and the real thing disagree is
+    reported by name, not only failures of the quoting itself."""
+    from orchestrator.inventory import load_inventory
+    from orchestrator.transports.shells import Cmd, UnsafeValue
+    from tests.unit.test_shells import cmd_phase, msvcrt_split
+
+    transport = SshTransport(load_inventory(wine_host[0]).hosts[0])
+    cmd = Cmd()
+    cases, lines = [], []
+    for args in quoting_cases(60):
+        value = args[0]
+        try:
+            lines.append(cmd.command(["python", "-c", ECHO, *args], env={"MODELPACK_Q": value}))
+        except UnsafeValue:
+            continue
+        cases.append(args)
+    status: list[int] = []
+    output = b"".join(transport.stream(cmd.command(["python", "-c", DRIVER]), 600, status,
+                                       lambda send, read_line: send(json.dumps(lines).encode() + b"\n")))
+    answers = [json.loads(row) for row in output.decode().splitlines() if row.startswith("[")]
+    transport.drop()
+    assert status == [0] and len(answers) == len(cases), output[-2000:]
+    wrong, model_differs = [], []
+    for args, line, (code, printed) in zip(cases, lines, answers):
+        real = json.loads(printed) if code == 0 and printed.startswith("[") else ["exit", code, printed]
+        if real != [args, args[0]]:
+            wrong.append((args, line, real))
+        modelled = msvcrt_split(cmd_phase(cmd.command(["python", "-c", ECHO, *args])))
+        if real[0] != modelled[3:] and real[0] != "exit":
+            model_differs.append((args, modelled[3:], real[0]))
+    assert not wrong, f"arguments changed on the way through cmd.exe: {wrong[:5]}"
+    assert not model_differs, f"the parser models disagree with Wine's cmd.exe and Windows' Python: {model_differs[:5]}"
+    assert len(cases) >= 50
+
+
 def test_a_cut_connection_and_a_killed_host_fail_the_job_as_infrastructure_leaving_out_untouched(
         capsys, wine_host, bootstrapped, tmp_path):
     """Last in this module: it kills the host."""
