@@ -28,6 +28,7 @@ from orchestrator.runtime.archive import extract
 from orchestrator.transports.ssh import SshTransport
 from tests.conftest import unavailable
 from tests.integration.conftest import start_sshd
+from tests.corpus import MODELS
 from tests.models import pypi_model
 
 ENVIRONMENT = "windows-x86_64-wine"
@@ -103,7 +104,7 @@ def windows_package(wine_host, bootstrapped, tmp_path_factory):
     (folder / model.name).write_bytes(model.read_bytes())
     (folder / "modelpack.yaml").write_text(yaml.safe_dump({
         "name": "textdir", "version": "2.0.0", "model": model.name, "targets": ["windows-x86_64"],
-        "compilers": ["onnxruntime", "openvino", "mnn", "ncnn"], "zip": True}))
+        "compilers": ["onnxruntime", "openvino", "mnn", "ncnn"], "zip": True, **MODELS["ppocr_cls"].spec}))
     out = folder / "dist"
     code = main(["build", str(folder), "--hosts", str(wine_host[0]), "--out", str(out), "--no-cache"])
     return code, out, model
@@ -261,6 +262,25 @@ def test_cmd_quoting_holds_against_wine_cmd_exe_and_windows_pythons_argv(wine_ho
     assert len(cases) >= 50
 
 
+def test_allow_emulation_false_keeps_builds_off_the_wine_host(capsys, wine_host, bootstrapped, tmp_path):
+    """Wine feeds the same policy as qemu: the host reports it, and an inventory that
+    forbids emulation there gets no build on it, with the reason."""
+    inventory = yaml.safe_load(wine_host[0].read_text())
+    inventory["hosts"][0]["allow_emulation"] = False
+    strict = tmp_path / "hosts.yaml"
+    strict.write_text(yaml.safe_dump(inventory))
+    spec = tmp_path / "spec"
+    spec.mkdir()
+    model = pypi_model("ppocr_cls")
+    (spec / model.name).write_bytes(model.read_bytes())
+    (spec / "modelpack.yaml").write_text(yaml.safe_dump({
+        "name": "strict", "version": "1.0.0", "model": model.name, "targets": ["windows-x86_64"],
+        **MODELS["ppocr_cls"].spec}))
+    capsys.readouterr()
+    assert main(["build", str(spec), "--hosts", str(strict), "--out", str(tmp_path / "dist"), "--no-cache"]) == 2
+    assert "under emulation and none has allow_emulation: true" in capsys.readouterr().err
+
+
 def test_a_cut_connection_and_a_killed_host_fail_the_job_as_infrastructure_leaving_out_untouched(
         capsys, wine_host, bootstrapped, tmp_path):
     """Last in this module: it kills the host."""
@@ -271,7 +291,7 @@ def test_a_cut_connection_and_a_killed_host_fail_the_job_as_infrastructure_leavi
     (spec / model.name).write_bytes(model.read_bytes())
     (spec / "modelpack.yaml").write_text(yaml.safe_dump({
         "name": "cut", "version": "1.0.0", "model": model.name, "targets": ["windows-x86_64"],
-        "compilers": ["onnxruntime", "openvino", "mnn", "ncnn"]}))
+        "compilers": ["onnxruntime", "openvino", "mnn", "ncnn"], **MODELS["ppocr_cls"].spec}))
     out = tmp_path / "dist"
     out.mkdir()
     (out / "kept.txt").write_text("already here")
