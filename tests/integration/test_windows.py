@@ -23,7 +23,6 @@ import yaml
 
 from orchestrator.cli import main
 from orchestrator.images import image_tag
-from orchestrator.inventory import Host
 from orchestrator.runtime.archive import extract
 from orchestrator.transports.ssh import SshTransport
 from tests.conftest import unavailable
@@ -312,17 +311,3 @@ def test_a_cut_connection_and_a_killed_host_fail_the_job_as_infrastructure_leavi
     assert job["status"] == "failed" and job["failure"] == "infrastructure", job
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith("report")) == ["kept.txt"]
     assert (out / "kept.txt").read_text() == "already here"
-
-
-def test_the_inventory_refuses_a_pin_for_a_package_the_environment_does_not_pin(tmp_path):
-    from orchestrator.bootstrap import BootstrapError, with_pins
-    from orchestrator.images import IMAGES_DIR, requirement_lists
-
-    lists = requirement_lists(IMAGES_DIR / "linux-x86_64")
-    pinned = with_pins(lists, {"NumPy": "2.0.2"}, tmp_path)
-    assert "numpy==2.0.2" in pinned[0][0][0].read_text().splitlines()
-    assert "numpy==2.0.2" not in (IMAGES_DIR / "linux-x86_64" / "requirements.txt").read_text()
-    with pytest.raises(BootstrapError, match="pins: torch is not a package this host's environment pins"):
-        with_pins(lists, {"torch": "2.5.0"}, tmp_path)
-    with pytest.raises(ValueError):
-        Host(name="w", transport="ssh", targets=["windows-x86_64"], address="h", pins={"numpy": "latest; rm -rf /"})

@@ -74,3 +74,41 @@ def test_a_windows_host_gets_the_same_engine_pins(tmp_path):
     pins = {line.split("==")[0].lower().replace("_", "-")
             for line in (IMAGES_DIR / "linux-x86_64" / "requirements.txt").read_text().split() if "==" in line}
     assert pins <= {n.replace("_", "-") for n in names}
+
+
+def test_the_inventory_refuses_a_pin_for_a_package_the_environment_does_not_pin(tmp_path):
+    from orchestrator.bootstrap import with_pins
+    from orchestrator.inventory import Host
+
+    lists = requirement_lists(IMAGES_DIR / "linux-x86_64")
+    pinned = with_pins(lists, {"NumPy": "2.0.2"}, tmp_path)
+    assert "numpy==2.0.2" in pinned[0][0][0].read_text().splitlines()
+    assert "numpy==2.0.2" not in (IMAGES_DIR / "linux-x86_64" / "requirements.txt").read_text()
+    with pytest.raises(BootstrapError, match="pins: torch is not a package this host's environment pins"):
+        with_pins(lists, {"torch": "2.5.0"}, tmp_path)
+    with pytest.raises(ValueError):
+        Host(name="w", transport="ssh", targets=["windows-x86_64"], address="h", pins={"numpy": "latest; rm -rf /"})
+
+
+def test_an_embeddable_python_gets_a_copy_without_its_path_file_and_pip_from_its_wheel(tmp_path, monkeypatch):
+    """Windows' embeddable CPython has no venv; its ._pth would make the environment
+    ignore PYTHONPATH, which every packager run relies on."""
+    from orchestrator.bootstrap import hostside_env
+    from orchestrator.transports.hostside import Refused
+
+    dist = tmp_path / "Python311"
+    dist.mkdir()
+    for name in ("python.exe", "python311.dll", "python311.zip", "python311._pth"):
+        (dist / name).write_bytes(name.encode())
+    monkeypatch.setattr(hostside_env, "_path_file", lambda: str(dist / "python311._pth"))
+    wheels = [str(tmp_path / w) for w in ("numpy-2.0.2-cp311-cp311-win_amd64.whl", "pip-26.3-py3-none-any.whl")]
+    building = tmp_path / "env"
+    steps, installed = hostside_env._environment_steps(str(building), wheels)
+    assert sorted(p.name for p in building.iterdir()) == ["Lib", "python.exe", "python311.dll", "python311.zip"]
+    assert (building / "Lib" / "site-packages").is_dir()
+    assert installed == wheels[:1]  # pip runs from its wheel; Windows' pip will not install itself
+    [argv] = steps
+    assert argv[1] == str(tmp_path / "pip-26.3-py3-none-any.whl" / "pip")
+    assert argv[argv.index("--target") + 1] == str(building / "Lib" / "site-packages") and argv[-1] == wheels[0]
+    with pytest.raises(Refused, match="no pip wheel was sent"):
+        hostside_env._environment_steps(str(tmp_path / "other"), wheels[:1])
