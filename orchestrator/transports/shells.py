@@ -143,7 +143,10 @@ class Cmd(Shell):
 
     def _set_value(self, value: str) -> str:
         """A value for ``set "K=V"``: inside those quotes cmd takes V literally, except
-        that a quote would end it and % or ! would still expand."""
+        that a quote would end it and % or ! would still expand. An empty value cannot be
+        set at all: ``set "K="`` removes K (seen against Wine's cmd.exe)."""
+        if not value:
+            raise UnsafeValue("an empty value cannot be set through cmd.exe (set \"K=\" removes K)")
         if '"' in value:
             raise UnsafeValue("a double quote cannot be set in a cmd.exe environment variable")
         self.quote(value)  # the same refusals as for arguments

@@ -146,6 +146,12 @@ def test_cmd_refuses_what_it_cannot_carry(value):
         Cmd().command(["x"], env={"K": value})
 
 
+def test_cmd_refuses_an_empty_environment_value_which_set_would_remove():
+    assert Cmd().quote("") == '^"^"'
+    with pytest.raises(UnsafeValue, match="removes K"):
+        Cmd().command(["x"], env={"K": ""})
+
+
 def test_environment_names_are_validated_in_every_dialect():
     for shell in (PosixShell(), PowerShell(), Cmd()):
         with pytest.raises(UnsafeValue, match="name"):
