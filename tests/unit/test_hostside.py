@@ -419,3 +419,19 @@ def test_on_windows_the_benchmark_lease_is_released_although_nothing_can_be_paus
     hostside.bench_lease({**params, "take": False}, None)
     assert not (tmp_path / "benchmark.lease").exists()
     assert hostside.bench_lease({**params, "holder": "next", "take": True}, None) == {"held": True}
+
+
+def test_wine_is_taken_from_the_hosts_answer_or_from_the_inventory(tmp_path):
+    """A host under Wine says so (Wine's ntdll); ``emulation: wine`` in hosts.yaml covers
+    one that does not. Either way its builds count as emulated; a native host never."""
+    def transport(wine: str | None, declared: str | None) -> SshTransport:
+        host = Host(name="w", transport="ssh", targets=["windows-x86_64"], address="h",
+                    **({"emulation": declared} if declared else {}))
+        made = SshTransport(host)
+        made._facts = {"os": "windows", "machine": "amd64", "wine": wine}
+        return made
+
+    assert transport("10.0", None).emulation() == "wine 10.0"
+    assert transport(None, "wine").emulation() == "wine"
+    assert transport(None, None).emulation() is None
+    assert hostside.facts({"workdir": str(tmp_path)}, None)["wine"] is None  # this Linux machine
