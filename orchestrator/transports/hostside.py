@@ -316,7 +316,7 @@ def supervise(params, stdin):
     env = dict(os.environ)
     env.update(params.get("env") or {})
     if params.get("lifetime"):  # a controller killed outright cannot stop us: end by ourselves
-        timer = threading.Timer(float(params["lifetime"]), _end_own_group)
+        timer = threading.Timer(float(params["lifetime"]), _end_own_group, args=(root,))
         timer.daemon = True
         timer.start()
     sys.stdout.write(RESULT + json.dumps(group) + "\n")
@@ -325,11 +325,11 @@ def supervise(params, stdin):
     sys.exit(code)
 
 
-def _end_own_group():
+def _end_own_group(root):
     """The workspace's lifetime has passed: stop the packager and everything it started
-    (this supervisor leads their process group; on Windows, their job object)."""
+    (this supervisor leads their process group; on Windows, the workspace's job object)."""
     if WINDOWS:
-        _terminate_job(os.getcwd())
+        _terminate_job(root)
     else:
         os.killpg(os.getpid(), signal.SIGKILL)
 
@@ -362,7 +362,9 @@ def _join_job(root):
     kernel32 = _kernel32()
     job = kernel32.CreateJobObjectW(None, _job_name(root))
     if not job or not kernel32.AssignProcessToJobObject(job, kernel32.GetCurrentProcess()):
-        raise OSError("cannot make the job object of %s (error %d)" % (root, __import__("ctypes").get_last_error()))
+        import ctypes
+
+        raise OSError("cannot make the job object of %s (error %d)" % (root, ctypes.get_last_error()))
 
 
 def _terminate_job(root):

@@ -384,7 +384,7 @@ class SshTransport(Transport):
         text = (output.decode("utf-8", "replace").strip().splitlines() or [""])[-1]
         if code != 0:
             hint = "" if facts.get("env_hash") else "; run `modelpack hosts bootstrap " + self.name + "`"
-            return HostStatus(False, f"{python} cannot import the engines: {text.splitlines()[-1:] or code}{hint}")
+            return HostStatus(False, f"{python} cannot import the engines: {text or f'exit {code}'}{hint}")
         problem = disk_problem(self.host, facts.get("free_bytes"), f"{facts['workdir']}")
         if problem:
             return HostStatus(False, problem)
