@@ -454,20 +454,26 @@ class SshTransport(Transport):
 
 
 def hostside_program(*extra: Path) -> str:
-    """``python -c`` text that runs hostside.py, with ``extra`` modules added (written to
-    run in its namespace, e.g. bootstrap's): their public functions become operations.
-    Docstrings and relative imports are dropped and the rest is compressed to stay well
-    under cmd.exe's 8191-character command line; base64 survives every shell dialect."""
+    """``python -c`` text that runs hostside.py or, given ``extra`` modules (written to
+    run in its namespace, e.g. bootstrap's), only their public functions as operations,
+    with just the parts of hostside.py they use. Docstrings and relative imports are
+    dropped and the rest is compressed to stay well under cmd.exe's 8191-character
+    command line; base64 survives every shell dialect."""
     tree = ast.parse(Path(hostside.__file__).read_text(encoding="utf-8"))
     start = [node for node in tree.body if isinstance(node, ast.If)
              and "__main__" in ast.unparse(node.test)]  # main() runs after every operation is defined
     tree.body = [node for node in tree.body if node not in start]
+    if extra:
+        table = next(node for node in tree.body if isinstance(node, ast.Assign)
+                     and any(isinstance(t, ast.Name) and t.id == "OPERATIONS" for t in node.targets))
+        tree.body[tree.body.index(table)] = ast.parse("OPERATIONS = {}").body[0]
     for module in extra:
         added = ast.parse(module.read_text(encoding="utf-8"))
         tree.body += [node for node in added.body if not (isinstance(node, ast.ImportFrom) and node.level)]
         names = [node.name for node in added.body if isinstance(node, ast.FunctionDef) and not node.name.startswith("_")]
         tree.body += ast.parse(f"OPERATIONS.update({{{', '.join(f'{n!r}: {n}' for n in names)}}})").body
     tree.body += start
+    _drop_unused_definitions(tree)
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
         if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
@@ -476,6 +482,22 @@ def hostside_program(*extra: Path) -> str:
     source = zlib.compress(ast.unparse(tree).encode(), 9)
     return f"import base64,zlib;exec(zlib.decompress(base64.b64decode('{base64.b64encode(source).decode()}')))"
 
+
+
+def _drop_unused_definitions(tree: ast.Module) -> None:
+    """Remove the module's functions and classes that nothing left in it can call: what
+    its top-level statements (the operations table, main's call) name, and so on."""
+    defined = {node.name: node for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
+    wanted = [n.id for node in tree.body if node.__class__ not in (ast.FunctionDef, ast.ClassDef)
+              for n in ast.walk(node) if isinstance(n, ast.Name)]
+    kept: set[str] = set()
+    while wanted:
+        name = wanted.pop()
+        if name in defined and name not in kept:
+            kept.add(name)
+            wanted += [n.id for n in ast.walk(defined[name]) if isinstance(n, ast.Name)]
+    tree.body = [node for node in tree.body if not isinstance(node, (ast.FunctionDef, ast.ClassDef))
+                 or node.name in kept]
 
 HOSTSIDE_BOOT = hostside_program()
 
