@@ -279,7 +279,7 @@ def send(params, stdin):
     return None
 
 
-def _group_file(work, root):
+def group_file(work, root):
     """Where a supervisor records itself: outside the workspace, whose job code must not
     choose which processes ``close`` or ``clean`` stop."""
     return os.path.join(work, "pids", os.path.basename(os.path.abspath(root)) + ".json")
@@ -295,6 +295,17 @@ def _start_time(pid):
         return None
 
 
+def record_group(work, root, pid):
+    """Record, where ``freeze_foreign``, ``close`` and ``clean`` look, that process group
+    ``pid`` runs the packager of workspace ``root``; returns the record. Also used by the
+    local transport, whose controllers share one such folder."""
+    group = {"pid": pid, "started": _start_time(pid), "root": root}
+    os.makedirs(os.path.join(work, "pids"), exist_ok=True)
+    with open(group_file(work, root), "w") as out:
+        json.dump(group, out)
+    return group
+
+
 def supervise(params, stdin):
     """Run the packager in the workspace. Its first line names the process group to stop
     on cancel, which the controller keeps; a copy goes outside the workspace for ``clean``.
@@ -307,11 +318,7 @@ def supervise(params, stdin):
         _join_job(root)
     elif os.getpgid(0) != os.getpid():
         os.setsid()
-    work = _workdir(params)
-    group = {"pid": os.getpid(), "started": _start_time(os.getpid()), "root": root}
-    os.makedirs(os.path.join(work, "pids"), exist_ok=True)
-    with open(_group_file(work, root), "w") as out:
-        json.dump(group, out)
+    group = record_group(_workdir(params), root, os.getpid())
     os.chdir(root)  # lets _ours() see that a process belongs to this workspace
     env = dict(os.environ)
     env.update(params.get("env") or {})
@@ -403,7 +410,7 @@ def _ours(group, root):
 def _stop(work, root, group=None):
     """Stop the supervisor of ``root`` and its group: the one the controller names, else
     the one recorded outside the workspace, and only if it proves to be ours."""
-    record = _group_file(work, root)
+    record = group_file(work, root)
     candidates = [group] if group else []
     try:
         with open(record) as data:
@@ -440,21 +447,64 @@ def _kill_group(group):
 
 def freeze(params, stdin):
     """Pause (``on``) or resume a workspace's packager while another one on this host
-    benchmarks: SIGSTOP or SIGCONT to its process group, only if it proves to be ours.
-    Not done on Windows, which has no such signals."""
+    benchmarks, only if it proves to be ours: SIGSTOP or SIGCONT to its process group;
+    on Windows, every process of the workspace's job object suspended or resumed."""
     group = params.get("group")
-    done = bool(group) and _signal_if_ours(group, params["root"], "SIGSTOP" if params["on"] else "SIGCONT")
-    return {"done": done}
+    return {"done": bool(group) and _pause_if_ours(group, params["root"], bool(params["on"]))}
 
 
-def _signal_if_ours(group, root, name):
-    """Send signal ``name`` to a supervisor's process group, only if it proves to be ours
-    for ``root``. Never on Windows, whose Python has no SIGSTOP or SIGCONT (named, not
-    looked up, so that callers run there too)."""
-    if WINDOWS or not _ours(group, root):
+def _pause_if_ours(group, root, on):
+    """Pause (``on``) or resume a supervisor and everything it started, only if it proves
+    to be ours for ``root``."""
+    if not _ours(group, root):
         return False
-    os.killpg(int(group["pid"]), getattr(signal, name))
+    if WINDOWS:
+        return _suspend_job(root, on)
+    os.killpg(int(group["pid"]), signal.SIGSTOP if on else signal.SIGCONT)  # looked up on POSIX only
     return True
+
+
+def _suspend_job(root, on):
+    """Suspend (``on``) or resume every process in a workspace's job object, the way
+    Windows' own tools (Resource Monitor, Process Explorer) do: ``NtSuspendProcess``
+    stops every thread of a process, ``NtResumeProcess`` undoes it. Windows has no
+    SIGSTOP, and the job, named after the workspace, holds exactly its processes. False
+    when there is no such job or none of its processes could be reached."""
+    import ctypes
+    from ctypes import wintypes
+
+    kernel32 = _kernel32()
+    kernel32.OpenProcess.restype = wintypes.HANDLE
+    kernel32.OpenProcess.argtypes = [wintypes.DWORD, wintypes.BOOL, wintypes.DWORD]
+    kernel32.QueryInformationJobObject.argtypes = [wintypes.HANDLE, ctypes.c_int, ctypes.c_void_p,
+                                                   wintypes.DWORD, ctypes.c_void_p]
+    ntdll = ctypes.WinDLL("ntdll")
+    step = ntdll.NtSuspendProcess if on else ntdll.NtResumeProcess
+    step.argtypes = [wintypes.HANDLE]
+
+    class ProcessIds(ctypes.Structure):  # JOBOBJECT_BASIC_PROCESS_ID_LIST
+        _fields_ = [("assigned", wintypes.DWORD), ("listed", wintypes.DWORD), ("ids", ctypes.c_size_t * 4096)]
+
+    job = kernel32.OpenJobObjectW(0x0004, False, _job_name(root))  # JOB_OBJECT_QUERY
+    if not job:
+        return False
+    try:
+        ids = ProcessIds()
+        if not kernel32.QueryInformationJobObject(job, 3, ctypes.byref(ids), ctypes.sizeof(ids), None):
+            return False  # 3: JobObjectBasicProcessIdList
+        done = False
+        for pid in ids.ids[:ids.listed]:
+            if pid == os.getpid():
+                continue
+            process = kernel32.OpenProcess(0x0800, False, pid)  # PROCESS_SUSPEND_RESUME
+            if process:
+                try:
+                    done = step(process) == 0 or done
+                finally:
+                    kernel32.CloseHandle(process)
+        return done
+    finally:
+        kernel32.CloseHandle(job)
 
 
 def _frozen_file(work):
@@ -470,11 +520,11 @@ def _thaw_recorded(work):
     except (OSError, ValueError):
         return
     for group in groups:
-        _signal_if_ours(group, group.get("root", ""), "SIGCONT")
+        _pause_if_ours(group, group.get("root", ""), False)
 
 
 def freeze_foreign(params, stdin):
-    """While the caller holds this host's benchmark lease: SIGSTOP every packager on this
+    """While the caller holds this host's benchmark lease: pause every packager on this
     host whose workspace is not one of ``mine`` (other controllers' jobs, found by the
     records supervisors leave in the workdir) and that proves to be ours; recorded in the
     lease folder, so that ``thaw`` and whoever breaks an expired lease resume them."""
@@ -489,7 +539,7 @@ def freeze_foreign(params, stdin):
         except (OSError, ValueError):
             continue
         root = str(group.get("root", ""))
-        if os.path.abspath(root) not in mine and _signal_if_ours(group, root, "SIGSTOP"):
+        if os.path.abspath(root) not in mine and _pause_if_ours(group, root, True):
             frozen.append(group)
     with open(_frozen_file(work), "w") as out:
         json.dump(frozen, out)

@@ -2,11 +2,17 @@
 
 A workspace is a private temporary folder; commands run as child processes in their
 own process group so a timeout or Ctrl-C kills the whole tree.
+
+Several controllers of one user on this machine share its benchmark lease and pause
+each other's packagers through a state folder every one of them opens
+(:func:`state_folder`), laid out like an SSH host's work directory so that the same
+host-side code (hostside.py) records, proves and pauses the process groups.
 """
 
 from __future__ import annotations
 
 import contextlib
+import getpass
 import hashlib
 import json
 import logging
@@ -18,11 +24,12 @@ import sys
 import tempfile
 from importlib import metadata
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterator, Mapping
+from typing import Any, Collection, Iterator, Mapping
 
 from ..inventory import Host
 from ..runtime.platforms import minimal_environment
 from ..runtime.platforms import this_machine
+from . import hostside
 from .watchdog import Watchdog
 from .base import CommandTimeout, HostStatus, LineSink, Transport, TransportError, Workspace, disk_problem
 
@@ -54,19 +61,46 @@ class LocalTransport(Transport):
     @contextlib.contextmanager
     def benchmark_lease(self, holder: str) -> Iterator[None]:
         """An exclusive lock on a file every controller of this user on this machine
-        opens: the kernel releases it if the holder dies, so it can never go stale."""
+        opens: the kernel releases it if the holder dies, so it can never go stale. What
+        a holder that died had paused is resumed by the next one to take the lock."""
         try:
             import fcntl
         except ImportError:  # Windows: this controller's own lock only
             yield
             return
-        path = Path(tempfile.gettempdir()) / f"modelpack-benchmark-{os.getuid()}.lock"
-        with open(path, "a+") as lock:
+        state = state_folder()
+        with open(state / "benchmark.lock", "a+") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
+                hostside.thaw({"workdir": str(state)}, None)
+                (state / "benchmark.lease").mkdir(exist_ok=True)  # where freeze_foreign records what it paused
                 yield
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def others_paused(self, mine: Collection[Workspace]) -> Iterator[int]:
+        """SIGSTOP the packagers other controllers run here (every process group recorded
+        in the state folder outside ``mine``, proven to be a live one of that workspace),
+        SIGCONT after."""
+        work = {"workdir": str(state_folder())}
+        roots = [str(w.root) for w in mine if isinstance(w, LocalWorkspace)]
+        try:
+            yield hostside.freeze_foreign({**work, "mine": roots}, None)["frozen"]
+        finally:
+            hostside.thaw(work, None)
+
+
+def state_folder() -> Path:
+    """The folder this user's controllers on this machine share: the benchmark lock, and
+    a record of each running packager's process group (``pids/``) that a lease holder in
+    another controller can find, prove and pause. Refused if someone else made it."""
+    path = Path(tempfile.gettempdir()) / f"modelpack-local-{getpass.getuser()}"
+    path.mkdir(mode=0o700, exist_ok=True)
+    if path.is_symlink() or (hasattr(os, "getuid") and path.stat().st_uid != os.getuid()):
+        raise TransportError(f"{path} is not this user's own folder; remove it")
+    (path / "pids").mkdir(exist_ok=True)
+    return path
 
 
 class LocalWorkspace(Workspace):
@@ -97,6 +131,8 @@ class LocalWorkspace(Workspace):
         except OSError as exc:
             raise TransportError(f"starting {argv[0]}: {exc}") from exc
         self._running.add(proc.pid)
+        state = state_folder()
+        hostside.record_group(str(state), str(self._dir), proc.pid)  # for other controllers' lease holders
         try:
             with Watchdog(timeout, lambda: _kill_group(proc.pid)) as watchdog:
                 try:
@@ -110,6 +146,7 @@ class LocalWorkspace(Workspace):
                     raise
         finally:
             self._running.discard(proc.pid)
+            Path(hostside.group_file(str(state), str(self._dir))).unlink(missing_ok=True)
         if watchdog.fired:
             raise CommandTimeout(f"{argv[0]} exceeded its {timeout:g} s limit and was killed")
         return code
