@@ -39,10 +39,10 @@ else:
     session = ort.InferenceSession(job["path"], providers=["CPUExecutionProvider"])
     run = lambda feeds: dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
 if job["mode"] == "outputs":
-    outs = [run({k: v[i] for k, v in arrays.items()}) for i in range(count)]
+    outs = [run({k: np.asarray(v[i]) for k, v in arrays.items()}) for i in range(count)]
     np.savez(job["out"], **{f"{i}/{name}": value for i, o in enumerate(outs) for name, value in o.items()})
 else:
-    feeds = {k: v[0] for k, v in arrays.items()}
+    feeds = {k: np.asarray(v[0]) for k, v in arrays.items()}  # a 0-d input stays an array
     end = time.perf_counter() + job["warmup_s"]
     while time.perf_counter() < end:
         run(feeds)

@@ -80,7 +80,8 @@ def load_calibration(path: Path | str) -> list[dict[str, np.ndarray]]:
     if len(counts) != 1:
         raise VariantError(f"{Path(path).name}: arrays have different sample counts {sorted(counts)}")
     count = counts.pop()
-    return [{k: v[i] for k, v in arrays.items()} for i in range(count)]
+    # np.asarray: a 0-d input's sample would otherwise be a NumPy scalar, which engines refuse
+    return [{k: np.asarray(v[i]) for k, v in arrays.items()} for i in range(count)]
 
 
 def _constants_to_initializers(model: Any) -> int:

@@ -193,3 +193,32 @@ def test_static_int8_recipes_calibrate_differently_in_bounded_chunks_and_compete
         row = rows[f"onnxruntime+{recipe}"]
         assert row["status"] in ("selected", "passed", "rejected"), row
         assert row["task_gate"]["criterion"] == "top1_agreement >= 0.9" and row["reason"], row
+
+
+def test_a_model_with_a_0d_input_calibrates_and_is_gated_from_a_calibration_set(capsys, write_spec, local_hosts,
+                                                                                 tmp_path):
+    """A scalar input (a temperature, a sample rate) is stacked into a 1-d array in the
+    calibration .npz; each sample must reach the engines as a 0-d array, not as a
+    NumPy scalar, which onnxruntime refuses ("Unable to handle object of type")."""
+    from tests.models import make_encoder
+
+    model = save(make_encoder(), tmp_path / "encoder.onnx")
+    spec = write_spec(model=model, name="encoder", calibration="calibration.npz",
+                      shapes={"input_ids:0": [1, 16]}, accelerate={"variants": ["int8-static"]})
+    rng = np.random.default_rng(3)
+    np.savez(spec.parent / "calibration.npz", **{
+        "input_ids:0": rng.integers(0, 64, (20, 1, 16)).astype(np.int64),
+        "attention/mask": np.ones((20, 1, 16), bool),
+        "temperature": rng.uniform(0.5, 2.0, 20).astype(np.float32)})
+    out = tmp_path / "out"
+    code = main(["build", str(spec), "--hosts", str(local_hosts), "--out", str(out), "--quiet",
+                 "--json", str(tmp_path / "summary.json")])
+    captured = capsys.readouterr()
+    assert code == 0, captured.out + captured.err
+    [package] = out.glob("*.tar.gz")
+    with tarfile.open(package) as tar:
+        manifest = json.load(tar.extractfile("manifest.json"))
+    variant = {c["id"]: c for c in manifest["candidates"]}["onnxruntime+int8-static"]
+    assert variant["status"] in ("selected", "passed", "rejected"), variant
+    assert variant["held_out"]["samples"] > 0, "calibrated, then judged on the held-out samples"
+    assert "Unable to handle" not in json.dumps(manifest)
