@@ -652,9 +652,10 @@ def cmd_pull(args: argparse.Namespace) -> int:
     """Fetch one package, check its blob digest, its checksums, that it is the package
     its annotations say, and (with --public-key) its signature, before it appears in
     --out under its own name."""
-    from .collect import VerificationError, publish, staging_dir, verify_archive
+    from .collect import VerificationError, publish, staging_dir, verify_archive, zip_from_archive, zip_twin_name
     from .packager.job import package_filename
     from .registry import Reference, RegistryError, package_annotations, read_package_manifest
+    from .targets import TARGETS
 
     reference = Reference.parse(args.reference, "REFERENCE")
     if reference.tag is None and reference.digest is None:
@@ -683,8 +684,15 @@ def cmd_pull(args: argparse.Namespace) -> int:
             problem = _signature_check(staged, args.public_key)
             if problem:
                 raise RegistryError(problem.replace(str(staged), str(reference)))
-        name = package_filename(manifest["name"], manifest["version"], manifest["target"]["name"])
-        publish([(staged, name)], out)
+        target = manifest["target"]["name"]
+        name = package_filename(manifest["name"], manifest["version"], target)
+        files = [(staged, name)]
+        if args.zip:
+            if target not in TARGETS or TARGETS[target].os != "windows":
+                raise InputError(None, "--zip", f"applies to windows-x86_64 packages; {reference} is {target}")
+            files.insert(0, (staging / zip_twin_name(name), zip_twin_name(name)))
+            zip_from_archive(staged, files[0][0])
+        publish(files, out)
     except RegistryError as exc:
         print(f"modelpack: error: {exc}; nothing was written to {out}", file=sys.stderr)
         return EXIT_FAILED
@@ -692,7 +700,8 @@ def cmd_pull(args: argparse.Namespace) -> int:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
     signed = ", signature verified" if args.public_key is not None else ""
-    _out(f"{name}: pulled from {reference} @{digest}; checksums of {len(manifest['files'])} files match{signed}")
+    twin = f" (and {files[0][1]})" if args.zip else ""
+    _out(f"{name}{twin}: pulled from {reference} @{digest}; checksums of {len(manifest['files'])} files match{signed}")
     return EXIT_OK
 
 
@@ -904,6 +913,8 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("--out", default="dist", help="output folder (default: dist)")
     pl.add_argument("--public-key", type=Path, metavar="PUB.pem",
                     help="also require the package's signature to be this key's")
+    pl.add_argument("--zip", action="store_true",
+                    help="windows-x86_64: also write the package as a .zip (as the spec's zip: true does)")
     _registry_options(pl)
     pl.set_defaults(func=cmd_pull)
     return p

@@ -113,6 +113,11 @@ def publish(files: list[tuple[Path, str]], out_dir: Path) -> list[Path]:
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
 
+def zip_twin_name(package_filename: str) -> str:
+    """The name of a package's .zip twin (Windows users expect a .zip)."""
+    return package_filename.removesuffix(".tar.gz") + ".zip"
+
+
 def zip_from_archive(archive: Path, dest: Path) -> None:
     """Write the files of a verified package archive as a deterministic .zip (sorted
     entries, fixed timestamps, modes kept). Made here from what was verified, never

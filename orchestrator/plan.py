@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .cache import cache_key
-from .collect import Identity
+from .collect import Identity, zip_twin_name
 from .errors import InputError
 from .packager.job import Job as PackagerJob
 from .packager.job import JobTarget, package_filename
@@ -62,7 +62,7 @@ class PlannedJob:
     def zip_filename(self) -> str | None:
         """The package's .zip twin, for Windows targets whose spec asks for one."""
         if self.spec.spec.zip and self.target.os == "windows":
-            return self.package_filename.removesuffix(".tar.gz") + ".zip"
+            return zip_twin_name(self.package_filename)
         return None
 
     def inputs(self) -> dict[str, Path]:

@@ -11,6 +11,7 @@ import shutil
 import socket
 import tarfile
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -153,11 +154,24 @@ def test_a_signed_matrix_is_published_pulled_back_verified_and_republishing_chan
             assert status == 200 and blob == files[name], f"{name} as attached is the package's own"
 
         pulled = tmp_path / "pulled"
+        windows = target == "windows-x86_64"
         assert main(["pull", f"oci://{registry.host}/{repository}:nightly-{target}", "--plain-http",
-                     "--out", str(pulled), "--public-key", str(matrix["public"])]) == 0
+                     "--out", str(pulled), "--public-key", str(matrix["public"]), *(["--zip"] if windows else [])]) == 0
         assert (pulled / archive.name).read_bytes() == archive.read_bytes()
+        if windows:  # the .zip twin a Windows user expects: the same files, byte for byte
+            with zipfile.ZipFile(pulled / archive.name.replace(".tar.gz", ".zip")) as twin:
+                assert {n: twin.read(n) for n in twin.namelist()} == files
     out, _ = lines_of(capsys)
     assert len(out) == 4 and all("signature verified" in line for line in out)
+    linux = next(a for a in matrix["packages"] if "linux" in a.name)
+    name = json.loads(contents(linux)["manifest.json"])["name"]
+    elsewhere = tmp_path / "elsewhere"
+    assert main(["pull", f"oci://{registry.host}/releases/{name}:nightly-linux-x86_64", "--plain-http",
+                 "--out", str(elsewhere), "--zip"]) == 2
+    _, err = lines_of(capsys)
+    assert err == [f"modelpack: error: --zip: applies to windows-x86_64 packages; {registry.host}/releases/{name}"
+                   ":nightly-linux-x86_64 is linux-x86_64"], err
+    assert not elsewhere.exists() or not any(elsewhere.iterdir()), "nothing written"
 
     before = tag_digests(registry, ["releases/tinycnn", "releases/linear"])
     assert len(before) == 4 * 3  # per package: two tags and one referrers index
