@@ -101,6 +101,8 @@ class DockerTransport(Transport):
         self._lock = threading.Lock()
         #: an image of this engine's that holds the benchmark lease (the last one opened)
         self._lease_image: str | None = None
+        #: the engine's architecture and memory, asked once: every workspace opened needs them
+        self._engine_facts: tuple[str, int] | None = None
 
     def client(self) -> docker.DockerClient:
         with self._lock:
@@ -161,10 +163,18 @@ class DockerTransport(Transport):
 
     def architectures(self, image: str) -> tuple[str, str]:
         """(engine architecture, image architecture); they differ under emulation."""
-        client = self.client()
-        engine_arch = normalise_arch(client.info().get("Architecture", ""))
-        found = client.images.get(image)
+        engine_arch = self.engine_facts()[0]
+        found = self.client().images.get(image)
         return engine_arch, normalise_arch(found.attrs.get("Architecture", engine_arch))
+
+    def engine_facts(self) -> tuple[str, int]:
+        """(architecture, memory in bytes) of the engine, asked once per transport: they do
+        not change while a run lasts, and ``docker info`` is slow on a busy engine."""
+        if self._engine_facts is None:
+            with _infrastructure(f"asking the Docker engine of {self.name} for its architecture and memory"):
+                info = self.client().info()
+            self._engine_facts = (normalise_arch(info.get("Architecture", "")), int(info.get("MemTotal") or 0))
+        return self._engine_facts
 
     def emulation_settings(self, image: str) -> dict[str, Any]:
         """Container settings an emulated image needs (see emulation.py); none when native.
@@ -187,8 +197,7 @@ class DockerTransport(Transport):
         the engine (and everything else on it) down together."""
         if self.host.memory_gb:
             return int(self.host.memory_gb * (1 << 30))
-        with _infrastructure(f"asking the Docker engine of {self.name} for its memory"):
-            total = int(self.client().info().get("MemTotal") or 0)
+        total = self.engine_facts()[1]
         return max(int(total * 0.75 / self.host.slots), 256 << 20) if total else 0
 
     def probe(self, environment: str) -> HostStatus:
