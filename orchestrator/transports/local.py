@@ -12,7 +12,6 @@ host-side code (hostside.py) records, proves and pauses the process groups.
 from __future__ import annotations
 
 import contextlib
-import getpass
 import hashlib
 import json
 import logging
@@ -95,9 +94,9 @@ def state_folder() -> Path:
     """The folder this user's controllers on this machine share: the benchmark lock, and
     a record of each running packager's process group (``pids/``) that a lease holder in
     another controller can find, prove and pause. Refused if someone else made it."""
-    path = Path(tempfile.gettempdir()) / f"modelpack-local-{getpass.getuser()}"
+    path = Path(tempfile.gettempdir()) / f"modelpack-local-{os.getuid()}"
     path.mkdir(mode=0o700, exist_ok=True)
-    if path.is_symlink() or (hasattr(os, "getuid") and path.stat().st_uid != os.getuid()):
+    if path.is_symlink() or path.stat().st_uid != os.getuid():
         raise TransportError(f"{path} is not this user's own folder; remove it")
     (path / "pids").mkdir(exist_ok=True)
     return path
@@ -123,6 +122,7 @@ class LocalWorkspace(Workspace):
             raise TransportError(f"copying into the local workspace: {exc}") from exc
 
     def run(self, argv: list[str], env: Mapping[str, str], timeout: float, on_line: LineSink) -> int:
+        state = state_folder()
         try:
             proc = subprocess.Popen(
                 argv, cwd=self._dir, env=minimal_environment(env), stdin=subprocess.DEVNULL,
@@ -131,11 +131,10 @@ class LocalWorkspace(Workspace):
         except OSError as exc:
             raise TransportError(f"starting {argv[0]}: {exc}") from exc
         self._running.add(proc.pid)
-        state = state_folder()
-        hostside.record_group(str(state), str(self._dir), proc.pid)  # for other controllers' lease holders
         try:
             with Watchdog(timeout, lambda: _kill_group(proc.pid)) as watchdog:
                 try:
+                    hostside.record_group(str(state), str(self._dir), proc.pid)  # for other controllers' leases
                     assert proc.stdout is not None
                     for raw in proc.stdout:
                         on_line(raw.decode("utf-8", "replace").rstrip("\n"))

@@ -9,16 +9,19 @@ import multiprocessing
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 
 from orchestrator.cli import main
 from orchestrator.runtime.archive import extract
 from orchestrator.inventory import load_inventory
 from orchestrator.transports import hostside
+from orchestrator.transports.base import TransportError
 from orchestrator.transports.local import LocalTransport, LocalWorkspace, state_folder
 from tests.conftest import two_controllers_take_turns, two_jobs_take_turns
 from tests.timing import paired, time_interleaved
@@ -117,3 +120,23 @@ def test_a_holder_that_dies_leaves_nothing_stopped_for_long(tmp_path):
         other.wait()
         os.unlink(hostside.group_file(str(state_folder()), str(workspace.root)))
         workspace.close()
+
+
+def test_a_state_folder_that_is_a_link_or_someone_elses_is_refused(tmp_path, monkeypatch):
+    """The shared folder is in the temporary directory, where another user could plant
+    it first: a link, or a folder they own, would let them see and steer this user's
+    lease. Both are refused in one line."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    planted = tmp_path / f"modelpack-local-{os.getuid()}"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    planted.symlink_to(elsewhere)
+    with pytest.raises(TransportError, match="is not this user's own folder"):
+        state_folder()
+    planted.unlink()
+    planted.mkdir()
+    os.chown(planted, os.getuid() + 1000, -1)
+    with pytest.raises(TransportError, match="is not this user's own folder"):
+        state_folder()
+    os.chown(planted, os.getuid(), -1)
+    assert state_folder() == planted and (planted / "pids").is_dir()
