@@ -320,13 +320,14 @@ def _clean_hosts(hosts: list[Any], first_answer: float | None) -> int:
 
 
 # -- package commands --------------------------------------------------------------------
-def _checked_package(path: Path) -> dict[str, Any]:
+def _checked_package(path: Path, into: Path | None = None) -> dict[str, Any]:
+    """The manifest of a completely checked package (its files left in ``into``)."""
     from .collect import VerificationError, verify_archive
 
     if not path.is_file():
         raise InputError(path, None, "file not found")
     try:
-        return verify_archive(path)
+        return verify_archive(path, into=into)
     except VerificationError as exc:
         raise InputError(path, None, str(exc).removeprefix(f"{path.name}: ")) from None
 
@@ -475,14 +476,12 @@ def _parse_inputs(values: list[str], manifest: dict[str, Any]) -> dict[str, np.n
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .runtime import PackageError, load
-    from .runtime.archive import extract
     from .storage import write_atomic
 
     out = Path(args.output)
     _check_output(out, "--output", folder=False)
-    feeds = _parse_inputs(args.input, _checked_package(args.package))
     with tempfile.TemporaryDirectory(prefix="modelpack-run-") as tmp:
-        extract(args.package, Path(tmp))
+        feeds = _parse_inputs(args.input, _checked_package(args.package, into=Path(tmp)))
         try:
             session = load(tmp, threads=args.threads)
             outputs = session.run(feeds)

@@ -8,6 +8,7 @@ folder never holds a partial or unverified file and a failed job overwrites noth
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tarfile
@@ -50,17 +51,19 @@ class Identity:
 
 
 def verify_archive(archive: Path, expected_sha256: str | None = None,
-                   identity: Identity | None = None) -> dict[str, Any]:
+                   identity: Identity | None = None, into: Path | None = None) -> dict[str, Any]:
     """Check a package archive completely, and that it is ``identity``'s package when
-    given; return its manifest."""
+    given; return its manifest. The checked files are left in ``into`` when given (a
+    caller that runs the package need not extract it twice)."""
     if expected_sha256 is not None:
         actual = sha256_file(archive)
         if actual != expected_sha256:
             raise VerificationError(f"{archive.name}: sha256 {actual} differs from the packager's {expected_sha256}")
-    with tempfile.TemporaryDirectory(prefix="modelpack-verify-") as tmp:
+    with contextlib.ExitStack() as stack:
+        folder = into or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="modelpack-verify-")))
         try:
-            extract(archive, Path(tmp))  # checks every file against the table before writing
-            manifest = read_manifest(Path(tmp))
+            extract(archive, folder)  # checks every file against the table before writing
+            manifest = read_manifest(folder)
         except (ArchiveError, PackageError) as exc:
             raise VerificationError(f"{archive.name}: {exc}") from None
     missing = [k for k in _REQUIRED if k not in manifest]
