@@ -8,6 +8,7 @@ learns the outcome from data, not from scraping logs; the exit code says the cla
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 import tempfile
 import traceback
@@ -34,12 +35,11 @@ def _verify(archive: Path) -> dict[str, Any]:
         except (ArchiveError, OSError) as exc:
             raise BadJob(f"{archive.name}: {exc}") from None
         _stage("selftest")
-        first = load_package(tmp)
-        results = {}
-        for artifact in first.manifest["artifacts"]:
-            if artifact["role"] == "auxiliary":
-                continue
-            results[artifact["path"]] = load_package(tmp, artifact=artifact["path"], verify=False).self_test()
+        runnable = [a["path"] for a in load_package(tmp).manifest["artifacts"] if a["role"] != "auxiliary"]
+        results = {path: load_package(tmp, artifact=path, verify=False).self_test() for path in runnable}
+        # every loaded engine is gone before the folder is removed: Windows cannot remove
+        # files an engine still holds open (WinError 145 under Wine with a mapped model)
+        gc.collect()
     failing = [f"{p}: {c.summary()}" for p, c in results.items() if not c.passed]
     if failing:
         raise PackageFailed("self-test failed: " + "; ".join(failing))
