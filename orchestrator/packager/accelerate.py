@@ -67,7 +67,8 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
 )}
 
 #: applied to every candidate by normalisation, so it is recorded rather than compared
-ALWAYS_APPLIED = {"simplify": "onnxslim runs on every candidate's model during normalisation"}
+ALWAYS_APPLIED = {"simplify": "onnxscript's optimizer then onnxslim run on every candidate's model during"
+                              " normalisation"}
 
 
 def load_calibration(path: Path | str) -> list[dict[str, np.ndarray]]:

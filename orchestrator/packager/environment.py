@@ -17,7 +17,7 @@ from ..runtime.platforms import compatibility_layer, this_machine
 from .job import JobTarget
 
 #: Python distributions whose versions are recorded as the toolchain of a build
-TOOLCHAIN = ("numpy", "onnx", "onnxruntime", "protobuf", "onnxslim", "openvino", "MNN", "ncnn", "pnnx")
+TOOLCHAIN = ("numpy", "onnx", "onnxruntime", "protobuf", "onnxscript", "onnxslim", "openvino", "MNN", "ncnn", "pnnx")
 
 
 class PlatformMismatch(RuntimeError):
