@@ -447,19 +447,64 @@ def _kill_group(group):
 
 def freeze(params, stdin):
     """Pause (``on``) or resume a workspace's packager while another one on this host
-    benchmarks, only if it proves to be ours: SIGSTOP or SIGCONT to its process group.
-    Not done on Windows, which has no such signals."""
+    benchmarks, only if it proves to be ours: SIGSTOP or SIGCONT to its process group;
+    on Windows, every process of the workspace's job object suspended or resumed."""
     group = params.get("group")
     return {"done": bool(group) and _pause_if_ours(group, params["root"], bool(params["on"]))}
 
 
 def _pause_if_ours(group, root, on):
     """Pause (``on``) or resume a supervisor and everything it started, only if it proves
-    to be ours for ``root``. Not on Windows, which has no SIGSTOP (see docs/hosts.md)."""
-    if WINDOWS or not _ours(group, root):
+    to be ours for ``root``."""
+    if not _ours(group, root):
         return False
+    if WINDOWS:
+        return _suspend_job(root, on)
     os.killpg(int(group["pid"]), signal.SIGSTOP if on else signal.SIGCONT)  # looked up on POSIX only
     return True
+
+
+def _suspend_job(root, on):
+    """Suspend (``on``) or resume every process in a workspace's job object, the way
+    Windows' own tools (Resource Monitor, Process Explorer) do: ``NtSuspendProcess``
+    stops every thread of a process, ``NtResumeProcess`` undoes it. Windows has no
+    SIGSTOP, and the job, named after the workspace, holds exactly its processes. False
+    when there is no such job or none of its processes could be reached."""
+    import ctypes
+    from ctypes import wintypes
+
+    kernel32 = _kernel32()
+    kernel32.OpenProcess.restype = wintypes.HANDLE
+    kernel32.OpenProcess.argtypes = [wintypes.DWORD, wintypes.BOOL, wintypes.DWORD]
+    kernel32.QueryInformationJobObject.argtypes = [wintypes.HANDLE, ctypes.c_int, ctypes.c_void_p,
+                                                   wintypes.DWORD, ctypes.c_void_p]
+    ntdll = ctypes.WinDLL("ntdll")
+    step = ntdll.NtSuspendProcess if on else ntdll.NtResumeProcess
+    step.argtypes = [wintypes.HANDLE]
+
+    class ProcessIds(ctypes.Structure):  # JOBOBJECT_BASIC_PROCESS_ID_LIST
+        _fields_ = [("assigned", wintypes.DWORD), ("listed", wintypes.DWORD), ("ids", ctypes.c_size_t * 4096)]
+
+    job = kernel32.OpenJobObjectW(0x0004, False, _job_name(root))  # JOB_OBJECT_QUERY
+    if not job:
+        return False
+    try:
+        ids = ProcessIds()
+        if not kernel32.QueryInformationJobObject(job, 3, ctypes.byref(ids), ctypes.sizeof(ids), None):
+            return False  # 3: JobObjectBasicProcessIdList
+        done = False
+        for pid in ids.ids[:ids.listed]:
+            if pid == os.getpid():
+                continue
+            process = kernel32.OpenProcess(0x0800, False, pid)  # PROCESS_SUSPEND_RESUME
+            if process:
+                try:
+                    done = step(process) == 0 or done
+                finally:
+                    kernel32.CloseHandle(process)
+        return done
+    finally:
+        kernel32.CloseHandle(job)
 
 
 def _frozen_file(work):
@@ -519,11 +564,13 @@ def bench_lease(params, stdin):
     if not params["take"]:
         try:
             with open(record) as data:
-                if json.load(data)["holder"] == params["holder"]:
-                    _thaw_recorded(_workdir(params))
-                    _remove(path)
-        except (OSError, ValueError, KeyError):
-            pass
+                holder = json.load(data)["holder"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return {"held": False}  # not held, or not readable: nothing of ours to give back
+        if holder == params["holder"]:
+            # after the record is closed: Windows refuses to delete a file still open
+            _thaw_recorded(_workdir(params))
+            _remove(path)
         return {"held": False}
     deadline = time.time() + float(params["wait"])
     while True:

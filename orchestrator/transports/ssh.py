@@ -428,8 +428,11 @@ class SshTransport(Transport):
         try:
             yield
         finally:
-            with contextlib.suppress(TransportError):
+            try:
                 self.call("bench_lease", {"take": False, "holder": holder})
+            except TransportError as exc:  # the build goes on; others wait until the lease expires
+                log.warning("%s: could not give back the benchmark lease (it expires within %d s): %s",
+                            self.name, LEASE_TTL, exc)
 
     @contextlib.contextmanager
     def others_paused(self, mine: Collection[Workspace]) -> Iterator[int]:
@@ -444,8 +447,10 @@ class SshTransport(Transport):
         try:
             yield frozen
         finally:
-            with contextlib.suppress(TransportError):
+            try:
                 self.call("thaw", {}, timeout=60)
+            except TransportError as exc:  # giving back the lease, or breaking it, resumes them
+                log.warning("%s: could not resume other controllers' jobs: %s", self.name, exc)
 
     def reap(self) -> list[str]:
         """Workspaces whose lease expired (a crashed run's, or one kept with --keep)."""

@@ -164,6 +164,30 @@ def test_the_windows_package_matches_onnxruntime_on_linux_and_its_zip_twin(windo
     assert len(sizes) >= 2, "a dynamic-width model must be checked at more than one size"
 
 
+def _lease_is_free(inventory: Path) -> bool:
+    """Whether a newcomer gets the Wine host's benchmark lease at once (without waiting
+    for whoever held it last to expire); given back straight away."""
+    from orchestrator.inventory import load_inventory
+
+    transport = SshTransport(load_inventory(inventory).hosts[0])
+    try:
+        probe = {"holder": "probe", "ttl": 60, "wait": 0}
+        taken = transport.call("bench_lease", {**probe, "take": True})["held"]
+        if taken:
+            transport.call("bench_lease", {**probe, "take": False})
+        return taken
+    finally:
+        transport.drop()
+
+
+def test_a_windows_build_gives_its_benchmark_lease_back(wine_host, windows_package):
+    # Python on Windows cannot delete a file it holds open: the release removed the lease
+    # folder while still reading its holder record, failed, and the next build on the
+    # host waited for the lease to expire (15 minutes)
+    assert windows_package[0] == 0
+    assert _lease_is_free(wine_host[0]), "the build's lease is still held"
+
+
 def test_verify_runs_the_windows_package_on_the_wine_host(capsys, wine_host, windows_package):
     _, out, _ = windows_package
     capsys.readouterr()
@@ -197,6 +221,48 @@ def test_closing_a_workspace_stops_everything_its_job_started(wine_host, bootstr
         time.sleep(0.5)
     assert not _processes(container, marker), "a process the job started outlived its workspace"
     transport.drop()
+
+
+def test_a_benchmark_suspends_the_other_packagers_job_and_resumes_it(wine_host, bootstrapped):
+    """Windows has no SIGSTOP: pausing a workspace (this controller's, and another
+    controller's through ``others_paused``) suspends every process of its job object,
+    the packager's own children included, and resuming lets them all go on."""
+    inventory, _, _ = wine_host
+    from orchestrator.inventory import load_inventory
+
+    transport = SshTransport(load_inventory(inventory).hosts[0])
+    ticker = ("import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time\\n"
+              "while True: print(\"grandchild\", flush=True); time.sleep(0.1)'])\n"
+              "while True: print('child', flush=True); time.sleep(0.1)")
+    workspace = transport.open("windows-x86_64", {"org.modelpack.run": "paused"})
+    lines: list[str] = []
+    runner = threading.Thread(target=lambda: _run_quietly(workspace, [workspace.python, "-c", ticker], lines),
+                              daemon=True)
+    runner.start()
+
+    def ticking(window: float = 3.0) -> set[str]:
+        """Which processes printed during ``window`` seconds (after output in flight drains)."""
+        time.sleep(1.0)
+        seen = len(lines)
+        time.sleep(window)
+        return set(lines[seen:])
+
+    try:
+        deadline = time.monotonic() + 60
+        while {"child", "grandchild"} - set(lines) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert ticking() == {"child", "grandchild"}, lines[-5:]
+        assert workspace.pause()
+        assert ticking() == set(), "a suspended job's processes went on"
+        workspace.resume()
+        assert ticking() == {"child", "grandchild"}
+        with transport.benchmark_lease("test"), transport.others_paused([]) as frozen:
+            assert frozen == 1 and ticking() == set(), "another controller's packager went on"
+        assert ticking() == {"child", "grandchild"}, "the lease's release resumed it"
+        assert _lease_is_free(inventory), "the lease was given back"
+    finally:
+        workspace.close()
+        transport.drop()
 
 
 def _run_quietly(workspace, argv: list[str], lines: list[str]) -> None:

@@ -398,26 +398,48 @@ def test_a_lease_holder_stops_other_controllers_packagers_and_thaw_or_a_broken_l
             runner.wait(timeout=15)
 
 
-def test_on_windows_the_benchmark_lease_is_released_although_nothing_can_be_paused(tmp_path, monkeypatch):
-    """Windows' Python has no SIGSTOP or SIGCONT: pausing does nothing there, and giving
-    the lease back must not die looking them up (under Wine, a leftover lease made the
-    next build on the host wait for its expiry)."""
+def test_on_windows_pausing_suspends_the_workspaces_job_and_every_release_resumes_it(tmp_path, monkeypatch):
+    """Windows' Python has no SIGSTOP or SIGCONT: there, pausing suspends the processes of
+    the workspace's job object (the real call is exercised under Wine in
+    tests/integration/test_windows.py). Every suspension is undone exactly once, by
+    ``thaw`` or by giving the lease back, and nothing looks the signals up (under Wine, a
+    leftover lease made the next build on the host wait for its expiry)."""
     import signal
 
     monkeypatch.setattr(hostside, "WINDOWS", True)
     for name in ("SIGSTOP", "SIGCONT"):
         monkeypatch.delattr(signal, name)
+    suspended: dict[str, int] = {}
+
+    def suspend_job(root: str, on: bool) -> bool:  # the job object boundary, faked
+        suspended[root] = suspended.get(root, 0) + (1 if on else -1)
+        return True
+
+    monkeypatch.setattr(hostside, "_suspend_job", suspend_job)
     params = {"workdir": str(tmp_path), "holder": "me", "ttl": 60, "wait": 1}
-    assert hostside.bench_lease({**params, "take": True}, None) == {"held": True}
-    root = workspace(tmp_path)
-    record = {"pid": os.getpid() + 1, "started": None, "root": str(root)}
+    mine, theirs = workspace(tmp_path), workspace(tmp_path)
     (tmp_path / "pids").mkdir(exist_ok=True)
-    (tmp_path / "pids" / "other.json").write_text(json.dumps(record))
-    assert hostside.freeze_foreign({"workdir": str(tmp_path), "mine": []}, None) == {"frozen": 0}
-    assert hostside.freeze({"workdir": str(tmp_path), "root": str(root), "group": record, "on": True}, None) == \
-        {"done": False}
+    for root in (mine, theirs):
+        record = {"pid": os.getpid() + 1, "started": None, "root": str(root)}
+        (tmp_path / "pids" / f"{root.name}.json").write_text(json.dumps(record))
+    assert hostside.bench_lease({**params, "take": True}, None) == {"held": True}
+    assert hostside.freeze_foreign({"workdir": str(tmp_path), "mine": [str(mine)]}, None) == {"frozen": 1}
+    assert suspended == {str(theirs): 1}
+    hostside.thaw({"workdir": str(tmp_path)}, None)
+    assert suspended == {str(theirs): 0}
+    # frozen again, then the lease is given back without a thaw: the release resumes it
+    hostside.freeze_foreign({"workdir": str(tmp_path), "mine": [str(mine)]}, None)
     hostside.bench_lease({**params, "take": False}, None)
-    assert not (tmp_path / "benchmark.lease").exists()
+    assert suspended == {str(theirs): 0} and not (tmp_path / "benchmark.lease").exists()
+    record = {"pid": os.getpid() + 1, "started": None, "root": str(mine)}
+    assert hostside.freeze({"workdir": str(tmp_path), "root": str(mine), "group": record, "on": True}, None) == \
+        {"done": True}
+    assert hostside.freeze({"workdir": str(tmp_path), "root": str(mine), "group": record, "on": False}, None) == \
+        {"done": True}
+    assert suspended[str(mine)] == 0
+    # a record naming another workspace is not ours to pause
+    assert hostside.freeze({"workdir": str(tmp_path), "root": str(theirs), "group": record, "on": True}, None) == \
+        {"done": False}
     assert hostside.bench_lease({**params, "holder": "next", "take": True}, None) == {"held": True}
 
 
