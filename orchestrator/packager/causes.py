@@ -17,7 +17,8 @@ _SOURCE_LOCATION = re.compile(r"/?\S+\.(cc|cpp|h|hpp|c):\d+\s+(\S+\s+)*?\S+\(.*?
 _NESTED = re.compile(r"running (\w+) node\. Name:'([^']*)' Status Message: ((?:(?!Status Message:).)*)$")
 #: lines that wrap or announce a failure without saying what it is
 _WRAPPERS = [re.compile(p, re.IGNORECASE) for p in (
-    r"^Check '.*' failed at \S+:\d+:?$", r"^FrontEnd API failed with \w+:?$", r"^Model wasn't fully converted",
+    r"^Check '.*' failed at \S+:\d+:?$", r"^(\w+Error: )?Exception from \S+:\d+:?$",
+    r"^FrontEnd API failed with \w+:?$", r"^Model wasn't fully converted",
     r"^While validating ONNX node ", r"^\[ONNX Frontend\] Conversion failed for ", r"^-- \S+ with a message:$",
     r"^Summary:$", r"^-- Conversion is failed for:", r"^traceback", r"^(error|failed|fail|exception)[.:!]?$",
     r"^\[?error\]?:?\s*convert.*failed", r"^convert(ing)? failed")]
