@@ -9,15 +9,16 @@ Two models come out of it:
 
 Each is optimised with onnxscript's optimizer, then simplified with onnxslim, where
 that helps converters and engines: constant folding, redundant nodes removed, and
-(onnxscript) an If whose condition is known from the graph, such as a rank check,
-replaced by its branch. Silero VAD has a dozen such Ifs; onnxslim alone folds few of
-them, and onnxruntime runs the rest every call (Olive's fp32 output, which is this
-pass, ran 10-15 % faster than modelpack's slimmed model on the same onnxruntime). Every step's result must load in onnxruntime and match the
-reference outputs on the samples within the spec's tolerance, at every size it will be
-used at; otherwise it falls back: simplified → shapes fixed only → the source model as
-it is (and optimised + simplified → simplified only, first). A failure of our own transformation is never the reason a job fails: the
-record says which model each kind of candidate compiled from and why the others were
-dropped. Shape fixing writes only the top-level input dimensions; subgraph bodies
+(onnxscript) an If whose condition the graph fixes, such as a rank check, replaced by
+its branch. Silero VAD guards its input with a dozen such Ifs; onnxslim alone folds
+few of them and onnxruntime evaluates the rest on every call (Olive's fp32 output,
+which is this optimizer, ran 10-15 % faster than the slimmed model on the same
+onnxruntime). Every step's result must load in onnxruntime and match the reference
+outputs on the samples within the spec's tolerance, at every size it will be used at;
+otherwise it falls back: optimised + simplified → simplified → shapes fixed only →
+the source model as it is. A failure of our own transformation is never the reason a
+job fails: the record says which model each kind of candidate compiled from and why
+the others were dropped. Shape fixing writes only the top-level input dimensions; subgraph bodies
 (If/Loop/Scan) are left as they are, so no rank inside them changes.
 """
 
