@@ -238,3 +238,23 @@ def test_the_devices_threads_and_engine_settings_are_measured_with_shipped_and_a
     # the caller's count still wins over the recorded one
     override = load(folder, threads=1)
     assert read_back(getattr(override._runner, "_runner", override._runner))[0] == 1
+
+
+def test_dynamic_dimensions_are_held_to_their_range_and_agree_across_inputs(unpacked):
+    # the checks a device relies on before the engine sees a feed: a size outside the
+    # range the package was built and tested for, and one named dimension given two sizes
+    def edit(manifest):
+        image = manifest["inputs"][0]
+        image["shape"][0], image["range"] = "batch", [[1, 2], None, None, None]
+        manifest["inputs"].append({"name": "mask", "dtype": "float32", "shape": ["batch"]})
+    _edit_manifest(unpacked, edit)
+    session = load(unpacked, verify=False)
+    image = np.zeros((2, 3, 32, 32), np.float32)
+    with pytest.raises(PackageError, match=r"input 'image' has size 3 in dimension 0 \(batch\), the package accepts 1\.\.2"):
+        session.run({"image": np.zeros((3, 3, 32, 32), np.float32), "mask": np.zeros(3, np.float32)})
+    with pytest.raises(PackageError, match=r"input 'mask' has size 1 in dimension 0 \(batch\), but batch is 2"):
+        session.run({"image": image, "mask": np.zeros(1, np.float32)})
+    with pytest.raises(PackageError, match=r"input 'mask' has dtype float64"):
+        session.run({"image": image, "mask": [0.0, 0.0]})  # a list is taken as the array it makes
+    with pytest.raises(PackageError, match=r"missing \['mask'\], unexpected \[\]"):
+        session.run({"image": image})
