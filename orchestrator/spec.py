@@ -205,8 +205,9 @@ class Spec(_Strict):
                     " dimension may be a range instead (see `shapes` ranges below). The package keeps the model's"
                     " dynamic dimensions either way")
     fixed_shapes: Literal["reject", "allow"] = Field(
-        "reject", description="a candidate that runs only at the benchmark size (a fixed-shape compiler, or an"
-                              " engine failing at another checked size) is rejected with that reason, or with"
+        "reject", description="a candidate that runs only at the benchmark size (a fixed-shape compiler, an"
+                              " engine failing at another checked size, or one that failed on the dynamic model and"
+                              " was retried from the fixed-shape one) is rejected with that reason, or with"
                               " `allow` packaged at that size, which the manifest and report say")
     features: dict[str, list[str]] = Field(
         default_factory=dict, description="host features each target requires, e.g. {linux-x86_64: [avx512]}")

@@ -11,6 +11,7 @@ runtime → archive.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 from pathlib import Path
@@ -233,9 +234,12 @@ def select(job: Job, in_dir: Path, checked: Checked, reference: Reference, setti
                               str(in_dir / job.metric_file) if job.metric_file else None,
                               reference.tensors.to_json())
     gate_all(candidates, measurement, work / "measure", job.worker_timeout, progress=stage)
+    first_pass = list(candidates)
     if reference.resolved and reference.resolved.fallback == "runtime":
         candidates += _runtime_fallbacks(job, checked.compilers, candidates, checked.model_path, reference.golden,
                                          reference.resolved, setting, measurement, work, stage)
+    candidates += _fixed_shape_retries(job, checked.compilers, first_pass, candidates, setting, measurement, work,
+                                       stage)
     measured = len(candidates) > 1 or bool({"latency_budget_ms", "metric"} & set(job.select))
     found, tuning, metric = None, None, job.select.get("metric", "latency")
     if measured:
@@ -402,6 +406,33 @@ def _alternate_inputs(golden: Golden, inputs: list[dict[str, Any]]) -> list[dict
     if chosen is None:
         return None
     return [{**i, "shape": list(chosen.feeds[i["name"]].shape)} for i in inputs]
+
+
+def _fixed_shape_retries(job: Job, compilers: dict[str, Any], first_pass: list[Candidate], candidates: list[Candidate],
+                         setting: CompileSetting, measurement: Measurement, work: Path,
+                         stage: Callable[[str], None]) -> list[Candidate]:
+    """Candidates that failed on the dynamic model, compiled again from the fixed-shape
+    one. A dynamic graph keeps checks that only its run-time shapes decide (Silero VAD's
+    If on a rank, which OpenVINO's CPU plug-in refuses); with every input at its
+    benchmark size they fold away. A retry runs at that size only, so the spec's
+    ``fixed_shapes`` policy decides whether it may ship unless the package is static
+    anyway, and the reason says so either way. A candidate that ran out of time is not
+    retried: a hung converter would cost the job its time limit twice."""
+    if setting.fixed_model is None:
+        return []
+    first = {id(c) for c in first_pass}
+    rescued = {id(c.call) for c in candidates if id(c) not in first and c.status in ("passed", "selected")}
+    broken = [c for c in first_pass if c.status in ("failed", "crashed") and not c.fixed_shapes and not c.timed_out
+              and c.call is not None and id(c.call) not in rescued]
+    if not broken:
+        return []
+    for c in broken:
+        c.reason = f"{c.reason} (from the dynamic model; retried from the fixed-shape model)"
+    fixed = dataclasses.replace(setting, fixed_for_all=True, suffix=f"{setting.suffix} (fixed shapes)")
+    retried = compile_all([c.call for c in broken if c.call is not None], compilers, job.target, fixed,
+                          work / "fixed-retry", job.worker_timeout, progress=stage)
+    gate_all(retried, measurement, work / "fixed-retry-measure", job.worker_timeout, progress=stage)
+    return retried
 
 
 def _runtime_fallbacks(job: Job, compilers: dict[str, Any], candidates: list[Candidate], model_path: Path,

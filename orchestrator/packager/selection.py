@@ -70,6 +70,8 @@ class Candidate:
     notes: list[str] = field(default_factory=list)
     #: compiled from the fixed-shape model (the compiler needs fixed shapes)
     fixed_shapes: bool = False
+    #: its compile or gate ran out of time (not worth a second try at the same cost)
+    timed_out: bool = False
     #: why this candidate runs only at the benchmark size, when the policy let it pass so
     static: str | None = None
 
@@ -98,9 +100,10 @@ class Candidate:
 
 
 class WorkerFailed(RuntimeError):
-    def __init__(self, status: str, reason: str) -> None:
+    def __init__(self, status: str, reason: str, timed_out: bool = False) -> None:
         super().__init__(reason)
         self.status = status
+        self.timed_out = timed_out
 
 
 def run_worker(request: CompileRequest | MeasureRequest, folder: Path, timeout: float) -> dict[str, Any]:
@@ -117,7 +120,7 @@ def run_worker(request: CompileRequest | MeasureRequest, folder: Path, timeout: 
             capture_output=True, text=True, timeout=timeout, env=minimal_environment(),
         )
     except subprocess.TimeoutExpired:
-        raise WorkerFailed("failed", f"{kind} timed out after {timeout:g} s") from None
+        raise WorkerFailed("failed", f"{kind} timed out after {timeout:g} s", timed_out=True) from None
     if proc.returncode < 0:
         name = signal.Signals(-proc.returncode).name
         raise WorkerFailed("crashed", f"{kind} crashed the worker process ({name})")
@@ -156,6 +159,8 @@ class CompileSetting:
     suffix: str = ""
     #: the device's threads and engine settings (Job.device)
     device: dict[str, Any] = field(default_factory=dict)
+    #: every compiler starts from ``fixed_model`` (the retry of those that failed on the dynamic one)
+    fixed_for_all: bool = False
 
 
 def device_options(device: Mapping[str, Any], engine: str) -> dict[str, Any]:
@@ -194,7 +199,7 @@ def compile_all(
         compiler = compilers[call.name]
         cid = candidate_id(call, seen) + setting.suffix
         progress(f"compile: {cid} ({number}/{len(calls)})")
-        fixed = compiler.fixed_shapes and setting.fixed_model is not None
+        fixed = (compiler.fixed_shapes or setting.fixed_for_all) and setting.fixed_model is not None
         candidate = Candidate(cid, call.name, compiler.engine, dict(call.options), version=compiler.version(),
                               variant=call.variant, functions=setting.functions, call=call, fixed_shapes=fixed)
         candidates.append(candidate)
@@ -216,7 +221,7 @@ def compile_all(
         try:
             result = run_worker(request, work / f"{folder}.worker", timeout)
         except WorkerFailed as exc:
-            candidate.status, candidate.reason = exc.status, str(exc)
+            candidate.status, candidate.reason, candidate.timed_out = exc.status, str(exc), exc.timed_out
             continue
         candidate.root = root
         candidate.preparation = result.get("preparation", [])
@@ -270,7 +275,7 @@ def gate_all(candidates: list[Candidate], measurement: Measurement, work: Path, 
             checks = {a["path"]: run_worker(measurement.request(c, a, None), folder, timeout)
                       for a in runnable}
         except WorkerFailed as exc:
-            c.status, c.reason = exc.status, str(exc)
+            c.status, c.reason, c.timed_out = exc.status, str(exc), exc.timed_out
             continue
         c.accuracy = checks[runnable[0]["path"]]["accuracy"]
         c.loss = checks[runnable[0]["path"]].get("held_out")
@@ -302,7 +307,7 @@ def _check_sizes(c: Candidate, checks: dict[str, dict[str, Any]], measurement: M
     if len(measurement.sizes) < 2:
         return
     if c.fixed_shapes:
-        why = f"{c.compiler} compiles for fixed input shapes"
+        why = f"{c.compiler} was compiled for fixed input shapes"
     else:
         failing = [(path, point, size.get("problem")) for path, r in checks.items()
                    for point, size in r["accuracy"].get("sizes", {}).items() if not size[key]]

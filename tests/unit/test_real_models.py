@@ -201,6 +201,35 @@ def test_an_engine_that_runs_one_size_only_is_rejected_or_packaged_static(capsys
         session.run({"images": np.zeros((1, 3, 640, 320), np.float32)})
 
 
+@pytest.mark.parametrize("policy", ["reject", "allow"])
+def test_an_engine_that_fails_on_the_dynamic_graph_is_retried_from_the_fixed_shape_one(capsys, write_spec,
+                                                                                      local_hosts, tmp_path, policy):
+    # Silero VAD at the shapes a streaming app feeds: its batch stays dynamic, and the
+    # If left on a rank only the run-time shapes decide is one OpenVINO's CPU plug-in
+    # refuses. With every input at its benchmark size the If folds away: the retry runs,
+    # and the spec's fixed_shapes policy says whether it may ship at that size only.
+    model = pypi_model("silero_vad_16k_op15")
+    spec = write_spec(model=model, name="vad16k", compilers=["openvino"], fixed_shapes=policy,
+                      shapes={"input": [1, 512], "state": [2, 1, 128]})
+    code, manifest, text = build(capsys, spec, tmp_path / "out", local_hosts)
+    if policy == "reject":
+        assert code == 1, text
+        assert "dynamic rank" in text and "retried from the fixed-shape model" in text, text
+        assert "openvino (fixed shapes): rejected: runs only at the benchmark size" in text, text
+        assert not list((tmp_path / "out").glob("*.tar.gz"))
+        return
+    assert code == 0, text
+    assert manifest["selection"]["selected"] == "openvino (fixed shapes)", manifest["selection"]
+    assert manifest["normalisation"]["compiled_from"] == {"openvino": "dynamic", "openvino (fixed shapes)": "fixed"}
+    assert [i["shape"] for i in manifest["inputs"]] == [[1, 512], [2, 1, 128], []], "never silently dynamic"
+    session = load(unpack(tmp_path / "out", tmp_path))
+    chunk = (np.random.default_rng(3).standard_normal((1, 512)) * 0.3).astype(np.float32)
+    feeds = {"input": chunk, "state": np.zeros((2, 1, 128), np.float32), "sr": np.array(16000, np.int64)}
+    got, want = session.run(feeds), source_outputs(model, feeds)
+    for name in ("output", "stateN"):
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-5)
+
+
 def _if_nodes(model: Path) -> int:
     """If nodes in the model, its branches' included."""
     import onnx

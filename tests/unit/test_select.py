@@ -166,6 +166,6 @@ def test_a_fixed_shape_compiler_is_rejected_or_kept_static_by_policy(tmp_path):
         assert dynamic_one.status == "passed" and dynamic_one.static is None, dynamic_one.reason
         if policy == "reject":
             assert fixed_one.status == "rejected"
-            assert "compiles for fixed input shapes" in fixed_one.reason and "fixed_shapes: allow" in fixed_one.reason
+            assert "compiled for fixed input shapes" in fixed_one.reason and "fixed_shapes: allow" in fixed_one.reason
         else:
             assert fixed_one.status == "passed" and "benchmark size only" in fixed_one.static
