@@ -268,7 +268,16 @@ def test_host_that_hangs_mid_upload_is_detected_within_the_liveness_timeout(sshd
     big = tmp_path / "big.bin"
     big.write_bytes(os.urandom(96 << 20))
     ws = transport.open("linux-x86_64", {})
-    freeze = threading.Timer(0.3, container.pause)
+
+    def freeze_mid_upload() -> None:
+        # once part of the file is on its way, whatever the link's speed: a fixed delay
+        # let a fast machine finish the upload before the host froze
+        deadline = time.monotonic() + 60
+        while ws.sent_bytes < (8 << 20) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        container.pause()
+
+    freeze = threading.Thread(target=freeze_mid_upload)
     started = time.monotonic()
     freeze.start()
     try:
