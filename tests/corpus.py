@@ -97,6 +97,11 @@ MODELS: dict[str, CorpusModel] = {m.key: m for m in [
     CorpusModel("silero_vad_sequence", "recurrent", Wheel(*_VAD, "silero_vad/data/silero_vad_16k_sequence.onnx"),
                 "9ccdacc4719d8aa7e45a77536bfabec45a03ba1f2fad5e241ab4060b24238a85",
                 {"shapes": {"input": [_range(1, 64, 4), 576]}}),
+    # a captcha recogniser quantised dynamically by onnxruntime's quantizer: ConvInteger and
+    # com.microsoft DynamicQuantizeLSTM, which onnxruntime runs and other converters refuse
+    CorpusModel("ddddocr_quantized", "ocr", Wheel("ddddocr", "1.6.1", "ddddocr/common_old.onnx"),
+                "b8f2ad9cbc1f2e3922a6cb9459e30824e7e2467f3fb4fd61420640e34ea0bf68",
+                {"shapes": {"input1": [1, 1, 64, _range(32, 512, 128)]}}),
     # a transformer encoder with int64 ids, a bool mask and a 0-d temperature (built here)
     CorpusModel("encoder", "transformer", None, None,
                 {"shapes": {"input_ids:0": [1, _range(4, 256, 64)]}}, subset=True, build=_encoder),

@@ -14,6 +14,12 @@ _ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*[A-Z_]+\s*:\s*"
 _LOAD_PREFIX = re.compile(r"^(Load model from|Exception during loading:|Error in loading model from)\s+\S+\s+failed:\s*")
 _SOURCE_LOCATION = re.compile(r"/?\S+\.(cc|cpp|h|hpp|c):\d+\s+(\S+\s+)*?\S+\(.*?\)\s*")
 #: onnxruntime nests a subgraph's failure: "... running If node ... Status Message: <the cause>"
+#: terminal colour codes, which converters print around log lines
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+#: an onnxruntime warning or info record printed inside a converter's own progress line
+_ENGINE_LOG = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+ \[[VIW]:onnxruntime:[^\]]*\].*$")
+#: MNN's log prefix: "[16:54:12] :220: "
+_LOG_PREFIX = re.compile(r"^\[\d\d:\d\d:\d\d\]\s*\S*:\d+:\s*")
 _NESTED = re.compile(r"running (\w+) node\. Name:'([^']*)' Status Message: ((?:(?!Status Message:).)*)$")
 #: lines that wrap or announce a failure without saying what it is
 _WRAPPERS = [re.compile(p, re.IGNORECASE) for p in (
@@ -21,15 +27,16 @@ _WRAPPERS = [re.compile(p, re.IGNORECASE) for p in (
     r"^FrontEnd API failed with \w+:?$", r"^Model wasn't fully converted",
     r"^While validating ONNX node ", r"^\[ONNX Frontend\] Conversion failed for ", r"^-- \S+ with a message:$",
     r"^Summary:$", r"^-- Conversion is failed for:", r"^traceback", r"^(error|failed|fail|exception)[.:!]?$",
-    r"^\[?error\]?:?\s*convert.*failed", r"^convert(ing)? failed")]
-_FAILURE = re.compile(r"error|fail|unsupported|not supported|not implemented|invalid|cannot|can't|unknown|"
+    r"^\[?error\]?:?\s*convert.*failed", r"^convert(ed|ing)? failed")]
+_FAILURE = re.compile(r"error|fail|unsupported|not support|not implemented|invalid|cannot|can't|unknown|"
                       r"mismatch|must|expect|has to|segmentation|abort|exception|missing|only", re.IGNORECASE)
 _SUMMARY = re.compile(r"^-- Conversion is failed for:\s*(.*)$")
 
 
 def clean(line: str) -> str:
     """One message without the wrapping engines put around it."""
-    line = line.strip()
+    line = _ENGINE_LOG.sub("", _ANSI.sub("", line)).strip()
+    line = _LOG_PREFIX.sub("", line)
     line = _ORT_PREFIX.sub("", line)
     line = _LOAD_PREFIX.sub("", line)
     line = _SOURCE_LOCATION.sub("", line)

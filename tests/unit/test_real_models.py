@@ -287,3 +287,27 @@ def test_a_normalisation_step_that_breaks_the_model_is_named_and_not_used(tmp_pa
     assert [d["step"] for d in fixed["dropped"]] == ["shapes fixed + onnxslim"]
     assert "rank 3" in fixed["dropped"][0]["reason"] and "\n" not in fixed["dropped"][0]["reason"]
     assert result.record["note"].startswith("onnxscript is not installed")
+
+
+def test_converters_that_refuse_a_quantized_model_say_which_operators_and_how(capsys, write_spec, local_hosts,
+                                                                             tmp_path):
+    # ddddocr's model, quantised dynamically by onnxruntime (ConvInteger, com.microsoft
+    # DynamicQuantizeLSTM): onnxruntime runs it and ships it; mnnconvert refuses it,
+    # listing the operators after progress lines, and pnnx segfaults after printing an
+    # onnxruntime warning in colour. Each reason must name the operator, not the log noise.
+    model = pypi_model("ddddocr_quantized")
+    spec = write_spec(model=model, name="captcha", compilers=["onnxruntime", "mnn", "ncnn"],
+                      shapes={"input1": [1, 1, 64, {"min": 32, "max": 512, "bench": 128}]})
+    code, manifest, text = build(capsys, spec, tmp_path / "out", local_hosts)
+    assert code == 0, text
+    assert manifest["selection"]["selected"] == "onnxruntime", manifest["selection"]
+    refused = [c for c in manifest["candidates"] if c["compiler"] in ("mnn", "ncnn")]
+    assert {c["status"] for c in refused} == {"failed"}, refused
+    for candidate in refused:
+        reason = candidate["reason"]
+        assert "DynamicQuantizeLSTM" in reason, candidate
+        assert "\x1b" not in reason and "[W:onnxruntime" not in reason, candidate
+        if candidate["compiler"] == "mnn":
+            assert "ConvInteger" in reason and "Converted Failed" not in reason, candidate
+        else:
+            assert "crashed (SIGSEGV)" in reason, candidate

@@ -5,6 +5,7 @@ imports them."""
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, Protocol
@@ -95,8 +96,21 @@ class BaseCompiler:
 
 
 def converter_failed(tool: str, returncode: int, output: str) -> CompilerError:
-    """A CompilerError naming the first message the converter printed about the problem."""
-    return CompilerError(f"{tool} failed (code {returncode}): {root_cause(output)}")
+    """A CompilerError naming how the converter ended (a crash by its signal's name: a
+    negative code means nothing to a reader) and the first message it printed about the
+    problem."""
+    if returncode < 0:
+        how = f"crashed ({_signal_name(-returncode)})"
+    else:
+        how = f"failed (code {returncode})" if returncode else "failed"
+    return CompilerError(f"{tool} {how}: {root_cause(output)}")
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def parse_options(options_type: type, raw: Mapping[str, Any]) -> Any:
