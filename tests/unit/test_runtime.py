@@ -252,6 +252,10 @@ def test_dynamic_dimensions_are_held_to_their_range_and_agree_across_inputs(unpa
     image = np.zeros((2, 3, 32, 32), np.float32)
     with pytest.raises(PackageError, match=r"input 'image' has size 3 in dimension 0 \(batch\), the package accepts 1\.\.2"):
         session.run({"image": np.zeros((3, 3, 32, 32), np.float32), "mask": np.zeros(3, np.float32)})
+    with pytest.raises(Exception) as engine:  # the signature passes; the model itself has no 'mask'
+        session.run({"image": image, "mask": np.zeros(2, np.float32)})
+    assert not isinstance(engine.value, PackageError), engine.value
+    # shapes that passed once let through nothing but those same shapes
     with pytest.raises(PackageError, match=r"input 'mask' has size 1 in dimension 0 \(batch\), but batch is 2"):
         session.run({"image": image, "mask": np.zeros(1, np.float32)})
     with pytest.raises(PackageError, match=r"input 'mask' has dtype float64"):
