@@ -67,7 +67,10 @@ class PlannedJob:
 
     def inputs(self) -> dict[str, Path]:
         """Job input files by their name in the workspace's ``in/`` folder."""
-        files = {"in/model.onnx": self.spec.model.path}
+        model = self.spec.model
+        files = {f"in/{self.model_name}": model.path}
+        folder = self.model_name.rpartition("/")[0]
+        files.update({f"in/{folder}/{location}": file for location, file in model.external.items()})
         if self.spec.samples is not None:
             files[f"in/samples{self.spec.samples.suffix}"] = self.spec.samples
         if self.spec.calibration is not None:
@@ -77,6 +80,13 @@ class PlannedJob:
         if self.spec.metric is not None:
             files["in/metric.py"] = self.spec.metric
         return files
+
+    @property
+    def model_name(self) -> str:
+        """The model's name in the workspace's ``in/`` folder: a folder of its own when
+        external data files come with it, which then sit beside it under the names the
+        model gives them and cannot meet the job's other files."""
+        return "model/model.onnx" if self.spec.model.external else "model.onnx"
 
     def cache_key(self, environment_id: str) -> str:
         """What decides this job's package: model and samples bytes, the per-target
@@ -105,8 +115,9 @@ class PlannedJob:
             name=s.name,
             version=s.version,
             target=JobTarget(t.name, t.os, t.arch, t.build_os, t.build_arch),
-            model="model.onnx",
+            model=self.model_name,
             model_sha256=self.spec.model.sha256,
+            model_data=dict(self.spec.model.external_sha256),
             samples=f"samples{self.spec.samples.suffix}" if self.spec.samples else None,
             shapes=s.job_shapes(),
             fixed_shapes=s.fixed_shapes,

@@ -9,7 +9,7 @@ their schema, then refused explicitly: a spec is never half-honoured.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Sequence
 
@@ -25,7 +25,7 @@ from .packager.functions import resolve as resolve_functions
 from .packager.evaluate import MIN_EVALUATION_SAMPLES, held_out_count
 from .packager.job import CompilerCall
 from .packager.samples import DimRange, load_samples, resolve_dims
-from .packager.signature import ModelError, load_onnx, signature
+from .packager.signature import ModelError, load_onnx_with_data, signature
 from .runtime.checks import content_sha256
 from .targets import TARGETS, Target, known_target
 
@@ -190,7 +190,9 @@ class Device(_Strict):
 class Spec(_Strict):
     name: str = Field(description="package name; letters, digits, '.', '_', '+', '-'")
     version: str = Field(description="package version, as a string (quote it in YAML)")
-    model: str = Field(description="path to the .onnx model, relative to the spec file")
+    model: str = Field(description="path to the .onnx model, relative to the spec file; external data files it"
+                                   " names (weights beside the graph) travel with it, each a regular file in its"
+                                   " folder, and are part of what makes it unchanged")
     targets: list[Annotated[str, AfterValidator(known_target)]] = Field(
         min_length=1, description=f"targets to build: {', '.join(TARGETS)}")
     compilers: list[str | dict[str, dict[str, Any] | None]] = Field(
@@ -326,6 +328,9 @@ class ModelInfo:
     sha256: str
     inputs: list[dict[str, Any]]
     outputs: list[dict[str, Any]]
+    #: external data files by the location the model names them with, and their sha256
+    external: dict[str, Path] = field(default_factory=dict)
+    external_sha256: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -373,11 +378,15 @@ def load_spec(path: Path, allow_outside: Sequence[Path] = ()) -> LoadedSpec:
 
     model_path = spec_file(path, "model", spec.model, allow_outside)
     try:
-        model = load_onnx(model_path)
+        model, external = load_onnx_with_data(model_path)
         inputs, outputs = signature(model)
     except ModelError as exc:
         raise InputError(path, "model", f"{model_path}: {exc}") from None
-    info = ModelInfo(model_path, content_sha256(model_path), inputs, outputs)
+    if "model.onnx" in external:  # the model's own name in its workspace folder (plan.py)
+        raise InputError(path, "model", f"{model_path}: its external data file 'model.onnx' has the name the model"
+                                        f" itself takes on the build host; rename the data file")
+    info = ModelInfo(model_path, content_sha256(model_path), inputs, outputs, external,
+                     {location: content_sha256(file) for location, file in external.items()})
     labels = None
     if spec.functions is not None:
         labels = _read_labels(path, spec.functions, allow_outside)

@@ -123,6 +123,16 @@ def check_job(job: Job, in_dir: Path, out_dir: Path) -> Checked:
         raise BadJob(f"{job.model}: not in the job's input folder; the transfer was incomplete")
     if sha256_file(model_path) != job.model_sha256:
         raise BadJob(f"{job.model}: sha256 differs from the controller's; the transfer was corrupted")
+    for location, sha256 in job.model_data.items():
+        data = model_path.parent / location
+        if not data.resolve().is_relative_to(model_path.parent.resolve()):
+            raise BadJob(f"{job.model}: external data {location!r} is outside the model's folder")
+        if data.is_symlink() or not data.is_file():
+            raise BadJob(f"{job.model}: external data {location!r} is not in the job's input folder; the transfer"
+                         f" was incomplete")
+        if sha256_file(data) != sha256:
+            raise BadJob(f"{job.model}: external data {location!r}: sha256 differs from the controller's; the"
+                         f" transfer was corrupted")
     for call in job.compilers:
         problem = call_problem(call.name, call.options, call.variant)
         if problem:

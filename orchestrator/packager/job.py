@@ -71,6 +71,9 @@ class Job(Message):
     compilers: list[CompilerCall]
     atol: float
     rtol: float
+    #: the model's external data files (its weights, for big models), by the location the
+    #: model names them with relative to its own folder, and their sha256
+    model_data: dict[str, str] = field(default_factory=dict)
     samples: str | None = None  # file name inside the job's input folder
     #: per input, each dimension a size or a range {"min", "max", "bench"}
     shapes: dict[str, list[Any]] = field(default_factory=dict)

@@ -170,6 +170,7 @@ def write_manifest_data(root: Path, job: Job, env: CompileEnvironment, reference
         "source": {
             "filename": job.model,
             "sha256": job.model_sha256,
+            **({"data": dict(job.model_data)} if job.model_data else {}),
             "instructions_sha256": job.instructions_sha256(),
             "opsets": opsets(reference.model),
             "producer": f"{reference.model.producer_name} {reference.model.producer_version}".strip(),

@@ -7,7 +7,7 @@ because it must never trust what arrived.
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -25,6 +25,13 @@ class ModelError(ValueError):
 
 def load_onnx(path: Path) -> Any:
     """Load and structurally check an ONNX model, raising :class:`ModelError`."""
+    return load_onnx_with_data(path)[0]
+
+
+def load_onnx_with_data(path: Path) -> tuple[Any, dict[str, Path]]:
+    """:func:`load_onnx`, and the external data files the model names (big models keep
+    their weights beside the graph: ``location`` relative to the model's folder → file),
+    which must travel with it and be part of what identifies it."""
     import onnx
     from google.protobuf.message import DecodeError
 
@@ -32,8 +39,11 @@ def load_onnx(path: Path) -> Any:
     if not path.is_file():
         raise ModelError("file not found" if not path.exists() else "not a regular file")
     try:
-        model = onnx.load(str(path))
-    except onnx.checker.ValidationError as exc:  # external data that is absolute, outside or a link
+        model = onnx.load(str(path), load_external_data=False)
+        external = external_data_files(model, path)
+        # onnx refuses a location that is absolute, leaves the folder or passes a link
+        onnx.load_external_data_for_model(model, str(path.parent))
+    except onnx.checker.ValidationError as exc:
         raise ModelError(f"its external data is refused: {exception_cause(exc)}") from None
     except (DecodeError, RuntimeError, ValueError, OSError) as exc:
         raise ModelError(f"not a valid ONNX model (cannot parse: {exc})") from None
@@ -45,7 +55,50 @@ def load_onnx(path: Path) -> Any:
         raise ModelError(f"ONNX checker rejected the model: {exception_cause(exc)}") from None
     if not tensor_inputs(model):
         raise ModelError("the model has no inputs")
-    return model
+    return model, external
+
+
+def external_data_files(model: Any, path: Path) -> dict[str, Path]:
+    """The files the model (loaded without its external data) keeps tensors in, by the
+    location it names them with. Each must be a regular file in the model's folder or
+    below it, named without ``..``, so that it can be placed beside the model on a host."""
+    import onnx
+
+    locations = set()
+    for tensor in _all_tensors(model.graph):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            entries = {entry.key: entry.value for entry in tensor.external_data}
+            locations.add(entries.get("location", ""))
+    files = {}
+    folder = path.parent.resolve()
+    for location in sorted(locations):
+        name = PurePosixPath(location.replace("\\", "/"))
+        file = folder / name
+        if not location or name.is_absolute() or ".." in name.parts or not file.resolve().is_relative_to(folder):
+            raise ModelError(f"its external data is refused: location {location!r} is not a file name inside"
+                             f" the model's folder")
+        if file.is_symlink() or not file.is_file():
+            raise ModelError(f"its external data file {location!r} is "
+                             + ("a link" if file.is_symlink() else "missing" if not file.exists() else
+                                "not a regular file") + f" (beside {path.name})")
+        if file.resolve() == path.resolve():
+            raise ModelError(f"its external data location {location!r} is the model file itself")
+        files[name.as_posix()] = file
+    return files
+
+
+def _all_tensors(graph: Any) -> Any:
+    """Every tensor of a graph: initializers and node attributes, subgraphs' included."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            if attribute.HasField("g"):
+                yield from _all_tensors(attribute.g)
+            for subgraph in attribute.graphs:
+                yield from _all_tensors(subgraph)
 
 
 def _tensor_spec(value_info: Any) -> dict[str, Any]:

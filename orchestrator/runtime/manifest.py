@@ -57,6 +57,8 @@ class Source:
 
     sha256: str = documented("sha256 of the source model file")
     filename: Optional[str] = documented("its file name", None)
+    data: Optional[Dict[str, str]] = documented("its external data files (weights kept beside the graph) by the"
+                                                " location the model names them with: sha256 of each", None)
     instructions_sha256: Optional[str] = documented("sha256 of the packaging instructions it was built from (the"
                                                     " job file without provenance)", None)
     opsets: Optional[Dict[str, int]] = documented("opset per domain", None)

@@ -422,8 +422,11 @@ def test_pathological_yaml_is_one_line(capsys, write_spec, out_dir, local_hosts,
     assert_rejected(code, lines, out_dir, str(spec))
 
 
-@pytest.mark.parametrize("location", ["/etc/passwd", "../outside.bin", "link.bin"])
-@pytest.mark.parametrize("command", ["build", "init"])
+@pytest.mark.parametrize("location, command", [
+    *((location, command) for location in ("/etc/passwd", "../outside.bin", "link.bin", "missing.bin")
+      for command in ("build", "init")),
+    ("model.onnx", "build"),  # the name a build gives the model itself on the host
+])
 def test_external_data_outside_the_model_folder_is_one_line(capsys, write_spec, out_dir, local_hosts, tmp_path,
                                                             location, command):
     import numpy as np
@@ -443,6 +446,7 @@ def test_external_data_outside_the_model_folder_is_one_line(capsys, write_spec, 
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(folder / "ext.onnx"))
     (tmp_path / "outside.bin").write_bytes(bytes(64))
     (folder / "link.bin").symlink_to(tmp_path / "outside.bin")
+    (folder / "model.onnx").write_bytes(bytes(64))
     if command == "init":
         code = main(["init", str(folder / "ext.onnx"), "--hosts", str(local_hosts)])
         lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]

@@ -38,6 +38,17 @@ def test_refuses_a_model_corrupted_in_transfer(tmp_path):
     assert code == 2 and "transfer was corrupted" in result["error"]
 
 
+def test_refuses_external_data_missing_or_corrupted_in_transfer(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "weights.bin").write_bytes(b"what arrived")
+    code, result = run_packager(tmp_path, model_data={"weights.bin": "0" * 64})
+    assert code == 2 and "external data 'weights.bin': sha256 differs" in result["error"], result
+    code, result = run_packager(tmp_path, model_data={"gone.bin": "0" * 64})
+    assert code == 2 and "external data 'gone.bin' is not in the job's input folder" in result["error"], result
+    code, result = run_packager(tmp_path, model_data={"../job.json": "0" * 64})
+    assert code == 2 and "outside the model's folder" in result["error"], result
+
+
 def test_compiler_option_error_is_a_bad_job(tmp_path):
     code, result = run_packager(tmp_path, compilers=[CompilerCall("onnxruntime", {"optimization": "ludicrous"})])
     assert code == 2 and "optimization must be one of" in result["error"]

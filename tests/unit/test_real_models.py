@@ -6,6 +6,7 @@ sequence (int64 ids, a bool mask, a 0-d scalar, names with '/' and ':')."""
 from __future__ import annotations
 
 import json
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 from orchestrator.cli import main
 from orchestrator.runtime import PackageError, load
 from orchestrator.runtime.archive import extract
+from orchestrator.runtime.checks import sha256_file
 from tests.models import make_encoder, pypi_model, save
 
 
@@ -311,3 +313,59 @@ def test_converters_that_refuse_a_quantized_model_say_which_operators_and_how(ca
             assert "ConvInteger" in reason and "Converted Failed" not in reason, candidate
         else:
             assert "crashed (SIGSEGV)" in reason, candidate
+
+
+def _save_with_external_data(proto, path: Path, location: str) -> None:
+    """Save as exporters write large models: the graph in ``path``, the weights in a file
+    beside it that the graph names (``location``)."""
+    import onnx
+
+    data = path.parent / location
+    data.unlink(missing_ok=True)  # onnx appends to an existing data file
+    data.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=location,
+              size_threshold=1024)
+
+
+def test_a_model_with_its_weights_in_an_external_data_file_packages_and_rebuilds_when_they_change(
+        capsys, write_spec, local_hosts, tmp_path):
+    # torch.onnx and Optimum write big models as a graph plus a weights file: the weights
+    # must travel with the model, and new weights are a new model even when the graph
+    # file's bytes are unchanged, so the cache must not answer with the old package
+    import onnx
+
+    source = pypi_model("silero_vad_16k_op15")
+    export = tmp_path / "export"
+    export.mkdir()
+    _save_with_external_data(onnx.load(str(source)), export / "net.onnx", "weights/net.data")
+    spec = write_spec(model=export / "net.onnx", name="vad-external", compilers=["onnxruntime", "mnn"],
+                      shapes={"input": [1, 512], "state": [2, 1, 128]})
+    (spec.parent / "weights").mkdir()
+    shutil.copyfile(export / "weights" / "net.data", spec.parent / "weights" / "net.data")
+    assert (spec.parent / "weights" / "net.data").stat().st_size > (spec.parent / "net.onnx").stat().st_size * 5
+
+    def build_into(out: Path) -> Path:
+        code = main(["build", str(spec), "--out", str(out), "--hosts", str(local_hosts)])
+        captured = capsys.readouterr()
+        assert code == 0, captured.out + captured.err
+        return unpack(out, out)
+
+    data = spec.parent / "weights" / "net.data"
+    x = {"input": (np.random.default_rng(9).standard_normal((1, 512)) * 0.3).astype(np.float32),
+         "state": np.zeros((2, 1, 128), np.float32), "sr": np.array(16000, np.int64)}
+    first = build_into(tmp_path / "out1")
+    assert load(first).manifest["source"]["data"] == {"weights/net.data": sha256_file(data)}
+    for name, value in source_outputs(source, x).items():
+        np.testing.assert_allclose(load(first).run(x)[name], value, rtol=1e-3, atol=1e-5)
+
+    graph_bytes = (spec.parent / "net.onnx").read_bytes()
+    proto = onnx.load(str(spec.parent / "net.onnx"))
+    weight = max(proto.graph.initializer, key=lambda t: int(np.prod(t.dims)))
+    weight.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(weight) * 0.5, weight.name))
+    _save_with_external_data(proto, spec.parent / "net.onnx", "weights/net.data")
+    assert (spec.parent / "net.onnx").read_bytes() == graph_bytes, "only the weights file changed"
+    changed = build_into(tmp_path / "out2")
+    want = source_outputs(spec.parent / "net.onnx", x)
+    for name, value in want.items():
+        np.testing.assert_allclose(load(changed).run(x)[name], value, rtol=1e-3, atol=1e-5)
+        assert not np.allclose(value, source_outputs(source, x)[name], atol=1e-4), "the new weights show"
