@@ -111,6 +111,7 @@ class PlannedJob:
     def packager_job(self, provenance: dict[str, Any]) -> PackagerJob:
         s = self.spec.spec
         t = self.target
+        atol, rtol = s.tolerance.resolved(o["dtype"] for o in self.spec.model.outputs)
         return PackagerJob(
             name=s.name,
             version=s.version,
@@ -122,8 +123,8 @@ class PlannedJob:
             shapes=s.job_shapes(),
             fixed_shapes=s.fixed_shapes,
             compilers=s.compiler_calls() + s.variant_calls(),
-            atol=s.tolerance.atol,
-            rtol=s.tolerance.rtol,
+            atol=atol,
+            rtol=rtol,
             provenance=provenance,
             select=s.select.model_dump(exclude_unset=True) if s.select else {},
             functions=({**s.functions.model_dump(), "labels": self.spec.labels or {}} if s.functions else None),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, Sequence
+from typing import Annotated, Any, Iterable, Literal, Sequence
 
 import numpy as np
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -36,9 +36,23 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+#: the gate a spec gets by default, per output format: about ten units in the last place
+#: relative, since two correct engines already differ by one (float16: 1e-3 near 1.0)
+DEFAULT_TOLERANCE = {"float32": (1e-4, 1e-3), "float16": (1e-3, 1e-2), "bfloat16": (1e-2, 5e-2)}
+
+
 class Tolerance(_Strict):
-    atol: float = Field(1e-4, ge=0, description="absolute tolerance per output element")
-    rtol: float = Field(1e-3, ge=0, description="relative tolerance per output element")
+    atol: float | None = Field(None, ge=0, description="absolute tolerance per output element (default: 1e-4; 1e-3"
+                                                       " where the model has float16 outputs, 1e-2 for bfloat16)")
+    rtol: float | None = Field(None, ge=0, description="relative tolerance per output element (default: 1e-3; 1e-2"
+                                                       " where the model has float16 outputs, 5e-2 for bfloat16)")
+
+    def resolved(self, output_dtypes: Iterable[str]) -> tuple[float, float]:
+        """(atol, rtol) for a model with outputs of these dtypes: what the spec sets, and
+        for a key it leaves out the default of the coarsest floating format among them."""
+        defaults = [DEFAULT_TOLERANCE.get(dtype, DEFAULT_TOLERANCE["float32"]) for dtype in output_dtypes]
+        atol, rtol = (max(column) for column in zip(DEFAULT_TOLERANCE["float32"], *defaults))
+        return (atol if self.atol is None else self.atol, rtol if self.rtol is None else self.rtol)
 
 
 class SelectPolicy(_Strict):

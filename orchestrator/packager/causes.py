@@ -64,6 +64,11 @@ def root_cause(text: str, limit: int = 300) -> str:
     return chosen if len(chosen) <= limit else chosen[: limit - 1] + "…"
 
 
+def names_a_problem(line: str) -> bool:
+    """Whether a message says what went wrong (rather than what the tool was doing)."""
+    return bool(_FAILURE.search(line))
+
+
 def exception_cause(exc: BaseException) -> str:
     """``root_cause`` of an exception's message, or its type when it has none."""
     text = str(exc).strip()

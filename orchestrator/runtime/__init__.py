@@ -195,6 +195,7 @@ class Session:
         self._names = {t.name for t in self.inputs}
         self._checks = [(t, np.dtype(t.dtype)) for t in self.inputs]
         self._output_names = [t.name for t in self.outputs]
+        self._output_dtypes = [(t.name, np.dtype(t.dtype)) for t in self.outputs if t.dtype in np.sctypeDict]
         self._passed_shapes: tuple[tuple[int, ...], ...] | None = None
 
     def _check_feeds(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -227,10 +228,14 @@ class Session:
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         produced = self._runner.run(self._check_feeds(feeds))
         try:
-            return {name: produced[name] for name in self._output_names}
+            outputs = {name: produced[name] for name in self._output_names}
         except KeyError:
             missing = [name for name in self._output_names if name not in produced]
             raise PackageError(f"the engine produced no output named {missing}") from None
+        for name, dtype in self._output_dtypes:
+            if outputs[name].dtype != dtype:  # an engine that computes float16 or int64 as float32/int32
+                outputs[name] = outputs[name].astype(dtype)
+        return outputs
 
     def self_test(self) -> Comparison:
         """Run the golden samples shipped in the package, at every size they were made

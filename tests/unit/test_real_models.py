@@ -369,3 +369,31 @@ def test_a_model_with_its_weights_in_an_external_data_file_packages_and_rebuilds
     for name, value in want.items():
         np.testing.assert_allclose(load(changed).run(x)[name], value, rtol=1e-3, atol=1e-5)
         assert not np.allclose(value, source_outputs(source, x)[name], atol=1e-4), "the new weights show"
+
+
+def test_a_half_precision_model_is_gated_by_what_float16_can_hold_and_runs_on_every_engine(
+        capsys, write_spec, local_hosts, tmp_path):
+    # models ship in float16, inputs and outputs too: two correct engines differ there by
+    # an ulp (~1e-3), which fp32's default tolerance (1e-4) called a failure, and MNN's
+    # runner had no float16 input at all (KeyError)
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = tmp_path / "encoder16.onnx"
+    onnx.save(convert_float_to_float16(make_encoder(vocab=64), keep_io_types=False), str(model))
+    spec = write_spec(model=model, name="encoder16", compilers=["onnxruntime", "openvino", "mnn"],
+                      shapes={"input_ids:0": [1, {"min": 4, "max": 64, "bench": 16}]}, select={"benchmark_s": 0.05})
+    code, manifest, text = build(capsys, spec, tmp_path / "out", local_hosts)
+    assert code == 0, text
+    assert manifest["tolerance"] == {"atol": 1e-3, "rtol": 1e-2}, "float16's default gate"
+    status = {c["id"]: (c["status"], c["reason"]) for c in manifest["candidates"]}
+    assert status.keys() == {"onnxruntime", "openvino", "mnn"}, status
+    assert all(s in ("selected", "passed") for s, _ in status.values()), status
+    session = load(unpack(tmp_path / "out", tmp_path))
+    rng = np.random.default_rng(4)
+    feeds = {"input_ids:0": rng.integers(0, 64, (1, 37)).astype(np.int64),
+             "attention/mask": np.ones((1, 37), bool), "temperature": np.array(0.7, np.float16)}
+    got, want = session.run(feeds), source_outputs(model, feeds)
+    for name, value in want.items():
+        assert got[name].dtype == np.float16, f"{name}: the package gives what its signature says"
+        np.testing.assert_allclose(got[name].astype(np.float32), value.astype(np.float32), atol=1e-2, rtol=2e-2)

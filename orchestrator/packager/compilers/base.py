@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Mapping, Protocol
 
 from ...runtime.engines import installed_version
-from ..causes import root_cause
+from ..causes import clean, names_a_problem, root_cause
 from ..job import JobTarget
 
 
@@ -99,11 +99,15 @@ def converter_failed(tool: str, returncode: int, output: str) -> CompilerError:
     """A CompilerError naming how the converter ended (a crash by its signal's name: a
     negative code means nothing to a reader) and the first message it printed about the
     problem."""
+    cause = root_cause(output)
     if returncode < 0:
         how = f"crashed ({_signal_name(-returncode)})"
+        if not names_a_problem(cause):  # it died before saying why: where it was is all there is
+            lines = [clean(line) for line in output.splitlines() if clean(line)]
+            cause = f"no error message; its last output: {lines[-1] if lines else 'none'}"
     else:
         how = f"failed (code {returncode})" if returncode else "failed"
-    return CompilerError(f"{tool} {how}: {root_cause(output)}")
+    return CompilerError(f"{tool} {how}: {cause}")
 
 
 def _signal_name(number: int) -> str:
