@@ -52,6 +52,30 @@ def test_init_writes_a_spec_that_builds_unchanged(capsys, tmp_path, local_hosts,
     assert code == 0, capsys.readouterr()
 
 
+def test_init_on_a_model_that_random_sizes_do_not_run_says_so_in_one_line(capfd, tmp_path, local_hosts):
+    # Silero refuses most sizes init tries: every failed trial used to print onnxruntime's
+    # colour-coded error log to the terminal, around the one line that matters
+    folder = tmp_path / "vad"
+    folder.mkdir()
+    shutil.copyfile(pypi_model("silero_vad_16k_op15"), folder / "vad.onnx")
+    assert main(["init", str(folder / "vad.onnx"), "--hosts", str(local_hosts)]) == 1
+    captured = capfd.readouterr()
+    lines = [line for line in (captured.out + captured.err).splitlines() if line.strip()]
+    assert len(lines) == 1 and "needs your attention" in lines[0] and "dynamic" in lines[0], lines
+
+
+def test_init_writes_the_gate_of_the_models_output_precision(capsys, tmp_path, local_hosts):
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    folder = tmp_path / "half"
+    folder.mkdir()
+    onnx.save(convert_float_to_float16(onnx.load(str(TINYCNN)), keep_io_types=False), str(folder / "half.onnx"))
+    assert main(["init", str(folder / "half.onnx"), "--hosts", str(local_hosts)]) == 0
+    spec = yaml.safe_load((folder / "modelpack.yaml").read_text())
+    assert spec["tolerance"] == {"atol": 1e-3, "rtol": 1e-2}, spec
+
+
 def test_quiet_verbose_and_no_markup_without_a_tty(capsys, write_spec, local_hosts, tmp_path):
     spec = write_spec()
     assert main(["build", str(spec), "--hosts", str(local_hosts), "--out", str(tmp_path / "q"), "--quiet"]) == 0
