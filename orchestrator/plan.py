@@ -125,6 +125,7 @@ class PlannedJob:
             compilers=s.compiler_calls() + s.variant_calls(),
             atol=atol,
             rtol=rtol,
+            measure_tolerance=s.tolerance.measured(self.spec.model.quantized),
             provenance=provenance,
             select=s.select.model_dump(exclude_unset=True) if s.select else {},
             functions=({**s.functions.model_dump(), "labels": self.spec.labels or {}} if s.functions else None),

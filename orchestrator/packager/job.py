@@ -100,6 +100,10 @@ class Job(Message):
     #: the device's runtime settings: {"threads": N or None, "engines": {engine: {setting: value}}};
     #: every artifact records them and every measurement runs with them
     device: dict[str, Any] = field(default_factory=dict)
+    #: a quantised model whose spec left the tolerance unset: the packager widens atol to
+    #: twice what onnxruntime's own kernels differ from the model's exact semantics on the
+    #: golden samples (atol and rtol are then results, not instructions)
+    measure_tolerance: bool = False
     #: the controller grants a benchmark lease (its transport can tell a running packager):
     #: wait for it before timing anything
     benchmark_lease: bool = False
@@ -115,6 +119,8 @@ class Job(Message):
         controller publishes a package, built or cached, only when it matches the job's."""
         fields = asdict(self)
         del fields["provenance"], fields["benchmark_lease"]  # where and how it was built, not what
+        if self.measure_tolerance:  # the packager's measurement, not what it was asked
+            del fields["atol"], fields["rtol"]
         return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
     @classmethod

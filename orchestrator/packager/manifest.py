@@ -203,7 +203,8 @@ def write_manifest_data(root: Path, job: Job, env: CompileEnvironment, reference
             "note": ("latencies were measured under emulation and do not represent native speed"
                      if emulated and selected.measured else None),
         },
-        "tolerance": {"atol": job.atol, "rtol": job.rtol},
+        "tolerance": {"atol": job.atol, "rtol": job.rtol,
+                      **({"basis": reference.tolerance_basis} if reference.tolerance_basis else {})},
         "samples": {
             "origin": reference.golden.origin,
             "inputs": write_samples(root, "input", first.feeds, input_names),

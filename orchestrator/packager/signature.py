@@ -87,6 +87,24 @@ def external_data_files(model: Any, path: Path) -> dict[str, Path]:
     return files
 
 
+#: operators of a quantised model (QDQ, QOperator, dynamic and integer forms)
+_QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "ConvInteger", "MatMulInteger",
+                  "MatMulIntegerToFloat", "QGemm", "QAttention", "MatMulNBits"}
+
+
+def is_quantized(model: Any) -> bool:
+    """Whether the model computes in integers somewhere: its engines then differ from its
+    exact semantics by rounding steps of the quantised tensors, not by float noise."""
+    def ops(graph: Any) -> Any:
+        for node in graph.node:
+            yield node.op_type
+            for attribute in node.attribute:
+                for subgraph in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+                    yield from ops(subgraph)
+
+    return any(op in _QUANTIZED_OPS or op.startswith(("QLinear", "DynamicQuantize")) for op in ops(model.graph))
+
+
 def _all_tensors(graph: Any) -> Any:
     """Every tensor of a graph: initializers and node attributes, subgraphs' included."""
     yield from graph.initializer

@@ -55,6 +55,9 @@ class Reference:
     evaluation: dict[str, str] | None = None
     calibration: Path | None = None
     evaluation_record: dict[str, Any] | None = None
+    #: a quantised model's gate, measured (Job.measure_tolerance): atol, and how it was found
+    measured_atol: float | None = None
+    tolerance_basis: str | None = None
 
 
 @dataclass

