@@ -21,7 +21,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..runtime.functions import TAP_PREFIX, tap_name
-from .signature import ModelError, tensor_inputs
+from .signature import ModelError, all_nodes, tensor_inputs
 
 Step = dict[str, Any]
 
@@ -436,12 +436,9 @@ def _build_detections(g: _Graph, step: Step, raw: str) -> dict[str, tuple[int, l
 
 def _rename(graph: Any, old: str, new: str) -> None:
     """Rename a tensor wherever nodes use or produce it, subgraphs (If/Loop bodies) included."""
-    for node in graph.node:
+    for node in all_nodes(graph):
         node.input[:] = [new if i == old else i for i in node.input]
         node.output[:] = [new if o == old else o for o in node.output]
-        for attribute in node.attribute:
-            for sub in [attribute.g] if attribute.HasField("g") else list(attribute.graphs):
-                _rename(sub, old, new)
 
 
 def upgrade_opset(model: Any, minimum: int = MIN_OPSET) -> tuple[Any, str | None]:

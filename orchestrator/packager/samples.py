@@ -22,7 +22,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .signature import ANONYMOUS, ModelError
+from .signature import ANONYMOUS, ModelError, all_nodes
 
 
 @dataclass(frozen=True)
@@ -192,27 +192,11 @@ _COMPARISONS = {"Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual"}
 _STATE_WORDS = ("state", "hidden", "cache", "past", "memory")
 
 
-def _all_nodes(graph: Any) -> list[Any]:
-    """Nodes of a graph and of every subgraph it holds (If/Loop/Scan bodies)."""
-    import onnx
-
-    nodes = []
-    for node in graph.node:
-        nodes.append(node)
-        for attribute in node.attribute:
-            if attribute.type == onnx.AttributeProto.GRAPH:
-                nodes += _all_nodes(attribute.g)
-            elif attribute.type == onnx.AttributeProto.GRAPHS:
-                for sub in attribute.graphs:
-                    nodes += _all_nodes(sub)
-    return nodes
-
-
 def input_hints(model: Any) -> dict[str, InputHint]:
     """Read from the graph what each input's values plausibly are."""
     from onnx import numpy_helper
 
-    nodes = _all_nodes(model.graph)
+    nodes = all_nodes(model.graph)
     constants: dict[str, np.ndarray] = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     for node in nodes:
         if node.op_type == "Constant" and node.output:

@@ -95,28 +95,34 @@ _QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
 def is_quantized(model: Any) -> bool:
     """Whether the model computes in integers somewhere: its engines then differ from its
     exact semantics by rounding steps of the quantised tensors, not by float noise."""
-    def ops(graph: Any) -> Any:
-        for node in graph.node:
-            yield node.op_type
-            for attribute in node.attribute:
-                for subgraph in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
-                    yield from ops(subgraph)
+    return any(node.op_type in _QUANTIZED_OPS or node.op_type.startswith(("QLinear", "DynamicQuantize"))
+               for node in all_nodes(model.graph))
 
-    return any(op in _QUANTIZED_OPS or op.startswith(("QLinear", "DynamicQuantize")) for op in ops(model.graph))
+
+def all_graphs(graph: Any) -> list[Any]:
+    """A graph and every subgraph it holds (If/Loop/Scan bodies), at any depth."""
+    graphs = [graph]
+    for node in graph.node:
+        for attribute in node.attribute:
+            for sub in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+                graphs += all_graphs(sub)
+    return graphs
+
+
+def all_nodes(graph: Any) -> list[Any]:
+    """Nodes of a graph and of every subgraph it holds."""
+    return [node for g in all_graphs(graph) for node in g.node]
 
 
 def _all_tensors(graph: Any) -> Any:
     """Every tensor of a graph: initializers and node attributes, subgraphs' included."""
-    yield from graph.initializer
-    for node in graph.node:
-        for attribute in node.attribute:
-            if attribute.HasField("t"):
-                yield attribute.t
-            yield from attribute.tensors
-            if attribute.HasField("g"):
-                yield from _all_tensors(attribute.g)
-            for subgraph in attribute.graphs:
-                yield from _all_tensors(subgraph)
+    for g in all_graphs(graph):
+        yield from g.initializer
+        for node in g.node:
+            for attribute in node.attribute:
+                if attribute.HasField("t"):
+                    yield attribute.t
+                yield from attribute.tensors
 
 
 def _tensor_spec(value_info: Any) -> dict[str, Any]:
