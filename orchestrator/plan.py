@@ -67,10 +67,8 @@ class PlannedJob:
 
     def inputs(self) -> dict[str, Path]:
         """Job input files by their name in the workspace's ``in/`` folder."""
-        model = self.spec.model
-        files = {f"in/{self.model_name}": model.path}
-        folder = self.model_name.rpartition("/")[0]
-        files.update({f"in/{folder}/{location}": file for location, file in model.external.items()})
+        files = {f"in/{self.model_name}": self.spec.model.path}
+        files.update({f"in/model/{location}": file for location, file in self.spec.model.external.items()})
         if self.spec.samples is not None:
             files[f"in/samples{self.spec.samples.suffix}"] = self.spec.samples
         if self.spec.calibration is not None:

@@ -13,13 +13,13 @@ import re
 _ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*[A-Z_]+\s*:\s*")
 _LOAD_PREFIX = re.compile(r"^(Load model from|Exception during loading:|Error in loading model from)\s+\S+\s+failed:\s*")
 _SOURCE_LOCATION = re.compile(r"/?\S+\.(cc|cpp|h|hpp|c):\d+\s+(\S+\s+)*?\S+\(.*?\)\s*")
-#: onnxruntime nests a subgraph's failure: "... running If node ... Status Message: <the cause>"
 #: terminal colour codes, which converters print around log lines
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 #: an onnxruntime warning or info record printed inside a converter's own progress line
 _ENGINE_LOG = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+ \[[VIW]:onnxruntime:[^\]]*\].*$")
 #: MNN's log prefix: "[16:54:12] :220: "
 _LOG_PREFIX = re.compile(r"^\[\d\d:\d\d:\d\d\]\s*\S*:\d+:\s*")
+#: onnxruntime nests a subgraph's failure: "... running If node ... Status Message: <the cause>"
 _NESTED = re.compile(r"running (\w+) node\. Name:'([^']*)' Status Message: ((?:(?!Status Message:).)*)$")
 #: lines that wrap or announce a failure without saying what it is
 _WRAPPERS = [re.compile(p, re.IGNORECASE) for p in (
