@@ -66,14 +66,20 @@ def test_init_on_a_model_that_random_sizes_do_not_run_says_so_in_one_line(capfd,
 
 def test_init_writes_the_gate_of_the_models_output_precision(capsys, tmp_path, local_hosts):
     import onnx
+
+    from orchestrator.plan import plan
+    from orchestrator.spec import load_spec
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     folder = tmp_path / "half"
     folder.mkdir()
     onnx.save(convert_float_to_float16(onnx.load(str(TINYCNN)), keep_io_types=False), str(folder / "half.onnx"))
     assert main(["init", str(folder / "half.onnx"), "--hosts", str(local_hosts)]) == 0
-    spec = yaml.safe_load((folder / "modelpack.yaml").read_text())
-    assert spec["tolerance"] == {"atol": 1e-3, "rtol": 1e-2}, spec
+    spec = folder / "modelpack.yaml"
+    assert "tolerance" not in yaml.safe_load(spec.read_text()), "left to the default, which follows the model"
+    assert "{atol: 1.0e-03, rtol: 1.0e-02} for these outputs" in spec.read_text()
+    [job] = plan([load_spec(spec)])
+    assert (job.packager_job({}).atol, job.packager_job({}).rtol) == (1e-3, 1e-2)
 
 
 def test_init_leaves_a_quantized_models_gate_to_be_measured(capsys, tmp_path, local_hosts):
