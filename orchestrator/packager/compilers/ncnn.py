@@ -15,6 +15,8 @@ from pathlib import Path
 
 from .. import reproducible
 from ..job import JobTarget
+from ..normalise import widened_to_float32
+from ..signature import load_onnx
 from .base import Artifact, BaseCompiler, CompileContext, CompileResult, CompilerError, choice, converter_failed
 
 
@@ -53,8 +55,16 @@ class NcnnCompiler(BaseCompiler):
             raise CompilerError("pnnx is not installed")
         work = root / "pnnx"
         work.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(model, work / "model.onnx")
-        kinds = {"float32": "f32", "float16": "f16", "int64": "i64", "int32": "i32", "uint8": "u8", "int8": "i8"}
+        widened = widened_to_float32(load_onnx(model))
+        if widened is None:
+            shutil.copyfile(model, work / "model.onnx")
+        else:  # pnnx leaves float16 operators unconverted: ncnn gets float32 (fp16 is its own option)
+            import onnx
+
+            onnx.save(widened, str(work / "model.onnx"))
+        # half-precision inputs were widened with the rest
+        kinds = {"float32": "f32", "float16": "f32", "bfloat16": "f32", "int64": "i64", "int32": "i32", "uint8": "u8",
+                 "int8": "i8"}
 
         def shapes(inputs: list[dict]) -> str:
             return ",".join("[" + ",".join(str(d) for d in i["shape"]) + "]" + kinds.get(i["dtype"], "f32")
