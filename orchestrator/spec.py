@@ -25,7 +25,7 @@ from .packager.functions import resolve as resolve_functions
 from .packager.evaluate import MIN_EVALUATION_SAMPLES, held_out_count
 from .packager.job import CompilerCall
 from .packager.samples import DimRange, load_samples, resolve_dims
-from .packager.signature import ModelError, is_quantized, load_onnx_with_data, signature
+from .packager.signature import ModelError, UnrankedInput, is_quantized, load_onnx_with_data, signature
 from .runtime.checks import content_sha256
 from .targets import TARGETS, Target, known_target
 
@@ -229,7 +229,8 @@ class Spec(_Strict):
         default_factory=dict,
         description="sizes of dynamic dimensions for golden samples and benchmarks, e.g. {tokens: [1, 128]}; a"
                     " dimension may be a range instead (see `shapes` ranges below). The package keeps the model's"
-                    " dynamic dimensions either way")
+                    " dynamic dimensions either way. An input the model gives no shape at all takes its rank from"
+                    " here, every dimension dynamic")
     fixed_shapes: Literal["reject", "allow"] = Field(
         "reject", description="a candidate that runs only at the benchmark size (a fixed-shape compiler, an"
                               " engine failing at another checked size, or one that failed on the dynamic model and"
@@ -404,8 +405,10 @@ def load_spec(path: Path, allow_outside: Sequence[Path] = ()) -> LoadedSpec:
 
     model_path = spec_file(path, "model", spec.model, allow_outside)
     try:
-        model, external = load_onnx_with_data(model_path)
+        model, external = load_onnx_with_data(model_path, spec.job_shapes())
         inputs, outputs = signature(model)
+    except UnrankedInput as exc:
+        raise InputError(path, "shapes", f"{model_path}: {exc}") from None
     except ModelError as exc:
         raise InputError(path, "model", f"{model_path}: {exc}") from None
     if "model.onnx" in external:  # the model's own name in its workspace folder (plan.py)

@@ -52,7 +52,7 @@ from .selection import (
 from .lease import benchmark_lease
 from .ranking import MAX_ROUNDS, MIN_ROUNDS
 from .tuning import leading, tune
-from .signature import load_onnx, signature
+from .signature import ModelError, load_onnx, signature, unranked_inputs
 
 BENCHMARK = {"warmup_s": 0.1, "budget_s": 0.4, "min_runs": 5, "max_runs": 100_000}
 
@@ -143,7 +143,22 @@ def check_job(job: Job, in_dir: Path, out_dir: Path) -> Checked:
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
-    return Checked(env, model_path, registry(), work)
+    return Checked(env, _ranked(model_path, job.shapes, work), registry(), work)
+
+
+def _ranked(model_path: Path, shapes: dict[str, list[Any]], work: Path) -> Path:
+    """The model the packager works from: the one that arrived, or, where an input has
+    no shape, a copy with the rank the spec gives it (which every tool after needs)."""
+    if not unranked_inputs(onnx.load(str(model_path), load_external_data=False)):
+        return model_path
+    try:
+        model = load_onnx(model_path, shapes)
+    except ModelError as exc:
+        raise BadJob(f"model: {exc}") from None
+    ranked = work / "ranked" / "model.onnx"
+    ranked.parent.mkdir()
+    onnx.save(model, str(ranked))
+    return ranked
 
 
 def make_reference(job: Job, in_dir: Path, checked: Checked, stage: Stage) -> Reference:

@@ -8,7 +8,7 @@ because it must never trust what arrived.
 from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -23,12 +23,46 @@ class ModelError(ValueError):
     """The file is not a usable ONNX model; the message says why."""
 
 
-def load_onnx(path: Path) -> Any:
-    """Load and structurally check an ONNX model, raising :class:`ModelError`."""
-    return load_onnx_with_data(path)[0]
+class UnrankedInput(ModelError):
+    """An input has no shape in the model and the spec's ``shapes`` does not give it."""
 
 
-def load_onnx_with_data(path: Path) -> tuple[Any, dict[str, Path]]:
+def unranked_inputs(model: Any) -> list[str]:
+    """The inputs whose type carries no shape at all: onnxruntime runs them at any rank,
+    and onnx's checker refuses the model until they have one."""
+    return [v.name for v in tensor_inputs(model)
+            if v.type.WhichOneof("value") == "tensor_type" and not v.type.tensor_type.HasField("shape")]
+
+
+def write_ranks(model: Any, shapes: Mapping[str, Sequence[Any]]) -> list[str]:
+    """Give each input with no shape the rank of its entry under ``shapes`` (the sizes a
+    user writes there), every dimension dynamic: the sizes themselves are checked and
+    ranged like any dynamic dimension's. Returns the inputs given a rank; raises
+    :class:`UnrankedInput` for one that ``shapes`` does not give."""
+    written = []
+    missing = set(unranked_inputs(model))
+    for value in tensor_inputs(model):
+        if value.name not in missing:
+            continue
+        if value.name not in shapes:
+            raise UnrankedInput(f"input {value.name!r} has no shape in the model, so its rank is unknown (onnxruntime"
+                                f" runs it at any rank); give its size under shapes, one entry per axis, e.g."
+                                f" shapes: {{{value.name}: [1, 3, 224, 224]}}")
+        shape = value.type.tensor_type.shape
+        for _ in shapes[value.name]:
+            shape.dim.add()
+        written.append(value.name)
+    return written
+
+
+def load_onnx(path: Path, shapes: Mapping[str, Sequence[Any]] | None = None) -> Any:
+    """Load and structurally check an ONNX model, raising :class:`ModelError`. An input
+    with no shape is given the rank of its entry in ``shapes`` (:func:`write_ranks`)."""
+    return load_onnx_with_data(path, shapes)[0]
+
+
+def load_onnx_with_data(path: Path, shapes: Mapping[str, Sequence[Any]] | None = None
+                        ) -> tuple[Any, dict[str, Path]]:
     """:func:`load_onnx`, and the external data files the model names (big models keep
     their weights beside the graph: ``location`` relative to the model's folder → file),
     which must travel with it and be part of what identifies it."""
@@ -49,6 +83,7 @@ def load_onnx_with_data(path: Path) -> tuple[Any, dict[str, Path]]:
         raise ModelError(f"not a valid ONNX model (cannot parse: {exc})") from None
     if not model.HasField("graph") or not model.opset_import:
         raise ModelError("not a valid ONNX model (no graph or opset; truncated or not ONNX?)")
+    write_ranks(model, shapes or {})
     try:
         onnx.checker.check_model(model)
     except Exception as exc:  # onnx raises its own ValidationError and plain C++ errors

