@@ -52,6 +52,7 @@ from .selection import (
 from .lease import benchmark_lease
 from .ranking import MAX_ROUNDS, MIN_ROUNDS
 from .tuning import leading, tune
+from .ort_ops import nonstandard_ops
 from .signature import ModelError, load_onnx, signature, unranked_inputs
 
 BENCHMARK = {"warmup_s": 0.1, "budget_s": 0.4, "min_runs": 5, "max_runs": 100_000}
@@ -143,22 +144,24 @@ def check_job(job: Job, in_dir: Path, out_dir: Path) -> Checked:
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
-    return Checked(env, _ranked(model_path, job.shapes, work), registry(), work)
+    return Checked(env, _standard(model_path, job.shapes, work), registry(), work)
 
 
-def _ranked(model_path: Path, shapes: dict[str, list[Any]], work: Path) -> Path:
-    """The model the packager works from: the one that arrived, or, where an input has
-    no shape, a copy with the rank the spec gives it (which every tool after needs)."""
-    if not unranked_inputs(onnx.load(str(model_path), load_external_data=False)):
+def _standard(model_path: Path, shapes: dict[str, list[Any]], work: Path) -> Path:
+    """The model the packager works from: the one that arrived, or, where it is not
+    standard ONNX (an input with no shape, onnxruntime's own LayerNormalization before
+    opset 17), the standard copy :func:`load_onnx` makes, which every tool after needs."""
+    header = onnx.load(str(model_path), load_external_data=False)
+    if not unranked_inputs(header) and not nonstandard_ops(header):
         return model_path
     try:
         model = load_onnx(model_path, shapes)
     except ModelError as exc:
         raise BadJob(f"model: {exc}") from None
-    ranked = work / "ranked" / "model.onnx"
-    ranked.parent.mkdir()
-    onnx.save(model, str(ranked))
-    return ranked
+    standard = work / "standard" / "model.onnx"
+    standard.parent.mkdir()
+    onnx.save(model, str(standard))
+    return standard
 
 
 def make_reference(job: Job, in_dir: Path, checked: Checked, stage: Stage) -> Reference:
@@ -195,6 +198,15 @@ def _reference(job: Job, in_dir: Path, checked: Checked, stage: Stage) -> Refere
         reference_runner = FunctionsRunner(reference_runner, [], resolved.runtime)
     golden = make_golden(package_in, job.shapes, in_dir / job.samples if job.samples else None, job.samples,
                          job.model_sha256, input_hints(graph_model), reference_runner)
+    original = in_dir / job.model
+    if model_path != original and not resolved:  # the standard copy must compute what the model computes
+        stage("reference: check the standard copy against the model")
+        as_shipped = OnnxRuntimeRunner(original, {"optimization": "disabled"})
+        for size in golden.sets:
+            check = compare_outputs(as_shipped.run(size.feeds), size.reference, job.atol, job.rtol)
+            if not check.passed:
+                raise PackageFailed(f"model: written as standard ONNX it computes something else at the {size.point}"
+                                    f" size: {check.summary()}")
     function_check = None
     if resolved:
         stage("functions: check against NumPy")

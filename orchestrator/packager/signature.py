@@ -13,6 +13,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .causes import exception_cause
+from .ort_ops import expand_nonstandard
 
 
 #: how an unnamed dynamic dimension is written; unlike named ones, two of them need not agree
@@ -84,6 +85,11 @@ def load_onnx_with_data(path: Path, shapes: Mapping[str, Sequence[Any]] | None =
     if not model.HasField("graph") or not model.opset_import:
         raise ModelError("not a valid ONNX model (no graph or opset; truncated or not ONNX?)")
     write_ranks(model, shapes or {})
+    try:
+        expand_nonstandard(model)
+    except ValueError as exc:
+        raise ModelError(f"it uses onnxruntime's own operators, which cannot be written as standard ONNX: {exc}"
+                         ) from None
     try:
         onnx.checker.check_model(model)
     except Exception as exc:  # onnx raises its own ValidationError and plain C++ errors

@@ -9,6 +9,7 @@ import json
 import shutil
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -499,3 +500,66 @@ def test_an_input_with_no_shape_takes_its_rank_from_the_spec(capsys, write_spec,
             np.testing.assert_allclose(got[name], value, rtol=1e-3, atol=1e-4)
     with pytest.raises(PackageError, match="rank"):
         session.run({"x": rng.random((3, 224, 224)).astype(np.float32)})
+
+
+def _optimised_by_onnxruntime(model: Any, path: Path) -> Path:
+    """``model`` as onnxruntime's graph optimiser saves it (``optimized_model_filepath``),
+    which is how many transformer models ship."""
+    import onnx
+
+    source = path.with_name("unoptimised.onnx")
+    onnx.save(model, str(source))
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(path)
+    ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+    return path
+
+
+def _norms_at_opset_13() -> Any:
+    """A layer norm and an RMS norm (Llama-style) written out in primitive ops, as
+    exporters write them before opset 17."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    width = 64
+    constants = {"g": np.linspace(0.5, 1.5, width), "b": np.linspace(-0.1, 0.1, width), "two": 2.0, "eps": 1e-5,
+                 "eps2": 1e-6, "g2": np.linspace(0.9, 1.1, width)}
+    nodes = [helper.make_node("Relu", ["x"], ["s"]),
+             helper.make_node("ReduceMean", ["s"], ["mu"], axes=[-1]), helper.make_node("Sub", ["s", "mu"], ["d"]),
+             helper.make_node("Pow", ["d", "two"], ["d2"]), helper.make_node("ReduceMean", ["d2"], ["var"], axes=[-1]),
+             helper.make_node("Add", ["var", "eps"], ["ve"]), helper.make_node("Sqrt", ["ve"], ["sd"]),
+             helper.make_node("Div", ["d", "sd"], ["n"]), helper.make_node("Mul", ["n", "g"], ["ng"]),
+             helper.make_node("Add", ["ng", "b"], ["y"]),
+             helper.make_node("Pow", ["y", "two"], ["y2"]), helper.make_node("ReduceMean", ["y2"], ["ms"], axes=[-1]),
+             helper.make_node("Add", ["ms", "eps2"], ["mse"]), helper.make_node("Sqrt", ["mse"], ["rms"]),
+             helper.make_node("Div", ["y", "rms"], ["yn"]), helper.make_node("Mul", ["g2", "yn"], ["z"])]
+    graph = helper.make_graph(
+        nodes, "norms", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", width])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", "seq", width])],
+        [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in constants.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 7
+    return model
+
+
+def test_a_model_optimised_by_onnxruntime_before_opset_17_packages(capsys, write_spec, local_hosts, tmp_path):
+    # onnxruntime's optimiser fuses layer norms into its own LayerNormalization and
+    # SimplifiedLayerNormalization in the ONNX domain at any opset; onnx's checker refused
+    # such a model ("No Op registered for LayerNormalization with domain_version of 13")
+    import onnx
+
+    model = _optimised_by_onnxruntime(_norms_at_opset_13(), tmp_path / "norms.onnx")
+    assert {"LayerNormalization", "SimplifiedLayerNormalization"} <= {n.op_type for n in onnx.load(str(model)).graph.node}
+    spec = write_spec(model=model, name="norms", compilers=["onnxruntime", "openvino", "mnn", "ncnn"],
+                      shapes={"x": [1, {"min": 1, "max": 64, "bench": 16}, 64]}, select={"benchmark_s": 0.05})
+    code, manifest, text = build(capsys, spec, tmp_path / "out", local_hosts)
+    assert code == 0, text
+    status = {c["id"]: (c["status"], c["reason"]) for c in manifest["candidates"]}
+    assert status["onnxruntime"][0] in ("selected", "passed"), status
+    assert status["openvino"][0] in ("selected", "passed"), status
+    session = load(unpack(tmp_path / "out", tmp_path))
+    rng = np.random.default_rng(9)
+    for steps in (1, 23, 64):
+        x = rng.standard_normal((1, steps, 64)).astype(np.float32)
+        np.testing.assert_allclose(session.run({"x": x})["z"], source_outputs(model, {"x": x})["z"],
+                                   rtol=1e-3, atol=1e-4)
