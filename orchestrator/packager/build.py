@@ -53,7 +53,7 @@ from .lease import benchmark_lease
 from .ranking import MAX_ROUNDS, MIN_ROUNDS
 from .tuning import leading, tune
 from .ort_ops import nonstandard_ops
-from .signature import ModelError, load_onnx, signature, unranked_inputs
+from .signature import ModelError, load_onnx, signature, unranked_inputs, unshaped_outputs
 
 BENCHMARK = {"warmup_s": 0.1, "budget_s": 0.4, "min_runs": 5, "max_runs": 100_000}
 
@@ -149,10 +149,10 @@ def check_job(job: Job, in_dir: Path, out_dir: Path) -> Checked:
 
 def _standard(model_path: Path, shapes: dict[str, list[Any]], work: Path) -> Path:
     """The model the packager works from: the one that arrived, or, where it is not
-    standard ONNX (an input with no shape, onnxruntime's own LayerNormalization before
-    opset 17), the standard copy :func:`load_onnx` makes, which every tool after needs."""
+    standard ONNX (an input or output with no shape, onnxruntime's own operators), the
+    standard copy :func:`load_onnx` makes, which every tool after needs."""
     header = onnx.load(str(model_path), load_external_data=False)
-    if not unranked_inputs(header) and not nonstandard_ops(header):
+    if not unranked_inputs(header) and not unshaped_outputs(header) and not nonstandard_ops(header):
         return model_path
     try:
         model = load_onnx(model_path, shapes)

@@ -35,6 +35,38 @@ def unranked_inputs(model: Any) -> list[str]:
             if v.type.WhichOneof("value") == "tensor_type" and not v.type.tensor_type.HasField("shape")]
 
 
+def unshaped_outputs(model: Any) -> list[str]:
+    """The outputs whose type carries no shape: onnxruntime runs such a model, and onnx's
+    checker refuses it."""
+    return [v.name for v in model.graph.output
+            if v.type.WhichOneof("value") == "tensor_type" and not v.type.tensor_type.HasField("shape")]
+
+
+def write_output_shapes(model: Any) -> list[str]:
+    """Give each output with no shape the one onnx's shape inference finds for it (run
+    on a copy, after the inputs have their ranks); returns the outputs given a shape.
+    Raises :class:`ModelError` for one whose shape inference cannot find."""
+    import onnx
+
+    missing = unshaped_outputs(model)
+    if not missing:
+        return []
+    try:
+        inferred = {v.name: v for v in onnx.shape_inference.infer_shapes(model).graph.output}
+    except Exception as exc:  # onnx raises its own errors and plain C++ ones
+        raise ModelError(f"output {missing[0]!r} has no shape in the model, and onnx's shape inference failed:"
+                         f" {exception_cause(exc)}") from None
+    for value in model.graph.output:
+        if value.name not in missing:
+            continue
+        found = inferred.get(value.name)
+        if found is None or not found.type.tensor_type.HasField("shape"):
+            raise ModelError(f"output {value.name!r} has no shape in the model, and onnx's shape inference cannot"
+                             f" find its rank")
+        value.type.tensor_type.shape.CopyFrom(found.type.tensor_type.shape)
+    return missing
+
+
 def write_ranks(model: Any, shapes: Mapping[str, Sequence[Any]]) -> list[str]:
     """Give each input with no shape the rank of its entry under ``shapes`` (the sizes a
     user writes there), every dimension dynamic: the sizes themselves are checked and
@@ -90,6 +122,7 @@ def load_onnx_with_data(path: Path, shapes: Mapping[str, Sequence[Any]] | None =
     except ValueError as exc:
         raise ModelError(f"it uses onnxruntime's own operators, which cannot be written as standard ONNX: {exc}"
                          ) from None
+    write_output_shapes(model)
     try:
         onnx.checker.check_model(model)
     except Exception as exc:  # onnx raises its own ValidationError and plain C++ errors

