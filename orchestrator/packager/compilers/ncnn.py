@@ -29,6 +29,10 @@ def _pnnx_binary() -> Path | None:
     return binary if binary.is_file() else None
 
 
+#: the newest ONNX IR version the onnxruntime inside pnnx reads
+PNNX_IR_VERSION = 13
+
+
 @dataclass
 class NcnnOptions:
     #: let ncnn store and compute in fp16 where the CPU can (accuracy-gated)
@@ -55,13 +59,18 @@ class NcnnCompiler(BaseCompiler):
             raise CompilerError("pnnx is not installed")
         work = root / "pnnx"
         work.mkdir(parents=True, exist_ok=True)
-        widened = widened_to_float32(load_onnx(model))
-        if widened is None:
+        source = load_onnx(model)
+        # pnnx leaves float16 operators unconverted: ncnn gets float32 (fp16 is its own option)
+        readable = widened_to_float32(source) or source
+        if readable is source and source.ir_version <= PNNX_IR_VERSION:
             shutil.copyfile(model, work / "model.onnx")
-        else:  # pnnx leaves float16 operators unconverted: ncnn gets float32 (fp16 is its own option)
+        else:
             import onnx
 
-            onnx.save(widened, str(work / "model.onnx"))
+            # the onnxruntime inside pnnx refuses newer IR versions even where the model uses
+            # nothing they added; anything it cannot read still fails there, with its reason
+            readable.ir_version = min(readable.ir_version, PNNX_IR_VERSION)
+            onnx.save(readable, str(work / "model.onnx"))
         # half-precision inputs were widened with the rest
         kinds = {"float32": "f32", "float16": "f32", "bfloat16": "f32", "int64": "i64", "int32": "i32", "uint8": "u8",
                  "int8": "i8"}
