@@ -89,8 +89,11 @@ def write_ranks(model: Any, shapes: Mapping[str, Sequence[Any]]) -> list[str]:
 
 
 def load_onnx(path: Path, shapes: Mapping[str, Sequence[Any]] | None = None) -> Any:
-    """Load and structurally check an ONNX model, raising :class:`ModelError`. An input
-    with no shape is given the rank of its entry in ``shapes`` (:func:`write_ranks`)."""
+    """Load an ONNX model as standard ONNX and check it, raising :class:`ModelError`.
+    What onnxruntime runs but onnx's checker and the converters refuse is written first:
+    an input with no shape gets the rank of its entry in ``shapes`` (:func:`write_ranks`),
+    an output with no shape the inferred one (:func:`write_output_shapes`), and
+    onnxruntime's own operators become standard ones (:mod:`.ort_ops`)."""
     return load_onnx_with_data(path, shapes)[0]
 
 
