@@ -144,19 +144,22 @@ def check_job(job: Job, in_dir: Path, out_dir: Path) -> Checked:
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
-    return Checked(env, _standard(model_path, job.shapes, work), registry(), work)
+    standard, written = _standard(model_path, job.shapes, work)
+    return Checked(env, standard, registry(), work, written)
 
 
-def _standard(model_path: Path, shapes: dict[str, list[Any]], work: Path) -> Path:
+def _standard(model_path: Path, shapes: dict[str, list[Any]], work: Path) -> tuple[Path, list[str]]:
     """The model the packager works from: the one that arrived, or, where it is not
     standard ONNX (an input or output with no shape, onnxruntime's own operators), the
-    standard copy :func:`load_onnx` makes, which every tool after needs."""
+    standard copy :func:`load_onnx` makes, which every tool after needs; and what was
+    written, for the manifest."""
     try:
         header = onnx.load(str(model_path), load_external_data=False)
     except Exception:  # not parseable: the reference step reports it as the model's failure
-        return model_path
-    if not unranked_inputs(header) and not unshaped_outputs(header) and not nonstandard_ops(header):
-        return model_path
+        return model_path, []
+    unranked, unshaped, fused = unranked_inputs(header), unshaped_outputs(header), nonstandard_ops(header)
+    if not unranked and not unshaped and not fused:
+        return model_path, []
     try:
         model = load_onnx(model_path, shapes)
     except ModelError as exc:
@@ -164,7 +167,10 @@ def _standard(model_path: Path, shapes: dict[str, list[Any]], work: Path) -> Pat
     standard = work / "standard" / "model.onnx"
     standard.parent.mkdir()
     onnx.save(model, str(standard))
-    return standard
+    rewritten = sorted(set(fused) - set(nonstandard_ops(model)))
+    return standard, ([f"input {name!r}: rank from shapes" for name in unranked]
+                      + [f"output {name!r}: shape from onnx's shape inference" for name in unshaped]
+                      + ([f"onnxruntime's {', '.join(rewritten)} written as standard operators"] if rewritten else []))
 
 
 def make_reference(job: Job, in_dir: Path, checked: Checked, stage: Stage) -> Reference:
@@ -377,8 +383,9 @@ def lay_out(job: Job, checked: Checked, reference: Reference, normalised: Normal
     if winner.static:
         outputs = output_signature(reference.output_names, [golden.sets[0].reference], reference.declared_outputs,
                                    reference.dynamic)
-    manifest = write_manifest_data(root, job, checked.env, reference, normalised.record, selected, shipped,
-                                   outputs, own_reference)
+    record = {**normalised.record, **({"standard": checked.standard} if checked.standard else {})}
+    manifest = write_manifest_data(root, job, checked.env, reference, record, selected, shipped, outputs,
+                                   own_reference)
     write_manifest(root, manifest)
     return root, manifest
 

@@ -27,6 +27,8 @@ class Checked:
     model_path: Path
     compilers: dict[str, Compiler]
     work: Path
+    #: what was written to make ``model_path`` standard ONNX (empty: it is the model as it arrived)
+    standard: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -133,7 +133,9 @@ class Manifest:
     samples: Optional[Samples] = documented("see Samples", None)
     tolerance: Optional[Tolerance] = documented("see Tolerance", None)
     shapes: Optional[Dict[str, Any]] = documented("`fixed_shapes_policy`, `static`, `checked` sizes, `pinned` dims", None)
-    normalisation: Optional[Dict[str, Any]] = documented("which model each kind was, dropped steps, `compiled_from`", None)
+    normalisation: Optional[Dict[str, Any]] = documented(
+        "which model each kind was, dropped steps, `compiled_from`, and `standard`: what was written to make the"
+        " source model standard ONNX (absent when it was)", None)
     compiler: Optional[Dict[str, Any]] = documented("what built the shipped artifact: name, version, options,"
                                               " variant, reproducible", None)
     provenance: Optional[Dict[str, Any]] = documented("host, transport, image, emulation, packager version,"

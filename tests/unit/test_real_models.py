@@ -55,6 +55,7 @@ def test_model_zoo_ir3_cnn_with_initializers_as_inputs_packages(capsys, write_sp
     assert code == 0, text
     normalisation = manifest["normalisation"]
     assert normalisation["dynamic"]["model"].startswith("initializers detached"), normalisation
+    assert "standard" not in normalisation, "a standard model is packaged from the file as it arrived"
     assert manifest["selftest"]["passed"]
     folder = unpack(tmp_path / "out", tmp_path)
     x = np.random.default_rng(5).standard_normal((1, 3, 224, 224)).astype(np.float32)
@@ -502,6 +503,7 @@ def test_an_input_with_no_shape_takes_its_rank_from_the_spec(capsys, write_spec,
     assert code == 0, text
     [image] = manifest["inputs"]
     assert len(image["shape"]) == 4, image
+    assert manifest["normalisation"]["standard"] == ["input 'x': rank from shapes"]
     session = load(unpack(tmp_path / "out", tmp_path))
     rng = np.random.default_rng(8)
     for width in (160, 250, 320):
@@ -568,6 +570,8 @@ def test_a_model_optimised_by_onnxruntime_before_opset_17_packages(capsys, write
     status = {c["id"]: (c["status"], c["reason"]) for c in manifest["candidates"]}
     assert status["onnxruntime"][0] in ("selected", "passed"), status
     assert status["openvino"][0] in ("selected", "passed"), status
+    assert manifest["normalisation"]["standard"] == [
+        "onnxruntime's LayerNormalization, SimplifiedLayerNormalization written as standard operators"]
     session = load(unpack(tmp_path / "out", tmp_path))
     rng = np.random.default_rng(9)
     for steps in (1, 23, 64):
