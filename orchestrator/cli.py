@@ -420,8 +420,11 @@ def _text_card(m: dict[str, Any]) -> list[str]:
         lines.append("  self-test     not recorded")
     else:
         tolerance = m.get("tolerance") or {}
+        own = _at(tolerance, "outputs", default={})
+        own_gates = "".join(f"; {name}: atol={_at(o, 'atol')}, rtol={_at(o, 'rtol')}"
+                            for name, o in (own.items() if isinstance(own, dict) else []))
         lines.append(f"  self-test     {'passed' if selftest['passed'] else 'FAILED'} on {_at(selftest, 'ran_on')}"
-                     f" (atol={_at(tolerance, 'atol')}, rtol={_at(tolerance, 'rtol')})")
+                     f" (atol={_at(tolerance, 'atol')}, rtol={_at(tolerance, 'rtol')}{own_gates})")
         artifacts = _at(selftest, "artifacts", default={})
         for path, result in (artifacts.items() if isinstance(artifacts, dict) else []):
             outputs = _at(result, "outputs", default={})

@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 from collections.abc import Hashable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -99,13 +99,18 @@ def _describe(error: dict[str, Any], model: type[BaseModel]) -> tuple[str, str]:
 def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     """Field names of the (sub)model at ``loc``, for did-you-mean hints."""
     current: Any = model
+    keyed = False  # the next part is a key of a dict of submodels ({output: {atol, rtol}})
     for part in loc:
         if isinstance(part, int):
+            continue
+        if keyed:
+            keyed = False
             continue
         fields = getattr(current, "model_fields", None)
         if not fields or part not in fields:
             return []
         annotation = fields[part].annotation
+        keyed = get_origin(annotation) is dict
         current = next((a for a in getattr(annotation, "__args__", (annotation,)) if hasattr(a, "model_fields")), annotation)
         args = getattr(current, "__args__", None)
         if args:

@@ -109,7 +109,7 @@ class PlannedJob:
     def packager_job(self, provenance: dict[str, Any]) -> PackagerJob:
         s = self.spec.spec
         t = self.target
-        atol, rtol = s.tolerance.resolved(o["dtype"] for o in self.spec.model.outputs)
+        atol, rtol, output_tolerance = s.tolerance.resolved(o["dtype"] for o in self.spec.model.outputs)
         return PackagerJob(
             name=s.name,
             version=s.version,
@@ -123,6 +123,7 @@ class PlannedJob:
             compilers=s.compiler_calls() + s.variant_calls(),
             atol=atol,
             rtol=rtol,
+            output_tolerance=output_tolerance,
             measure_tolerance=s.tolerance.measured(self.spec.model.quantized),
             provenance=provenance,
             select=s.select.model_dump(exclude_unset=True) if s.select else {},

@@ -60,6 +60,11 @@ def _name_from(path: Path) -> str:
     return name if name[0].isalnum() else f"m{name}"
 
 
+def _yaml_key(name: str) -> str:
+    """``name`` as a YAML flow key, quoted where YAML needs it (names with ':' or '/')."""
+    return yaml.safe_dump(name).strip().removesuffix("...").strip()
+
+
 def render(model: Path, spec_dir: Path, inventory: LoadedInventory) -> str:
     try:
         proto = load_onnx(model)
@@ -97,17 +102,19 @@ def render(model: Path, spec_dir: Path, inventory: LoadedInventory) -> str:
     ]
     if shapes:
         lines += ["# sizes for dynamic dimensions (checked: the model runs with them under onnxruntime):",
-                  "shapes:", *[f"  {yaml.safe_dump(n).strip().removesuffix('...').strip()}: {s}" for n, s in shapes.items()]]
+                  "shapes:", *[f"  {_yaml_key(n)}: {s}" for n, s in shapes.items()]]
     elif shapes is None:
         lines += ["# The model did not run on random inputs with common sizes: give real samples above,",
                   "# or sizes for its dynamic dimensions under `shapes:`."]
     # the gate is left to its default, which follows the model (its outputs' precision, or a
     # measurement for a quantised model); written out, it would stay fixed if the model changed
-    atol, rtol = Tolerance().resolved(o["dtype"] for o in outputs)
+    atol, rtol, _ = Tolerance().resolved(o["dtype"] for o in outputs)
     default = ("measured on the build host from onnxruntime's own integer kernels (a quantised model)"
                if is_quantized(proto) else f"{{atol: {atol:.1e}, rtol: {rtol:.1e}}} for these outputs")
     lines += ["# accuracy gate per output: |package - reference| <= atol + rtol * |reference|;",
               f"# by default {default}. Setting it fixes it:",
               f"# tolerance: {{atol: {atol:.1e}, rtol: {rtol:.1e}}}",
+              *([f"# an output on another scale gets its own: tolerance: {{outputs: {{{_yaml_key(outputs[-1]['name'])}:"
+                 f" {{atol: {atol * 100:.1e}}}}}}}"] if len(outputs) > 1 else []),
               "# select: {metric: latency, prefer: [onnxruntime]}"]
     return "\n".join(lines) + "\n"

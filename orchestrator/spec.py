@@ -8,6 +8,7 @@ their schema, then refused explicitly: a spec is never half-honoured.
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,15 @@ class _Strict(BaseModel):
 DEFAULT_TOLERANCE = {"float32": (1e-4, 1e-3), "float16": (1e-3, 1e-2), "bfloat16": (1e-2, 5e-2)}
 
 
+class OutputTolerance(_Strict):
+    """One output's own gate."""
+
+    atol: float | None = Field(None, ge=0, description="absolute tolerance per element of this output (default:"
+                                                       " the spec's atol)")
+    rtol: float | None = Field(None, ge=0, description="relative tolerance per element of this output (default:"
+                                                       " the spec's rtol)")
+
+
 class Tolerance(_Strict):
     atol: float | None = Field(None, ge=0, description="absolute tolerance per output element (default: 1e-4; 1e-3"
                                                        " where the model has float16 outputs, 1e-2 for bfloat16;"
@@ -49,20 +59,28 @@ class Tolerance(_Strict):
                                                        " on the golden samples, measured on the build host)")
     rtol: float | None = Field(None, ge=0, description="relative tolerance per output element (default: 1e-3; 1e-2"
                                                        " where the model has float16 outputs, 5e-2 for bfloat16)")
+    outputs: dict[str, OutputTolerance] = Field(
+        default_factory=dict, description="model outputs held to a gate of their own, by name, e.g. {boxes: {atol:"
+                                          " 0.5}} for a detector whose boxes are in pixels and whose scores are"
+                                          " not; the others are held to atol and rtol")
 
-    def resolved(self, output_dtypes: Iterable[str]) -> tuple[float, float]:
-        """(atol, rtol) for a model with outputs of these dtypes: what the spec sets, and
-        for a key it leaves out the default of the coarsest floating format among them."""
+    def resolved(self, output_dtypes: Iterable[str]) -> tuple[float, float, dict[str, dict[str, float]]]:
+        """(atol, rtol, {output: {atol, rtol}}) for a model with outputs of these dtypes:
+        what the spec sets, and for a key it leaves out the default of the coarsest
+        floating format among them."""
         defaults = [DEFAULT_TOLERANCE.get(dtype, DEFAULT_TOLERANCE["float32"]) for dtype in output_dtypes]
         atol, rtol = (max(column) for column in zip(DEFAULT_TOLERANCE["float32"], *defaults))
-        return (atol if self.atol is None else self.atol, rtol if self.rtol is None else self.rtol)
+        atol, rtol = (atol if self.atol is None else self.atol, rtol if self.rtol is None else self.rtol)
+        own = {name: {"atol": atol if o.atol is None else o.atol, "rtol": rtol if o.rtol is None else o.rtol}
+               for name, o in self.outputs.items()}
+        return atol, rtol, own
 
     def measured(self, quantized: bool) -> bool:
         """Whether the packager sets the gate from the model itself: for a quantised model
         whose spec leaves the tolerance unset. Its engines' integer kernels differ from its
         exact semantics by rounding steps (onnxruntime's own by 10 % of an output on a
         statically quantised classifier), which no fixed float tolerance describes."""
-        return quantized and self.atol is None and self.rtol is None
+        return quantized and self.atol is None and self.rtol is None and not self.outputs
 
 
 class SelectPolicy(_Strict):
@@ -444,6 +462,12 @@ def load_spec(path: Path, allow_outside: Sequence[Path] = ()) -> LoadedSpec:
         metric = spec_file(path, "accelerate.gate.metric", spec.accelerate.gate.metric.rsplit(":", 1)[0], allow_outside)
     if spec.accelerate:
         _check_gate(path, spec, outputs, evaluation, calibration)
+    names = [o["name"] for o in outputs]
+    for name in spec.tolerance.outputs:
+        if name not in names:
+            hint = difflib.get_close_matches(name, names, n=1)
+            raise InputError(path, f"tolerance.outputs.{name}", "not an output of the model; "
+                             + (f"did you mean {hint[0]!r}?" if hint else f"its outputs: {', '.join(names)}"))
     return LoadedSpec(path, spec, info, samples, calibration, metric, labels, evaluation)
 
 

@@ -14,6 +14,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ..runtime.checks import Tolerance
 from .messages import Message, MessageError
 
 RESULT_FILE = "result.json"
@@ -71,6 +72,8 @@ class Job(Message):
     compilers: list[CompilerCall]
     atol: float
     rtol: float
+    #: outputs held to a gate of their own: {name: {"atol", "rtol"}}; the others to atol, rtol
+    output_tolerance: dict[str, dict[str, float]] = field(default_factory=dict)
     #: the model's external data files (its weights, for big models), by the location the
     #: model names them with relative to its own folder, and their sha256
     model_data: dict[str, str] = field(default_factory=dict)
@@ -100,13 +103,18 @@ class Job(Message):
     #: the device's runtime settings: {"threads": N or None, "engines": {engine: {setting: value}}};
     #: every artifact records them and every measurement runs with them
     device: dict[str, Any] = field(default_factory=dict)
-    #: a quantised model whose spec left the tolerance unset: the packager widens atol to
-    #: twice what onnxruntime's own kernels differ from the model's exact semantics on the
-    #: golden samples (atol and rtol are then results, not instructions)
+    #: a quantised model whose spec left the tolerance unset: the packager widens each
+    #: output's atol to twice what onnxruntime's own kernels differ from the model's exact
+    #: semantics on it over the golden samples (the gate is then a result, not an instruction)
     measure_tolerance: bool = False
     #: the controller grants a benchmark lease (its transport can tell a running packager):
     #: wait for it before timing anything
     benchmark_lease: bool = False
+
+    @property
+    def tolerance(self) -> Tolerance:
+        """The accuracy gate every step holds the package and its candidates to."""
+        return Tolerance.from_json({"atol": self.atol, "rtol": self.rtol, "outputs": self.output_tolerance})
 
     @classmethod
     def from_fields(cls, data: dict[str, Any]) -> "Job":
@@ -120,7 +128,7 @@ class Job(Message):
         fields = asdict(self)
         del fields["provenance"], fields["benchmark_lease"]  # where and how it was built, not what
         if self.measure_tolerance:  # the packager's measurement, not what it was asked
-            del fields["atol"], fields["rtol"]
+            del fields["atol"], fields["rtol"], fields["output_tolerance"]
         return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
     @classmethod

@@ -203,7 +203,7 @@ def write_manifest_data(root: Path, job: Job, env: CompileEnvironment, reference
             "note": ("latencies were measured under emulation and do not represent native speed"
                      if emulated and selected.measured else None),
         },
-        "tolerance": {"atol": job.atol, "rtol": job.rtol,
+        "tolerance": {**job.tolerance.to_json(),
                       **({"basis": reference.tolerance_basis} if reference.tolerance_basis else {})},
         "samples": {
             "origin": reference.golden.origin,
@@ -224,7 +224,7 @@ def write_manifest_data(root: Path, job: Job, env: CompileEnvironment, reference
         manifest["acceleration"] = {
             "variants": [c.variant for c in job.compilers if c.variant],
             "always_applied": ALWAYS_APPLIED,
-            "gate": job.gate or {"tolerance": {"atol": job.atol, "rtol": job.rtol}},
+            "gate": job.gate or {"tolerance": job.tolerance.to_json()},
             "gate_reads": reference.tensors.to_json(),
             "evaluation": reference.evaluation_record,
         }

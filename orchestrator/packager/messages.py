@@ -84,8 +84,8 @@ class MeasureRequest(Message):
     artifact: dict[str, Any]
     #: [{"point", "inputs": {name: path}, "reference": {name: path}}], benchmark size first
     sizes: list[dict[str, Any]]
-    atol: float
-    rtol: float
+    #: the accuracy gate (runtime.checks.Tolerance as JSON)
+    tolerance: dict[str, Any]
     benchmark: dict[str, Any] | None = None
     variant: str | None = None
     gate: dict[str, Any] | None = None

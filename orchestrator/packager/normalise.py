@@ -30,7 +30,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from ..runtime.checks import compare_outputs
+from ..runtime.checks import Tolerance, compare_outputs
 from ..runtime.engines import OnnxRuntimeRunner, installed_version
 from .causes import exception_cause
 
@@ -147,7 +147,7 @@ def _optimise(model: Any) -> Any:
     return _slim(onnxscript.optimizer.optimize(_copy(model)))
 
 
-def _problem(path: Path, sets: list[SizeSet], atol: float, rtol: float) -> str | None:
+def _problem(path: Path, sets: list[SizeSet], tolerance: Tolerance) -> str | None:
     """Why the model at ``path`` is not a faithful copy of the reference, or None."""
     try:
         runner = OnnxRuntimeRunner(path, {"optimization": "disabled"})
@@ -158,14 +158,14 @@ def _problem(path: Path, sets: list[SizeSet], atol: float, rtol: float) -> str |
             outputs = runner.run(size.feeds)
         except Exception as exc:
             return f"onnxruntime fails at the {size.point} size: {exception_cause(exc)}"
-        comparison = compare_outputs(outputs, size.reference, atol, rtol)
+        comparison = compare_outputs(outputs, size.reference, tolerance)
         if not comparison.passed:
             return f"differs from the source model at the {size.point} size: {comparison.summary()}"
     return None
 
 
 def _first_faithful(steps: list[tuple[str, Callable[[], Any]]], source: Path, dest: Path, sets: list[SizeSet],
-                    atol: float, rtol: float) -> dict[str, Any]:
+                    tolerance: Tolerance) -> dict[str, Any]:
     """Try each (name, make) in order; keep the first whose result is faithful, else
     the source model. Returns what was used and why the others were dropped."""
     import onnx
@@ -178,7 +178,7 @@ def _first_faithful(steps: list[tuple[str, Callable[[], Any]]], source: Path, de
         except Exception as exc:  # the transformation itself failing
             dropped.append({"step": name, "reason": f"failed: {exception_cause(exc)}"})
             continue
-        problem = _problem(dest, sets, atol, rtol)
+        problem = _problem(dest, sets, tolerance)
         if problem is None:
             return {"model": name, "nodes": len(model.graph.node), "dropped": dropped}
         dropped.append({"step": name, "reason": problem})
@@ -186,7 +186,7 @@ def _first_faithful(steps: list[tuple[str, Callable[[], Any]]], source: Path, de
     return {"model": "source", "dropped": dropped}
 
 
-def normalise(source: Path, sets: list[SizeSet], atol: float, rtol: float, work: Path) -> Normalised:
+def normalise(source: Path, sets: list[SizeSet], tolerance: Tolerance, work: Path) -> Normalised:
     """Write the verified dynamic and fixed-shape models into ``work``; return them and
     the record of what was done. ``sets[0]`` is the benchmark size."""
     import onnx
@@ -222,9 +222,9 @@ def normalise(source: Path, sets: list[SizeSet], atol: float, rtol: float, work:
                           (("onnxscript", script_version), ("onnxslim", slim_version)) if version) or None,
         "nodes_before": len(model.graph.node),
         "verified_at": [s.point for s in sets],
-        "dynamic": _first_faithful(dynamic_steps, source, result.dynamic, sets, atol, rtol),
+        "dynamic": _first_faithful(dynamic_steps, source, result.dynamic, sets, tolerance),
         "fixed": {"shapes": {k: list(v.shape) for k, v in sets[0].feeds.items()},
-                  **_first_faithful(fixed_steps, source, result.fixed, sets[:1], atol, rtol)},
+                  **_first_faithful(fixed_steps, source, result.fixed, sets[:1], tolerance)},
     }
     if not slim_version:
         result.record["note"] = "onnxslim is not installed"

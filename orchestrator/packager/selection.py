@@ -244,8 +244,8 @@ class Measurement:
     #: the golden samples at each checked size, benchmark size first:
     #: [{"point", "inputs": {name: path}, "reference": {name: path}}]
     sizes: list[dict[str, Any]]
-    atol: float
-    rtol: float
+    #: the accuracy gate (runtime.checks.Tolerance as JSON)
+    tolerance: dict[str, Any]
     #: "reject" or "allow": what happens to a candidate that runs only at the benchmark size
     fixed_shapes: str = "reject"
     #: task-level gate for variants ({} = tolerance), its evaluation set and metric module
@@ -258,7 +258,7 @@ class Measurement:
     def request(self, c: Candidate, artifact: dict[str, Any], bench: dict[str, Any] | None) -> MeasureRequest:
         sizes = self.sizes[:1] if (bench or c.fixed_shapes) else self.sizes
         judged = bool(c.variant) and not bench
-        return MeasureRequest(str(c.root), artifact, sizes, self.atol, self.rtol, bench, c.variant,
+        return MeasureRequest(str(c.root), artifact, sizes, self.tolerance, bench, c.variant,
                               self.gate if judged else None, self.evaluation if judged else None,
                               self.metric_file, self.tensors)
 
@@ -414,8 +414,8 @@ def _gate_summary(accuracy: dict[str, Any]) -> str:
     for name, o in accuracy["outputs"].items():
         if not o["passed"]:
             detail = o.get("problem") or f"max abs error {o['max_abs']:.3g}, max rel error {o['max_rel']:.3g}"
-            parts.append(f"output {name!r}: {detail}")
-    return ", ".join(parts) + f" (atol={accuracy['atol']:g}, rtol={accuracy['rtol']:g})"
+            parts.append(f"output {name!r}: {detail} (atol={o['atol']:g}, rtol={o['rtol']:g})")
+    return ", ".join(parts)
 
 
 def _metric(c: Candidate, metric: str) -> float:

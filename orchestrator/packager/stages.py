@@ -9,7 +9,7 @@ from typing import Any
 
 import onnx
 
-from ..runtime.checks import Comparison
+from ..runtime.checks import Comparison, Tolerance
 from .compilers import Compiler
 from .environment import CompileEnvironment
 from .evaluate import GateTensors
@@ -57,8 +57,8 @@ class Reference:
     evaluation: dict[str, str] | None = None
     calibration: Path | None = None
     evaluation_record: dict[str, Any] | None = None
-    #: a quantised model's gate, measured (Job.measure_tolerance): atol, and how it was found
-    measured_atol: float | None = None
+    #: a quantised model's gate, measured (Job.measure_tolerance), and how it was found
+    measured_tolerance: Tolerance | None = None
     tolerance_basis: str | None = None
 
 

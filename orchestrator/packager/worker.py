@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..runtime.checks import compare_outputs
+from ..runtime.checks import Tolerance, compare_outputs
 from ..runtime.engines import open_artifact
 from ..runtime.functions import TAP_PREFIX
 from .accelerate import VARIANTS, transform
@@ -62,6 +62,7 @@ def measure_candidate(request: MeasureRequest) -> dict[str, Any]:
     held-out samples, then (if asked) benchmark."""
     artifact = request.artifact
     tensors = GateTensors.from_json(request.tensors)
+    tolerance = Tolerance.from_json(request.tolerance)
     # a variant is held to the tolerance on the model's own outputs, not on fused
     # post-processing (a top-k's order flips on any tie, its sorted scores hide any loss)
     keep = set(tensors.model.values()) if request.variant and tensors.model else None
@@ -75,7 +76,7 @@ def measure_candidate(request: MeasureRequest) -> dict[str, Any]:
     runner = open_artifact(artifact["engine"], Path(request.root) / artifact["path"], artifact.get("runtime", {}))
     outputs = runner.run(feeds)
     load_s = time.perf_counter() - started
-    accuracy = compare_outputs(outputs, sizes[0][1], request.atol, request.rtol).to_json()
+    accuracy = compare_outputs(outputs, sizes[0][1], tolerance).to_json()
     accuracy["sizes"] = {request.sizes[0]["point"]: _size_check(outputs, sizes[0][1], accuracy["passed"], None)}
     for size, (size_feeds, size_reference) in zip(request.sizes[1:], sizes[1:]):
         try:
@@ -84,7 +85,7 @@ def measure_candidate(request: MeasureRequest) -> dict[str, Any]:
             accuracy["sizes"][size["point"]] = {"ran": False, "passed": False,
                                                 "problem": f"the engine failed: {exception_cause(exc)}"}
             continue
-        comparison = compare_outputs(size_outputs, size_reference, request.atol, request.rtol)
+        comparison = compare_outputs(size_outputs, size_reference, tolerance)
         accuracy["sizes"][size["point"]] = _size_check(size_outputs, size_reference, comparison.passed,
                                                        None if comparison.passed else comparison.summary())
     result: dict[str, Any] = {"accuracy": accuracy}
@@ -94,7 +95,7 @@ def measure_candidate(request: MeasureRequest) -> dict[str, Any]:
         held_outputs = [runner.run(feed) for feed in held]
         result["held_out"] = loss_report(held_outputs, reference, tensors, (request.gate or {}).get("iou", 0.5))
         if not request.gate:  # the tolerance holds on every held-out sample too, not on one golden sample
-            accuracy["held_out"] = held_out_tolerance(held_outputs, reference, tensors, request.atol, request.rtol)
+            accuracy["held_out"] = held_out_tolerance(held_outputs, reference, tensors, tolerance)
             accuracy["passed"] = accuracy["passed"] and accuracy["held_out"]["passed"]
         else:
             result["task_gate"] = task_gate(request.gate, held_outputs, reference, held, tensors,
@@ -117,13 +118,13 @@ def measure_candidate(request: MeasureRequest) -> dict[str, Any]:
 
 
 def held_out_tolerance(outputs: list[dict[str, np.ndarray]], reference: list[dict[str, np.ndarray]],
-                       tensors: GateTensors, atol: float, rtol: float) -> dict[str, Any]:
+                       tensors: GateTensors, tolerance: Tolerance) -> dict[str, Any]:
     """The tolerance over the held-out samples, on the model's own outputs: how many
     samples it holds for, and the first that it does not."""
     model = list(tensors.model.values())
     failing = []
     for index, (got, want) in enumerate(zip(outputs, reference)):
-        comparison = compare_outputs(got, {k: want[k] for k in model if k in want}, atol, rtol)
+        comparison = compare_outputs(got, {k: want[k] for k in model if k in want}, tolerance)
         if not comparison.passed:
             failing.append(f"sample {index}: {comparison.summary()}")
     return {"passed": not failing, "samples": len(outputs), "failing": len(failing),

@@ -63,6 +63,7 @@ import numpy as np  # noqa: E402
 
 from .checks import (  # noqa: E402
     Comparison,
+    Tolerance,
     compare_outputs,
     engine_version_problem,
     file_problems,
@@ -243,14 +244,14 @@ class Session:
         build time. Outputs at sizes other than the benchmark one are named
         ``"NAME @POINT"`` in the result."""
         samples = self.manifest["samples"]
-        tolerance = self.manifest["tolerance"]
-        result = Comparison(tolerance["atol"], tolerance["rtol"])
+        tolerance = Tolerance.from_json(self.manifest["tolerance"])
+        result = Comparison(tolerance)
         for size in [{"point": "bench", **samples}, *samples.get("sizes", [])]:
             feeds = {name: np.load(inside(self.package_dir, rel), allow_pickle=False)
                      for name, rel in size["inputs"].items()}
             reference = {name: np.load(inside(self.package_dir, rel), allow_pickle=False)
                          for name, rel in size["reference"].items()}
-            compared = compare_outputs(self.run(feeds), reference, tolerance["atol"], tolerance["rtol"])
+            compared = compare_outputs(self.run(feeds), reference, tolerance)
             for output in compared.outputs:
                 if size["point"] != "bench":
                     output.name = f"{output.name} @{size['point']}"

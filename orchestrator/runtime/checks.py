@@ -16,6 +16,7 @@ from typing import BinaryIO, Mapping
 
 import numpy as np
 
+from .functions import TAP_PREFIX
 from .platforms import this_machine
 
 
@@ -93,6 +94,35 @@ def engine_version_problem(engine: str, built_with: str, installed: str | None) 
     return None
 
 
+@dataclass(frozen=True)
+class Tolerance:
+    """The accuracy gate: ``atol``/``rtol`` for every output, and each output named in
+    ``outputs`` held to its own pair. One pair for all outputs lets a small output through
+    at the scale of a large one: a detector's scores (0..1) gated at its boxes' pixel
+    tolerance pass whatever they are."""
+
+    atol: float
+    rtol: float
+    outputs: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+
+    def of(self, name: str) -> tuple[float, float]:
+        """(atol, rtol) for output ``name``; a gate tap reads as the output it taps."""
+        return self.outputs.get(name.removeprefix(TAP_PREFIX), (self.atol, self.rtol))
+
+    def to_json(self) -> dict:
+        found: dict = {"atol": self.atol, "rtol": self.rtol}
+        if self.outputs:
+            found["outputs"] = {name: {"atol": a, "rtol": r} for name, (a, r) in self.outputs.items()}
+        return found
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> "Tolerance":
+        """From ``to_json``'s form, as a manifest or a message carries it (other keys, such
+        as the manifest's ``basis``, are not the gate's)."""
+        return cls(float(data["atol"]), float(data["rtol"]),
+                   {name: (float(o["atol"]), float(o["rtol"])) for name, o in (data.get("outputs") or {}).items()})
+
+
 @dataclass
 class OutputComparison:
     name: str
@@ -100,12 +130,16 @@ class OutputComparison:
     max_rel: float
     passed: bool
     problem: str | None = None
+    #: the gate this output was held to
+    atol: float = 0.0
+    rtol: float = 0.0
 
     def to_json(self) -> dict:
         def finite(x: float) -> float | None:  # JSON has no Infinity
             return x if np.isfinite(x) else None
 
-        out = {"max_abs": finite(self.max_abs), "max_rel": finite(self.max_rel), "passed": self.passed}
+        out = {"max_abs": finite(self.max_abs), "max_rel": finite(self.max_rel), "passed": self.passed,
+               "atol": self.atol, "rtol": self.rtol}
         if self.problem:
             out["problem"] = self.problem
         return out
@@ -113,8 +147,7 @@ class OutputComparison:
 
 @dataclass
 class Comparison:
-    atol: float
-    rtol: float
+    tolerance: Tolerance
     outputs: list[OutputComparison] = field(default_factory=list)
 
     @property
@@ -124,8 +157,7 @@ class Comparison:
     def to_json(self) -> dict:
         return {
             "passed": self.passed,
-            "atol": self.atol,
-            "rtol": self.rtol,
+            **self.tolerance.to_json(),
             "outputs": {o.name: o.to_json() for o in self.outputs},
         }
 
@@ -135,29 +167,31 @@ class Comparison:
             return "all outputs within tolerance"
         return "; ".join(
             o.problem or f"output {o.name!r}: max abs error {o.max_abs:.3g}, max rel error {o.max_rel:.3g}"
-            f" exceed atol={self.atol:g} rtol={self.rtol:g}"
+            f" exceed atol={o.atol:g} rtol={o.rtol:g}"
             for o in failing
         )
 
 
 def compare_outputs(
-    actual: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray], atol: float, rtol: float
+    actual: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray], tolerance: Tolerance
 ) -> Comparison:
-    """Per-output accuracy gate: every element must satisfy
-    ``|a - r| <= atol + rtol * |r|`` (numpy.allclose semantics, NaN equal to NaN).
-    The observed max abs and max relative errors are recorded either way."""
-    result = Comparison(atol=atol, rtol=rtol)
+    """Per-output accuracy gate: every element of output ``name`` must satisfy
+    ``|a - r| <= atol + rtol * |r|`` with ``tolerance.of(name)`` (numpy.allclose
+    semantics, NaN equal to NaN). The observed max abs and max relative errors are
+    recorded either way."""
+    result = Comparison(tolerance)
     for name, ref in reference.items():
+        atol, rtol = tolerance.of(name)
         if name not in actual:
             result.outputs.append(OutputComparison(name, float("inf"), float("inf"), False,
-                                                   f"output {name!r} missing"))
+                                                   f"output {name!r} missing", atol, rtol))
             continue
         got = np.asarray(actual[name])
         ref = np.asarray(ref)
         if got.shape != ref.shape:
             result.outputs.append(OutputComparison(
                 name, float("inf"), float("inf"), False,
-                f"output {name!r} has shape {list(got.shape)}, reference {list(ref.shape)}"))
+                f"output {name!r} has shape {list(got.shape)}, reference {list(ref.shape)}", atol, rtol))
             continue
         if ref.dtype.kind in "fc" or got.dtype.kind in "fc":
             g, r = got.astype(np.float64), ref.astype(np.float64)
@@ -177,5 +211,5 @@ def compare_outputs(
             else:
                 max_abs = 0.0 if ok else float("inf")
             max_rel = 0.0 if ok else float("inf")
-        result.outputs.append(OutputComparison(name, max_abs, max_rel, ok))
+        result.outputs.append(OutputComparison(name, max_abs, max_rel, ok, None, atol, rtol))
     return result

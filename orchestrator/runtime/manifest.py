@@ -88,11 +88,22 @@ class Samples:
 
 
 @dataclass(frozen=True)
+class OutputTolerance:
+    """One output's own gate."""
+
+    atol: float = documented("absolute tolerance per element of this output")
+    rtol: float = documented("relative tolerance per element of this output")
+
+
+@dataclass(frozen=True)
 class Tolerance:
     """The accuracy gate every output is held to."""
 
     atol: float = documented("absolute tolerance per element")
     rtol: float = documented("relative tolerance per element")
+    outputs: Optional[Dict[str, OutputTolerance]] = documented(
+        "outputs held to a gate of their own, by name (the spec's tolerance.outputs, or each output's deviation"
+        " where the packager measured the gate); the others are held to atol and rtol", None)
     basis: Optional[str] = documented("how the gate was set, where the packager measured it (a quantised model)",
                                       None)
 

@@ -165,7 +165,7 @@ def test_worker_messages_refuse_a_stale_or_foreign_shape():
     where they are read: a key one side no longer sends is named, not a KeyError later."""
     from orchestrator.packager.messages import MeasureRequest, MessageError, WorkerResult
 
-    request = MeasureRequest("root", {"path": "m.onnx"}, [], 1e-4, 1e-3)
+    request = MeasureRequest("root", {"path": "m.onnx"}, [], {"atol": 1e-4, "rtol": 1e-3})
     assert MeasureRequest.from_json(request.to_json()) == request
     stale = json.loads(request.to_json())
     del stale["sizes"]

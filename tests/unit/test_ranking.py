@@ -41,7 +41,7 @@ def fake_workers(monkeypatch, timings) -> list[str]:
 
 
 def measure(tmp_path, found: list[Candidate], max_rounds: int = 10):
-    return benchmark_all(found, Measurement([], 1e-4, 1e-3), tmp_path, timeout=10,
+    return benchmark_all(found, Measurement([], {"atol": 1e-4, "rtol": 1e-3}), tmp_path, timeout=10,
                          benchmark={"budget_s": 0.1}, max_rounds=max_rounds)
 
 

