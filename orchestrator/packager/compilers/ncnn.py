@@ -57,6 +57,9 @@ class NcnnCompiler(BaseCompiler):
         binary = _pnnx_binary()
         if binary is None:
             raise CompilerError("pnnx is not installed")
+        untakeable = _untakeable_inputs(context.inputs)
+        if untakeable:
+            raise CompilerError(untakeable)
         work = root / "pnnx"
         work.mkdir(parents=True, exist_ok=True)
         source = load_onnx(model)
@@ -122,6 +125,17 @@ class NcnnCompiler(BaseCompiler):
             Artifact("model/model.param", "ncnn-param", self.engine, "primary", runtime),
             Artifact("model/model.bin", "ncnn-weights", self.engine, "auxiliary"),
         ], reproducible=is_reproducible, notes=notes)
+
+
+def _untakeable_inputs(inputs: list[dict]) -> str | None:
+    """Why ncnn cannot take these inputs, or None. ncnn's tensors have 1 to 4 float or
+    integer dimensions: pnnx is given no shape for a 0-d input ("input_shape expect 3
+    tensors but got 2"), and has no bool type ("unsupported tensor elem data type 9")."""
+    scalar = [i["name"] for i in inputs if not i["shape"]]
+    boolean = [i["name"] for i in inputs if i["dtype"] == "bool"]
+    problems = ([f"ncnn has no 0-d tensors, and pnnx takes no shape for the 0-d input(s) {scalar}"] if scalar else []) \
+        + ([f"ncnn has no bool tensors: input(s) {boolean} are bool"] if boolean else [])
+    return "; ".join(problems) or None
 
 
 def _unloadable(param: Path) -> str | None:
