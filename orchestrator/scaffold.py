@@ -68,9 +68,9 @@ def _yaml_key(name: str) -> str:
 def render(model: Path, spec_dir: Path, inventory: LoadedInventory) -> str:
     try:
         proto = load_onnx(model)
+        inputs, outputs = signature(proto)
     except ModelError as exc:
         raise InputError(model, None, str(exc)) from None
-    inputs, outputs = signature(proto)
     targets = [t for t in TARGETS.values()
                if any(rejection(h, t) is None for h in inventory.hosts)] or [TARGETS["linux-x86_64"]]
     compilers = [name for name, c in registry().items()

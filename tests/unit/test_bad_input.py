@@ -641,3 +641,28 @@ def test_an_input_with_no_shape_needs_its_size_in_shapes(capsys, write_spec, out
     spec = write_spec(model=model)
     code, lines = run_build(capsys, spec, out_dir, local_hosts)
     assert_rejected(code, lines, out_dir, "shapes", "'image' has no shape", "rank")
+
+
+@pytest.mark.parametrize("command", ["build", "init"])
+def test_a_model_with_a_sequence_output_is_refused_in_one_line(capsys, write_spec, out_dir, local_hosts, tmp_path,
+                                                               command):
+    # init printed a traceback (exit 1) for an output that is not a tensor
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("SplitToSequence", ["x"], ["pieces"], axis=0)], "split",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 3])],
+        [helper.make_value_info("pieces", helper.make_sequence_type_proto(
+            helper.make_tensor_type_proto(TensorProto.FLOAT, None)))])
+    model = tmp_path / "sequence.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(model))
+    if command == "init":
+        code = main(["init", str(model), "--hosts", str(local_hosts)])
+        lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert code == 2 and len(lines) == 1, lines
+        assert str(model) in lines[0] and "'pieces' is a sequence_type" in lines[0], lines
+        return
+    spec = write_spec(model=model)
+    code, lines = run_build(capsys, spec, out_dir, local_hosts)
+    assert_rejected(code, lines, out_dir, "model", "'pieces' is a sequence_type")
