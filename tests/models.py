@@ -225,3 +225,36 @@ def renamed_specs(base, count: int, prefix: str = "job") -> list:
     of distinct jobs without re-reading the model each time."""
     return [type(base)(base.path, base.spec.model_copy(update={"name": f"{prefix}{i:04d}"}), base.model, None)
             for i in range(count)]
+
+
+def make_zipmap_classifier(labels: list[int] | list[str], features: int = 4, seed: int = 5) -> onnx.ModelProto:
+    """A scikit-learn logistic regression as skl2onnx writes it with its default
+    ``zipmap=True``: ai.onnx.ml's LinearClassifier (softmax), Normalizer and ZipMap, so
+    ``output_probability`` is a sequence of {class: probability} maps, one per row, and
+    ``output_label`` the predicted class (int64, or string for string classes)."""
+    rng = np.random.default_rng(seed)
+    classes = len(labels)
+    strings = isinstance(labels[0], str)
+    label_attribute = {"classlabels_strings": labels} if strings else {"classlabels_ints": labels}
+    nodes = [
+        helper.make_node("LinearClassifier", ["X"], ["label", "probability_tensor"], domain="ai.onnx.ml",
+                         coefficients=rng.standard_normal(classes * features).astype(np.float32).tolist(),
+                         intercepts=rng.standard_normal(classes).astype(np.float32).tolist(), multi_class=1,
+                         post_transform="SOFTMAX", **label_attribute),
+        helper.make_node("Normalizer", ["probability_tensor"], ["probabilities"], domain="ai.onnx.ml", norm="L1"),
+        helper.make_node("ZipMap", ["probabilities"], ["output_probability"], domain="ai.onnx.ml",
+                         **({"classlabels_strings": labels} if strings else {"classlabels_int64s": labels})),
+    ]
+    if strings:
+        nodes.append(helper.make_node("Identity", ["label"], ["output_label"]))
+    else:
+        nodes.append(helper.make_node("Cast", ["label"], ["output_label"], to=TensorProto.INT64))
+    key = TensorProto.STRING if strings else TensorProto.INT64
+    graph = helper.make_graph(
+        nodes, "logistic_regression", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, features])],
+        [helper.make_tensor_value_info("output_label", key, [None]),
+         helper.make_value_info("output_probability", helper.make_sequence_type_proto(
+             helper.make_map_type_proto(key, helper.make_tensor_type_proto(TensorProto.FLOAT, [])))), ])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 1)])
+    onnx.checker.check_model(model)
+    return model

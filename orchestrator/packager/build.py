@@ -53,7 +53,9 @@ from .lease import benchmark_lease
 from .ranking import MAX_ROUNDS, MIN_ROUNDS
 from .tuning import leading, tune
 from .ort_ops import nonstandard_ops
-from .signature import ModelError, load_onnx, signature, unranked_inputs, unshaped_outputs
+from .signature import (
+    ModelError, load_onnx, maps_as_tensors, signature, unranked_inputs, unshaped_outputs, zipmap_outputs,
+)
 
 BENCHMARK = {"warmup_s": 0.1, "budget_s": 0.4, "min_runs": 5, "max_runs": 100_000}
 
@@ -151,7 +153,7 @@ def check_job(job: Job, in_dir: Path, out_dir: Path) -> Checked:
 
 def _standard(model_path: Path, shapes: dict[str, list[Any]], work: Path) -> tuple[Path, list[str]]:
     """The model the packager works from: the one that arrived, or, where it is not
-    standard ONNX (an input or output with no shape, onnxruntime's own operators), the
+    standard ONNX (an input or output with no shape, onnxruntime's own operators, a ZipMap), the
     standard copy :func:`load_onnx` makes, which every tool after needs; and what was
     written, for the manifest."""
     try:
@@ -159,7 +161,8 @@ def _standard(model_path: Path, shapes: dict[str, list[Any]], work: Path) -> tup
     except Exception:  # not parseable: the reference step reports it as the model's failure
         return model_path, []
     unranked, unshaped, fused = unranked_inputs(header), unshaped_outputs(header), nonstandard_ops(header)
-    if not unranked and not unshaped and not fused:
+    zipmaps = zipmap_outputs(header)
+    if not unranked and not unshaped and not fused and not zipmaps:
         return model_path, []
     try:
         model = load_onnx(model_path, shapes)
@@ -171,6 +174,8 @@ def _standard(model_path: Path, shapes: dict[str, list[Any]], work: Path) -> tup
     rewritten = sorted(set(fused) - set(nonstandard_ops(model)))
     return standard, ([f"input {name!r}: rank from shapes" for name in unranked]
                       + [f"output {name!r}: shape from onnx's shape inference" for name in unshaped]
+                      + [f"output {name!r}: ZipMap's maps returned as the [N, {len(labels)}] tensor they are made of,"
+                         f" one column per class in the order {labels}" for name, labels in zipmaps.items()]
                       + ([f"onnxruntime's {', '.join(rewritten)} written as standard operators"] if rewritten else []))
 
 
@@ -212,8 +217,10 @@ def _reference(job: Job, in_dir: Path, checked: Checked, stage: Stage) -> Refere
     if model_path != original and not resolved:  # the standard copy must compute what the model computes
         stage("reference: check the standard copy against the model")
         as_shipped = OnnxRuntimeRunner(original, {"optimization": "disabled"})
+        zipmaps = zipmap_outputs(onnx.load(str(original), load_external_data=False))
         for size in golden.sets:
-            check = compare_outputs(as_shipped.run(size.feeds), size.reference, job.tolerance)
+            check = compare_outputs(maps_as_tensors(as_shipped.run(size.feeds), zipmaps), size.reference,
+                                    job.tolerance)
             if not check.passed:
                 raise PackageFailed(f"model: written as standard ONNX it computes something else at the {size.point}"
                                     f" size: {check.summary()}")

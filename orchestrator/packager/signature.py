@@ -42,6 +42,46 @@ def unshaped_outputs(model: Any) -> list[str]:
             if v.type.WhichOneof("value") == "tensor_type" and not v.type.tensor_type.HasField("shape")]
 
 
+def zipmap_outputs(model: Any) -> dict[str, list[Any]]:
+    """The outputs a ZipMap makes (scikit-learn classifiers converted by skl2onnx: one
+    {class: probability} map per row), each with its classes in column order."""
+    outputs = {v.name for v in model.graph.output}
+    found = {}
+    for node in model.graph.node:
+        if node.op_type == "ZipMap" and node.domain == "ai.onnx.ml" and node.output[0] in outputs:
+            labels = next((list(a.ints) or [s.decode() for s in a.strings] for a in node.attribute
+                           if a.name in ("classlabels_int64s", "classlabels_strings")), [])
+            found[node.output[0]] = labels
+    return found
+
+
+def write_zipmaps_as_tensors(model: Any) -> list[str]:
+    """Return each ZipMap output as the [N, classes] float tensor it is made of, one
+    column per class in :func:`zipmap_outputs`' order: a sequence of maps is no tensor,
+    which no engine but onnxruntime, no golden file and no gate can hold. The ZipMap
+    becomes an Identity. Returns the outputs so written."""
+    import onnx
+
+    written = zipmap_outputs(model)
+    for node in model.graph.node:
+        if node.op_type == "ZipMap" and node.domain == "ai.onnx.ml" and node.output[0] in written:
+            node.op_type, node.domain = "Identity", ""
+            del node.attribute[:]
+    for value in model.graph.output:
+        if value.name in written:  # ZipMap takes [N, classes]; N is the batch, unnamed as skl2onnx leaves it
+            value.type.CopyFrom(onnx.helper.make_tensor_type_proto(onnx.TensorProto.FLOAT,
+                                                                   [None, len(written[value.name])]))
+    return list(written)
+
+
+def maps_as_tensors(outputs: Mapping[str, Any], zipmaps: Mapping[str, list[Any]]) -> dict[str, Any]:
+    """``outputs`` of the model as it arrived, each ZipMap output as the tensor the
+    package gives in its place (see :func:`write_zipmaps_as_tensors`)."""
+    return {name: (np.array([[row[label] for label in zipmaps[name]] for row in value], np.float32)
+                   .reshape(-1, len(zipmaps[name])) if name in zipmaps else value)
+            for name, value in outputs.items()}
+
+
 def write_output_shapes(model: Any) -> list[str]:
     """Give each output with no shape the one onnx's shape inference finds for it (run
     on a copy, after the inputs have their ranks); returns the outputs given a shape.
@@ -92,7 +132,8 @@ def load_onnx(path: Path, shapes: Mapping[str, Sequence[Any]] | None = None) -> 
     """Load an ONNX model as standard ONNX and check it, raising :class:`ModelError`.
     What onnxruntime runs but onnx's checker and the converters refuse is written first:
     an input with no shape gets the rank of its entry in ``shapes`` (:func:`write_ranks`),
-    an output with no shape the inferred one (:func:`write_output_shapes`), and
+    an output with no shape the inferred one (:func:`write_output_shapes`), a ZipMap's
+    maps the tensor they are made of (:func:`write_zipmaps_as_tensors`), and
     onnxruntime's own operators become standard ones (:mod:`.ort_ops`)."""
     return load_onnx_with_data(path, shapes)[0]
 
@@ -125,6 +166,7 @@ def load_onnx_with_data(path: Path, shapes: Mapping[str, Sequence[Any]] | None =
     except ValueError as exc:
         raise ModelError(f"it uses onnxruntime's own operators, which cannot be written as standard ONNX: {exc}"
                          ) from None
+    write_zipmaps_as_tensors(model)
     write_output_shapes(model)
     try:
         onnx.checker.check_model(model)

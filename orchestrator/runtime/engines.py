@@ -56,6 +56,9 @@ class OnnxRuntimeRunner:
         providers = usable_providers(options.get("execution_providers"))
         self._session = ort.InferenceSession(str(path), session_options, providers=providers)
         self._output_names = [o.name for o in self._session.get_outputs()]
+        #: onnxruntime returns a string tensor as an array of Python objects, which no .npy
+        #: file holds without pickle; the package gives text as NumPy strings everywhere
+        self._strings = [o.name for o in self._session.get_outputs() if o.type == "tensor(string)"]
         self._run = self._session.run
         native = getattr(self._session, "_sess", None)
         if providers == ["CPUExecutionProvider"] and callable(getattr(native, "run", None)):
@@ -68,7 +71,10 @@ class OnnxRuntimeRunner:
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         feeds = feeds if type(feeds) is dict else dict(feeds)  # the native call takes a dict only
-        return dict(zip(self._output_names, self._run(self._output_names, feeds, None)))
+        outputs = dict(zip(self._output_names, self._run(self._output_names, feeds, None)))
+        for name in self._strings:
+            outputs[name] = outputs[name].astype(np.str_)
+        return outputs
 
 
 class OpenVinoRunner:

@@ -146,7 +146,8 @@ class Manifest:
     shapes: Optional[Dict[str, Any]] = documented("`fixed_shapes_policy`, `static`, `checked` sizes, `pinned` dims", None)
     normalisation: Optional[Dict[str, Any]] = documented(
         "which model each kind was, dropped steps, `compiled_from`, and `standard`: what was written to make the"
-        " source model standard ONNX (absent when it was)", None)
+        " source model standard ONNX, such as a ZipMap output given as the tensor of its maps' values with its"
+        " classes in column order (absent when nothing was)", None)
     compiler: Optional[Dict[str, Any]] = documented("what built the shipped artifact: name, version, options,"
                                               " variant, reproducible", None)
     provenance: Optional[Dict[str, Any]] = documented("host, transport, image, emulation, packager version,"

@@ -19,7 +19,7 @@ from orchestrator.cli import main
 from orchestrator.runtime import PackageError, load
 from orchestrator.runtime.archive import extract
 from orchestrator.runtime.checks import Tolerance, sha256_file
-from tests.models import make_encoder, pypi_model, save
+from tests.models import make_encoder, make_zipmap_classifier, pypi_model, save
 
 
 def source_outputs(model: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -519,6 +519,37 @@ def test_a_quantized_models_outputs_are_each_gated_at_their_own_scale(capsys, wr
     written = job.packager_job({})
     assert not written.measure_tolerance
     assert written.tolerance.of("scaled") == (20, 1e-3) and written.tolerance.of("fetch_name_0") == (1e-4, 1e-3)
+
+
+@pytest.mark.parametrize("labels", [[3, 7, 9], ["cat", "dog", "bird", "fish"]], ids=["int-classes", "string-classes"])
+def test_a_scikit_learn_classifier_with_zipmap_packages(capsys, write_spec, local_hosts, tmp_path, labels):
+    # skl2onnx's default output_probability is a sequence of {class: probability} maps,
+    # which only onnxruntime runs: refused at the edge ("is a sequence_type"); and a
+    # string output (string classes) failed in the packager ("Object arrays cannot be
+    # saved when allow_pickle=False")
+    model = save(make_zipmap_classifier(labels), tmp_path / "classifier.onnx")
+    spec = write_spec(model=model, name="classifier", compilers=["onnxruntime", "openvino"], shapes={"X": [1, 4]},
+                      select={"benchmark_s": 0.05})
+    code, manifest, text = build(capsys, spec, tmp_path / "out", local_hosts)
+    assert code == 0, text
+    [written] = manifest["normalisation"]["standard"]
+    assert "output 'output_probability'" in written and "ZipMap" in written and str(labels) in written, written
+    probabilities = next(o for o in manifest["outputs"] if o["name"] == "output_probability")
+    assert probabilities["dtype"] == "float32" and probabilities["shape"][1:] == [len(labels)], probabilities
+    openvino = next(c for c in manifest["candidates"] if c["id"] == "openvino")
+    assert openvino["status"] == "failed" and "ai.onnx.ml" in openvino["reason"], openvino["reason"]
+
+    session = load(unpack(tmp_path / "out", tmp_path))
+    rng = np.random.default_rng(6)
+    for rows in (1, 5):
+        x = {"X": rng.standard_normal((rows, 4)).astype(np.float32)}
+        want, got = source_outputs(model, x), session.run(x)
+        np.testing.assert_array_equal(got["output_label"], np.asarray(want["output_label"]).astype(got["output_label"].dtype))
+        assert got["output_label"].dtype.kind == ("U" if isinstance(labels[0], str) else "i")
+        # one column per class, in the order the maps' classes were given
+        np.testing.assert_allclose(got["output_probability"],
+                                   [[row[label] for label in labels] for row in want["output_probability"]],
+                                   rtol=1e-5, atol=1e-6)
 
 
 def _ships_on_ncnn(capsys, write_spec, local_hosts, tmp_path: Path, model: Path) -> None:
