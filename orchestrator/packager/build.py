@@ -147,23 +147,24 @@ def check_job(job: Job, in_dir: Path, out_dir: Path) -> Checked:
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
-    standard, written = _standard(model_path, job.shapes, work)
-    return Checked(env, standard, registry(), work, written)
+    standard, written, zipmaps = _standard(model_path, job.shapes, work)
+    return Checked(env, standard, registry(), work, written, zipmaps)
 
 
-def _standard(model_path: Path, shapes: dict[str, list[Any]], work: Path) -> tuple[Path, list[str]]:
+def _standard(model_path: Path, shapes: dict[str, list[Any]], work: Path
+              ) -> tuple[Path, list[str], dict[str, list[Any]]]:
     """The model the packager works from: the one that arrived, or, where it is not
-    standard ONNX (an input or output with no shape, onnxruntime's own operators, a ZipMap), the
-    standard copy :func:`load_onnx` makes, which every tool after needs; and what was
-    written, for the manifest."""
+    standard ONNX (an input or output with no shape, onnxruntime's own operators, a
+    ZipMap), the standard copy :func:`load_onnx` makes, which every tool after needs;
+    what was written, for the manifest; and the ZipMap outputs with their classes."""
     try:
         header = onnx.load(str(model_path), load_external_data=False)
     except Exception:  # not parseable: the reference step reports it as the model's failure
-        return model_path, []
+        return model_path, [], {}
     unranked, unshaped, fused = unranked_inputs(header), unshaped_outputs(header), nonstandard_ops(header)
     zipmaps = zipmap_outputs(header)
     if not unranked and not unshaped and not fused and not zipmaps:
-        return model_path, []
+        return model_path, [], {}
     try:
         model = load_onnx(model_path, shapes)
     except ModelError as exc:
@@ -172,11 +173,12 @@ def _standard(model_path: Path, shapes: dict[str, list[Any]], work: Path) -> tup
     standard.parent.mkdir()
     onnx.save(model, str(standard))
     rewritten = sorted(set(fused) - set(nonstandard_ops(model)))
-    return standard, ([f"input {name!r}: rank from shapes" for name in unranked]
-                      + [f"output {name!r}: shape from onnx's shape inference" for name in unshaped]
-                      + [f"output {name!r}: ZipMap's maps returned as the [N, {len(labels)}] tensor they are made of,"
-                         f" one column per class in the order {labels}" for name, labels in zipmaps.items()]
-                      + ([f"onnxruntime's {', '.join(rewritten)} written as standard operators"] if rewritten else []))
+    written = ([f"input {name!r}: rank from shapes" for name in unranked]
+               + [f"output {name!r}: shape from onnx's shape inference" for name in unshaped]
+               + [f"output {name!r}: ZipMap's maps returned as the [N, {len(labels)}] tensor they are made of,"
+                  f" one column per class in the order {labels}" for name, labels in zipmaps.items()]
+               + ([f"onnxruntime's {', '.join(rewritten)} written as standard operators"] if rewritten else []))
+    return standard, written, zipmaps
 
 
 def make_reference(job: Job, in_dir: Path, checked: Checked, stage: Stage) -> Reference:
@@ -217,9 +219,8 @@ def _reference(job: Job, in_dir: Path, checked: Checked, stage: Stage) -> Refere
     if model_path != original and not resolved:  # the standard copy must compute what the model computes
         stage("reference: check the standard copy against the model")
         as_shipped = OnnxRuntimeRunner(original, {"optimization": "disabled"})
-        zipmaps = zipmap_outputs(onnx.load(str(original), load_external_data=False))
         for size in golden.sets:
-            check = compare_outputs(maps_as_tensors(as_shipped.run(size.feeds), zipmaps), size.reference,
+            check = compare_outputs(maps_as_tensors(as_shipped.run(size.feeds), checked.zipmaps), size.reference,
                                     job.tolerance)
             if not check.passed:
                 raise PackageFailed(f"model: written as standard ONNX it computes something else at the {size.point}"

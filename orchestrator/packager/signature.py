@@ -42,17 +42,19 @@ def unshaped_outputs(model: Any) -> list[str]:
             if v.type.WhichOneof("value") == "tensor_type" and not v.type.tensor_type.HasField("shape")]
 
 
+def _zipmaps(model: Any) -> list[Any]:
+    """The ZipMap nodes whose maps are outputs of the model."""
+    outputs = {v.name for v in model.graph.output}
+    return [node for node in model.graph.node
+            if node.op_type == "ZipMap" and node.domain == "ai.onnx.ml" and node.output[0] in outputs]
+
+
 def zipmap_outputs(model: Any) -> dict[str, list[Any]]:
     """The outputs a ZipMap makes (scikit-learn classifiers converted by skl2onnx: one
     {class: probability} map per row), each with its classes in column order."""
-    outputs = {v.name for v in model.graph.output}
-    found = {}
-    for node in model.graph.node:
-        if node.op_type == "ZipMap" and node.domain == "ai.onnx.ml" and node.output[0] in outputs:
-            labels = next((list(a.ints) or [s.decode() for s in a.strings] for a in node.attribute
-                           if a.name in ("classlabels_int64s", "classlabels_strings")), [])
-            found[node.output[0]] = labels
-    return found
+    return {node.output[0]: next((list(a.ints) or [s.decode() for s in a.strings] for a in node.attribute
+                                  if a.name in ("classlabels_int64s", "classlabels_strings")), [])
+            for node in _zipmaps(model)}
 
 
 def write_zipmaps_as_tensors(model: Any) -> list[str]:
@@ -63,10 +65,9 @@ def write_zipmaps_as_tensors(model: Any) -> list[str]:
     import onnx
 
     written = zipmap_outputs(model)
-    for node in model.graph.node:
-        if node.op_type == "ZipMap" and node.domain == "ai.onnx.ml" and node.output[0] in written:
-            node.op_type, node.domain = "Identity", ""
-            del node.attribute[:]
+    for node in _zipmaps(model):
+        node.op_type, node.domain = "Identity", ""
+        del node.attribute[:]
     for value in model.graph.output:
         if value.name in written:  # ZipMap takes [N, classes]; N is the batch, unnamed as skl2onnx leaves it
             value.type.CopyFrom(onnx.helper.make_tensor_type_proto(onnx.TensorProto.FLOAT,

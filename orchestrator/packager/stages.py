@@ -29,6 +29,9 @@ class Checked:
     work: Path
     #: what was written to make ``model_path`` standard ONNX (empty: it is the model as it arrived)
     standard: list[str] = field(default_factory=list)
+    #: the ZipMap outputs of the model as it arrived, with their classes in column order:
+    #: the standard copy gives each as the tensor of its maps' values
+    zipmaps: dict[str, list[Any]] = field(default_factory=dict)
 
 
 @dataclass
