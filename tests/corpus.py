@@ -107,6 +107,11 @@ MODELS: dict[str, CorpusModel] = {m.key: m for m in [
     CorpusModel("ddddocr_quantized", "ocr", Wheel("ddddocr", "1.6.1", "ddddocr/common_old.onnx"),
                 "b8f2ad9cbc1f2e3922a6cb9459e30824e7e2467f3fb4fd61420640e34ea0bf68",
                 {"shapes": {"input1": [1, 1, 64, _range(32, 512, 128)]}}),
+    # a file-type classifier (Google's Magika, exported from JAX): int32 bytes 0..256 that the
+    # graph one-hot encodes by comparing them with a table of the 257 values
+    CorpusModel("magika", "classifier", Wheel("magika", "1.0.3", "magika/models/standard_v3_3/model.onnx"),
+                "fe2d2eb49c5f88a9e0a6c048e15d6ffdf86235519c2afc535044de433169ec8c",
+                {"shapes": {"bytes": [_range(1, 16, 1), 2048]}}),
     # a transformer encoder with int64 ids, a bool mask and a 0-d temperature (built here)
     CorpusModel("encoder", "transformer", None, None,
                 {"shapes": {"input_ids:0": [1, _range(4, 256, 64)]}}, subset=True, build=_encoder),

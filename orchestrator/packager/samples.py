@@ -8,8 +8,11 @@ minimum, the benchmark size and the maximum.
 Random inputs are seeded from the model's sha256 so that the same model always gets
 the same golden samples, which keeps packages byte-reproducible. They are made to be
 plausible for what each input is, as far as the graph tells: token ids stay inside the
-embedding table they index, a scalar compared with a constant (a sample rate) takes
-that constant, recurrent state starts at zeros.
+embedding table they index, integers the graph one-hot encodes (a byte classifier's
+input, compared with the constants 0..256) span the classes it encodes, a scalar
+compared with a constant (a sample rate) takes that constant, recurrent state starts
+at zeros. Samples that miss most of an input's values would gate a package on a
+corner of what it must compute.
 """
 
 from __future__ import annotations
@@ -179,15 +182,18 @@ def signature_ranges(inputs: list[dict[str, Any]], dims: Mapping[str, list[Dim]]
 class InputHint:
     """What the graph says about one input's plausible values."""
 
-    #: integer ids index a table of this many rows (token ids into an embedding)
-    index_bound: int | None = None
+    #: the integer values it takes, as a half-open range, and why: ids that index a
+    #: table, or classes that the graph one-hot encodes
+    values: tuple[int, int] | None = None
+    values_why: str = ""
     #: the input is compared with these constants (a sample rate checked against 16000)
     constants: tuple[float, ...] = ()
     #: recurrent state or a cache: starts at zeros
     state: bool = False
 
 
-_PASS_THROUGH = {"Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity"}
+#: ops whose output holds the same values as their first input (rearranged or repeated)
+_PASS_THROUGH = {"Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity", "Expand", "Tile"}
 _COMPARISONS = {"Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual"}
 _STATE_WORDS = ("state", "hidden", "cache", "past", "memory")
 
@@ -213,7 +219,7 @@ def input_hints(model: Any) -> dict[str, InputHint]:
     for value in model.graph.input:
         if value.name in initializers:
             continue
-        names, bound, compared = {value.name}, None, []
+        names, ranges, compared = {value.name}, [], []
         frontier = [value.name]
         for _ in range(4):  # follow value-preserving ops a few steps
             following = []
@@ -223,10 +229,16 @@ def input_hints(model: Any) -> dict[str, InputHint]:
                             and node.input[0] in constants:
                         axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
                         rows = constants[node.input[0]].shape[axis]
-                        bound = rows if bound is None else min(bound, rows)
+                        ranges.append((0, rows, f"the table it indexes has {rows} rows"))
+                    elif node.op_type == "OneHot" and node.input[0] == name and node.input[1] in constants:
+                        depth = int(constants[node.input[1]].ravel()[0])
+                        ranges.append((0, depth, f"the OneHot it feeds has depth {depth}"))
                     elif node.op_type in _COMPARISONS:
-                        compared += [float(constants[other].ravel()[0]) for other in node.input
-                                     if other != name and other in constants and constants[other].size]
+                        others = [constants[other] for other in node.input
+                                  if other != name and other in constants and constants[other].size]
+                        compared += [float(other.ravel()[0]) for other in others]
+                        ranges += [_one_hot_classes(other) for other in others
+                                   if node.op_type == "Equal" and _one_hot_classes(other)]
                     elif node.op_type in _PASS_THROUGH and node.input[0] == name:
                         following += [o for o in node.output if o not in names]
                         names.update(node.output)
@@ -235,8 +247,22 @@ def input_hints(model: Any) -> dict[str, InputHint]:
         state = any(word in lowered for word in _STATE_WORDS) or any(
             out != value.name and out.startswith(value.name) and len(out) - len(value.name) <= 2
             for out in output_names)
-        hints[value.name] = InputHint(bound, tuple(dict.fromkeys(compared)), state)
+        # several sources bound the values: the narrowest is the one every use accepts
+        low, high, why = min(ranges, key=lambda r: r[1] - r[0]) if ranges else (0, 0, "")
+        hints[value.name] = InputHint((low, high) if ranges else None, why, tuple(dict.fromkeys(compared)), state)
     return hints
+
+
+def _one_hot_classes(table: np.ndarray) -> tuple[int, int, str] | None:
+    """The classes a one-hot encoding by comparison covers (``Equal(x, [0, 1, .., 256])``,
+    as TensorFlow and JAX export ``one_hot``): a table of distinct consecutive integers."""
+    if table.dtype.kind not in "iu" or table.size < 2:
+        return None
+    values = np.unique(table)
+    low, high = int(values[0]), int(values[-1]) + 1
+    if values.size != table.size or high - low != values.size:
+        return None
+    return low, high, f"the graph one-hot encodes it over the {values.size} classes {low}..{high - 1}"
 
 
 def random_inputs(
@@ -257,9 +283,10 @@ def random_inputs(
         elif hint.constants and not shape:
             value = np.array(hint.constants[0]).astype(dtype)
             how[name] = f"{value.item()!r}, the constant the graph compares it with"
-        elif dtype.kind in "iu" and hint.index_bound:
-            value = rng.integers(0, hint.index_bound, shape).astype(dtype)
-            how[name] = f"ids uniform in [0, {hint.index_bound}) (the table it indexes has {hint.index_bound} rows)"
+        elif dtype.kind in "iu" and hint.values:
+            low, high = hint.values
+            value = rng.integers(low, high, shape).astype(dtype)
+            how[name] = f"integers uniform in [{low}, {high}) ({hint.values_why})"
         elif not shape and dtype.kind in "iuf":
             value = np.array(rng.integers(1, 11) if dtype.kind in "iu" else rng.uniform(0.5, 2.0)).astype(dtype)
             how[name] = "a positive scalar"

@@ -174,3 +174,42 @@ def test_worker_messages_refuse_a_stale_or_foreign_shape():
         MeasureRequest.from_json(json.dumps(stale))
     with pytest.raises(MessageError, match="not a worker-result message"):
         WorkerResult.from_json(request.to_json())
+
+
+def test_integer_inputs_are_sampled_over_the_values_the_graph_encodes():
+    # a byte input one-hot encoded by comparison (as TensorFlow and JAX export one_hot),
+    # broadcast first; a class index into OneHot; a flag compared with a sparse table
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from orchestrator.packager.samples import input_hints, random_inputs
+
+    table = numpy_helper.from_array(np.arange(257, dtype=np.int32).reshape(1, 1, 257), "table")
+    shape = numpy_helper.from_array(np.array([1, 64, 257]), "shape")
+    depth = numpy_helper.from_array(np.array(12, np.int64), "depth")
+    onoff = numpy_helper.from_array(np.array([0.0, 1.0], np.float32), "onoff")
+    sparse = numpy_helper.from_array(np.array([[0, 5, 7]], np.int64), "sparse")
+    nodes = [helper.make_node("Unsqueeze", ["bytes", "axis"], ["b3"]),
+             helper.make_node("Expand", ["b3", "shape"], ["wide"]),
+             helper.make_node("Equal", ["wide", "table"], ["hot"]),
+             helper.make_node("OneHot", ["label", "depth", "onoff"], ["label_hot"]),
+             helper.make_node("Equal", ["flag", "sparse"], ["flag_hit"])]
+    axis = numpy_helper.from_array(np.array([2]), "axis")
+    graph = helper.make_graph(
+        nodes, "g",
+        [helper.make_tensor_value_info("bytes", TensorProto.INT32, [1, 64]),
+         helper.make_tensor_value_info("label", TensorProto.INT64, [1, 64]),
+         helper.make_tensor_value_info("flag", TensorProto.INT64, [1, 64])],
+        [helper.make_tensor_value_info("hot", TensorProto.BOOL, None),
+         helper.make_tensor_value_info("label_hot", TensorProto.FLOAT, None),
+         helper.make_tensor_value_info("flag_hit", TensorProto.BOOL, None)],
+        [table, shape, depth, onoff, sparse, axis])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    inputs = [{"name": "bytes", "dtype": "int32"}, {"name": "label", "dtype": "int64"},
+              {"name": "flag", "dtype": "int64"}]
+    feeds, how = random_inputs(inputs, {i["name"]: [1, 64] for i in inputs}, 7, input_hints(model))
+    assert feeds["bytes"].min() >= 0 and feeds["bytes"].max() <= 256 and len(np.unique(feeds["bytes"])) > 40
+    assert "[0, 257)" in how["bytes"] and "257 classes" in how["bytes"], how
+    assert set(np.unique(feeds["label"])) == set(range(12)) and "depth 12" in how["label"], how
+    # a comparison with a few scattered constants says nothing about the values' range
+    assert how["flag"] == "integers uniform in [0, 10)", how

@@ -722,3 +722,32 @@ def test_a_model_written_by_the_newest_onnx_converts_for_ncnn(capsys, write_spec
     # pnnx crashed ("Unsupported model IR version: 14, max supported IR version: 13")
     model = _orientation_as(tmp_path, "ir14", lambda m: setattr(m, "ir_version", 14))
     _ships_on_ncnn(capsys, write_spec, local_hosts, tmp_path, model)
+
+
+def test_a_byte_classifier_is_gated_on_every_byte_value_it_encodes(capsys, write_spec, local_hosts, tmp_path):
+    # Magika (Google's file-type classifier, from JAX) takes int32 bytes 0..256 and one-hot
+    # encodes them by comparing with a table of the 257 values. Its samples were
+    # "integers uniform in [0, 10)": the gate saw 10 of the 257 rows of its first layer.
+    model = pypi_model("magika")
+    spec = write_spec(model=model, name="magika", compilers=["onnxruntime", "openvino"],
+                      shapes={"bytes": [{"min": 1, "max": 4, "bench": 2}, 2048]}, select={"benchmark_s": 0.05})
+    code, manifest, text = build(capsys, spec, tmp_path / "out", local_hosts)
+    assert code == 0, text
+    assert "[0, 257)" in manifest["samples"]["origin"]["generated"]["bytes"], manifest["samples"]["origin"]
+    folder = unpack(tmp_path / "out", tmp_path)
+    golden = np.load(folder / manifest["samples"]["inputs"]["bytes"])
+    assert golden.min() >= 0 and golden.max() <= 256 and len(np.unique(golden)) > 200, np.unique(golden)
+    assert all(c["status"] in ("selected", "passed") for c in manifest["candidates"]), manifest["candidates"]
+
+    # the package classifies real content as the source model does, at every batch size
+    session = load(folder)
+    content = np.frombuffer(Path(__file__).read_bytes()[:2048], np.uint8).astype(np.int32)
+    padded = np.full(2048, 256, np.int32)
+    padded[:content.size] = content
+    rng = np.random.default_rng(3)
+    for batch in (1, 4):
+        feeds = {"bytes": np.stack([padded, *rng.integers(0, 257, (batch - 1, 2048))]).astype(np.int32)}
+        want = source_outputs(model, feeds)["target_label"]
+        got = session.run(feeds)["target_label"]
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
+        assert (got.argmax(-1) == want.argmax(-1)).all()
