@@ -430,6 +430,9 @@ def _text_card(m: dict[str, Any]) -> list[str]:
             outputs = _at(result, "outputs", default={})
             for name, o in (outputs.items() if isinstance(outputs, dict) else []):
                 lines.append(f"    {path} {name}: max abs {_at(o, 'max_abs')}, max rel {_at(o, 'max_rel')}")
+    empty = _at(m, "samples", "empty_outputs", default={})
+    for name, how in (empty.items() if isinstance(empty, dict) else []):
+        lines.append(f"  gate note     output {name!r}: {how}")
     prov = m.get("provenance")
     lines.append(f"  built on      {_at(prov, 'host')} via {_at(prov, 'transport')}"
                  f" image {_at(prov, 'image')} packager {_at(prov, 'packager_version')}")

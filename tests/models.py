@@ -227,6 +227,38 @@ def renamed_specs(base, count: int, prefix: str = "job") -> list:
             for i in range(count)]
 
 
+def make_nms_detector() -> onnx.ModelProto:
+    """The corpus's YOLOv8n (nudenet) with NonMaxSuppression appended, as detectors are
+    exported with their NMS in the graph: ``images`` → ``det_boxes`` [K, 4] (centre
+    xywh) and ``selected`` [K, 3] (batch, class, box), K decided by the data. Random
+    images give K = 0."""
+    from onnx import compose
+
+    base = onnx.load(str(pypi_model("yolov8n")))
+    classes = 18
+    constants = {"split": np.array([4, classes], np.int64), "max_out": np.array([100], np.int64),
+                 "iou": np.array([0.45], np.float32), "threshold": np.array([0.25], np.float32),
+                 "box_column": np.array([2], np.int64), "axis0": np.array([0], np.int64),
+                 "axis1": np.array([1], np.int64)}
+    nodes = [
+        helper.make_node("Split", ["output0", "split"], ["xywh", "class_scores"], axis=1),
+        helper.make_node("Transpose", ["xywh"], ["boxes"], perm=[0, 2, 1]),
+        helper.make_node("NonMaxSuppression", ["boxes", "class_scores", "max_out", "iou", "threshold"],
+                         ["selected"], center_point_box=1),
+        helper.make_node("Gather", ["selected", "box_column"], ["box_index2"], axis=1),
+        helper.make_node("Squeeze", ["box_index2", "axis1"], ["box_index"]),
+        helper.make_node("Squeeze", ["boxes", "axis0"], ["image_boxes"]),
+        helper.make_node("Gather", ["image_boxes", "box_index"], ["det_boxes"], axis=0),
+    ]
+    graph = helper.make_graph(
+        nodes, "nms", [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 4 + classes, "anchors"])],
+        [helper.make_tensor_value_info("det_boxes", TensorProto.FLOAT, ["detections", 4]),
+         helper.make_tensor_value_info("selected", TensorProto.INT64, ["detections", 3])],
+        [numpy_helper.from_array(value, name) for name, value in constants.items()])
+    post = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=base.ir_version)
+    return compose.merge_models(base, post, io_map=[("output0", "output0")])
+
+
 def make_zipmap_classifier(labels: list[int] | list[str], features: int = 4, seed: int = 5) -> onnx.ModelProto:
     """A scikit-learn logistic regression as skl2onnx writes it with its default
     ``zipmap=True``: ai.onnx.ml's LinearClassifier (softmax), Normalizer and ZipMap, so

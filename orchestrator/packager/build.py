@@ -28,6 +28,7 @@ from . import environment
 from .accelerate import VariantError, load_calibration
 from .causes import exception_cause
 from .compilers import call_problem, registry
+from .data_dependent import dense_sources, empty_everywhere, with_taps
 from .evaluate import GateTensors, sample_digest, save_sample_list, split
 from .functions import Resolved, fuse, is_tap, tap_name
 from .functions import resolve as resolve_functions
@@ -235,13 +236,24 @@ def _reference(job: Job, in_dir: Path, checked: Checked, stage: Stage) -> Refere
         if not function_check.passed:
             raise PackageFailed(f"the fused functions disagree with their NumPy reference:"
                                 f" {function_check.summary()}")
+    graph_names = [o["name"] for o in package_out]
+    empty = dense_sources(graph_model, empty_everywhere((s.reference for s in golden.sets), graph_names))
+    if empty.taps:  # gate what decides the outputs the samples left empty
+        stage("reference: tap the tensors that decide the outputs the samples left empty")
+        graph_path = work / "tapped.onnx"
+        onnx.save(with_taps(graph_model, empty.taps), str(graph_path))
+        reference_runner = OnnxRuntimeRunner(graph_path, {"optimization": "disabled"})
+        if runtime_steps:
+            reference_runner = FunctionsRunner(reference_runner, [], resolved.runtime)
+        for size in golden.sets:
+            produced = reference_runner.run(size.feeds)
+            size.reference.update({tap: produced[tap] for tap in empty.taps.values()})
     evaluation, calibration, evaluation_record = _evaluation_set(in_dir, job, reference_runner, work / "evaluation")
     dynamic = resolved.dynamic_outputs() if resolved else {}
     input_names = [i["name"] for i in package_in]
-    graph_names = [o["name"] for o in package_out]
     output_names = graph_names + [s["result"] for s in (resolved.runtime if resolved else [])]
-    tensors = _gate_tensors(source_outputs, resolved)
-    taps = [t for t in tensors.model.values() if is_tap(t)]
+    tensors = dataclasses.replace(_gate_tensors(source_outputs, resolved), dense=list(empty.taps.values()))
+    taps = [t for t in tensors.model.values() if is_tap(t)] + tensors.dense
     declared_outputs = {o["name"]: o["shape"] for o in package_out}
     outputs = output_signature(output_names, [s.reference for s in golden.sets], declared_outputs, dynamic)
     samples_root = work / "golden"
@@ -257,7 +269,8 @@ def _reference(job: Job, in_dir: Path, checked: Checked, stage: Stage) -> Refere
         measured, basis = _quantized_gate(job, graph_path, golden, graph_names)
     return Reference(model, source_inputs, source_outputs, package_in, graph_path, graph_names, output_names,
                      outputs, declared_outputs, dynamic, golden, sizes, tensors, taps, resolved, runtime_steps,
-                     fusion_notes, function_check, evaluation, calibration, evaluation_record, measured, basis)
+                     fusion_notes, function_check, evaluation, calibration, evaluation_record, measured, basis,
+                     empty.record)
 
 
 def _quantized_gate(job: Job, graph_path: Path, golden: Golden, graph_names: list[str]) -> tuple[Tolerance, str]:
@@ -287,8 +300,8 @@ def _quantized_gate(job: Job, graph_path: Path, golden: Golden, graph_names: lis
 
 def normalise_graph(job: Job, reference: Reference, work: Path) -> Normalised:
     """The dynamic and fixed-shape models the compilers start from, each verified."""
-    graph_sets = [SizeSet(s.point, s.feeds, {n: s.reference[n] for n in reference.graph_names})
-                  for s in reference.golden.sets]
+    checked = reference.graph_names + reference.tensors.dense
+    graph_sets = [SizeSet(s.point, s.feeds, {n: s.reference[n] for n in checked}) for s in reference.golden.sets]
     return normalise(reference.graph_path, graph_sets, job.tolerance, work / "normalise")
 
 

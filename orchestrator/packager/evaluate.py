@@ -29,13 +29,16 @@ class GateTensors:
     """Which tensors the gates read. ``model`` maps each of the model's own outputs (as
     the model names it) to the tensor that carries it in the package graph (a tap before
     the fused post-processing, or the output itself); ``indices`` is a fused top-k's
-    indices output; ``boxes``/``scores``/``classes`` a fused detections step's."""
+    indices output; ``boxes``/``scores``/``classes`` a fused detections step's; ``dense``
+    the taps of the tensors that decide outputs the golden samples left empty, which
+    every candidate is gated on (``data_dependent``)."""
 
     model: dict[str, str] = field(default_factory=dict)
     indices: str | None = None
     boxes: str | None = None
     scores: str | None = None
     classes: str | None = None
+    dense: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in vars(self).items() if v}

@@ -217,6 +217,7 @@ def write_manifest_data(root: Path, job: Job, env: CompileEnvironment, reference
                                  f" {winner.task_gate['criterion']})" if own_reference else
                                  "onnxruntime (optimisations disabled, fp32) on the source model"
                                  + (" with the functions fused" if reference.resolved else "")),
+            **({"empty_outputs": reference.empty_outputs} if reference.empty_outputs else {}),
         },
         "provenance": {**job.provenance, "packager_version": __version__, "build_platform": env.to_json()},
     }

@@ -63,6 +63,8 @@ class Reference:
     #: a quantised model's gate, measured (Job.measure_tolerance), and how it was found
     measured_tolerance: Tolerance | None = None
     tolerance_basis: str | None = None
+    #: outputs the golden samples left empty at every size -> what the gates read for them
+    empty_outputs: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

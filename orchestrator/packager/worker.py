@@ -65,12 +65,13 @@ def measure_candidate(request: MeasureRequest) -> dict[str, Any]:
     tolerance = Tolerance.from_json(request.tolerance)
     # a variant is held to the tolerance on the model's own outputs, not on fused
     # post-processing (a top-k's order flips on any tie, its sorted scores hide any loss)
-    keep = set(tensors.model.values()) if request.variant and tensors.model else None
+    keep = {*tensors.model.values(), *tensors.dense} if request.variant and tensors.model else None
     sizes = [({name: np.load(path) for name, path in s["inputs"].items()},
               {name: np.load(path) for name, path in s["reference"].items() if keep is None or name in keep})
              for s in request.sizes]
-    if keep is None:  # the package's outputs: taps are for the gates only
-        sizes = [(f, {k: v for k, v in r.items() if not k.startswith(TAP_PREFIX)}) for f, r in sizes]
+    if keep is None:  # the package's outputs, and the dense taps behind outputs left empty
+        sizes = [(f, {k: v for k, v in r.items() if not k.startswith(TAP_PREFIX) or k in tensors.dense})
+                 for f, r in sizes]
     feeds = sizes[0][0]
     started = time.perf_counter()
     runner = open_artifact(artifact["engine"], Path(request.root) / artifact["path"], artifact.get("runtime", {}))

@@ -85,6 +85,9 @@ class Samples:
     sizes: List[SampleSize] = documented("the same at every other checked size", factory=list)
     origin: Any = documented("the spec's samples file, or seeded random inputs and how each was made", None)
     reference_engine: Optional[str] = documented("what produced the reference outputs", None)
+    empty_outputs: Optional[Dict[str, str]] = documented(
+        "outputs the samples left empty at every size (their size depends on the data, as after NMS) ->"
+        " what the accuracy gates read for them instead, or that nothing checked them", None)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from orchestrator.cli import main
 from orchestrator.runtime import PackageError, load
 from orchestrator.runtime.archive import extract
 from orchestrator.runtime.checks import Tolerance, sha256_file
-from tests.models import make_encoder, make_zipmap_classifier, pypi_model, save
+from tests.models import make_encoder, make_nms_detector, make_zipmap_classifier, pypi_model, save
 
 
 def source_outputs(model: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -751,3 +751,40 @@ def test_a_byte_classifier_is_gated_on_every_byte_value_it_encodes(capsys, write
         got = session.run(feeds)["target_label"]
         np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
         assert (got.argmax(-1) == want.argmax(-1)).all()
+
+
+def test_a_detector_whose_nms_finds_nothing_in_the_samples_is_gated_on_what_decides_it(
+        capsys, write_spec, local_hosts, tmp_path):
+    # YOLOv8n with its NMS in the graph: random images give no detections, so both
+    # outputs were empty at every golden sample and the gate compared empty with empty.
+    # Dynamic int8 (scores off by hundredths) "passed" it like the exact engine did.
+    model = save(make_nms_detector(), tmp_path / "yolo_nms.onnx")
+    spec = write_spec(model=model, name="yolo-nms", compilers=["onnxruntime"],
+                      shapes={"images": [1, 3, 320, 320]}, accelerate={"variants": ["int8-dynamic"]},
+                      select={"benchmark_s": 0.05})
+    code, manifest, text = build(capsys, spec, tmp_path / "out", local_hosts)
+    assert code == 0, text
+    empty = manifest["samples"]["empty_outputs"]
+    assert set(empty) == {"det_boxes", "selected"}, empty
+    assert all("NonMaxSuppression" in how and "'boxes'" in how and "'class_scores'" in how
+               for how in empty.values()), empty
+    rows = {c["id"]: c for c in manifest["candidates"]}
+    [int8] = [c for c in manifest["candidates"] if c.get("variant") == "int8-dynamic"]
+    assert int8["status"] == "rejected" and "class_scores" in int8["reason"], int8
+    exact = rows["onnxruntime"]
+    assert exact["status"] == "selected", exact
+    gated = set(exact["accuracy"]["outputs"])
+    assert {"det_boxes", "selected"} < gated and any(n.endswith("class_scores") for n in gated), gated
+    [package] = (tmp_path / "out").glob("*.tar.gz")
+    assert main(["inspect", str(package)]) == 0
+    assert "gate note     output 'det_boxes'" in capsys.readouterr().out, "inspect says what the gate read"
+
+    # the package returns the detector's own outputs, and finds what the source finds
+    session = load(unpack(tmp_path / "out", tmp_path))
+    bright = np.random.default_rng(2).uniform(0, 255, (1, 3, 320, 320)).astype(np.float32)
+    want = source_outputs(model, {"images": bright})
+    got = session.run({"images": bright})
+    assert set(got) == {"det_boxes", "selected"} and len(want["selected"]) > 0
+    np.testing.assert_array_equal(got["selected"], want["selected"])
+    np.testing.assert_allclose(got["det_boxes"], want["det_boxes"], rtol=1e-3, atol=1e-3)
+
