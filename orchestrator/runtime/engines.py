@@ -132,6 +132,11 @@ class MnnRunner:
         outputs = self._module.forward(values)
         result = {}
         for name, value in zip(self._outputs, outputs):
+            if 0 in value.shape:  # MNN cannot read an empty tensor (NMS that found nothing)
+                kinds = {expr.float: np.float32, expr.double: np.float64, expr.int: np.int32,
+                         expr.int64: np.int64, expr.uint8: np.uint8}
+                result[name] = np.zeros(value.shape, kinds.get(value.dtype, np.float32))
+                continue
             if value.data_format == expr.NC4HW4:
                 value = expr.convert(value, expr.NCHW)
             result[name] = np.array(value.read(), copy=True)
