@@ -775,7 +775,6 @@ def test_a_detector_whose_nms_finds_nothing_in_the_samples_is_gated_on_what_deci
     assert exact["status"] in ("selected", "passed"), exact
     # MNN returns an empty tensor as one (it raised "returned a result with an exception set")
     assert rows["mnn"]["status"] in ("selected", "passed", "rejected"), rows["mnn"]
-    print("int8-dynamic:", int8["reason"])
     gated = set(exact["accuracy"]["outputs"])
     assert {"det_boxes", "selected"} < gated and any(n.endswith("class_scores") for n in gated), gated
     [package] = (tmp_path / "out").glob("*.tar.gz")
