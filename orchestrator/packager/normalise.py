@@ -87,46 +87,49 @@ def detach_initializers(model: Any) -> Any | None:
     return detached
 
 
-def widened_to_float32(model: Any) -> Any | None:
-    """A copy of ``model`` that holds and computes in float32 where it used float16 or
-    bfloat16 (weights, constants, casts, inputs and outputs, in every subgraph), or None
-    when it uses neither. For converters that pass half-precision operators through
-    unconverted (pnnx: "layer Conv is not an ncnn layer"); an engine that wants half
-    precision is then asked for it by its own option, under the gate. The package keeps
-    the model's signature: the runtime feeds float32 and returns the signature's dtype."""
+def as_float32(model: Any) -> Any | None:
+    """A copy of ``model`` that holds and computes in float32 where it used float16,
+    bfloat16 or float64 (weights, constants, casts, inputs and outputs, in every
+    subgraph), or None when it uses none of them. For converters that pass
+    half-precision operators through unconverted (pnnx: "layer Conv is not an ncnn
+    layer") or refuse doubles (pnnx: "expect [?,4]f64 but got [1,4]f32"; ncnn has no
+    other float); an engine that wants half precision is then asked for it by its own
+    option, and a double model's package is held to the gate like any other. The
+    package keeps the model's signature: the runtime feeds float32 and returns the
+    signature's dtype."""
     import onnx
     from onnx import AttributeProto, TensorProto, numpy_helper
 
     from .signature import all_graphs
 
-    half = {TensorProto.FLOAT16, TensorProto.BFLOAT16}
-    widened = _copy(model)
+    other = {TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
+    narrowed = _copy(model)
     changed = False
 
-    def widen(tensor: Any) -> None:
+    def to_float32(tensor: Any) -> None:
         nonlocal changed
-        if tensor.data_type in half:
+        if tensor.data_type in other:
             tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float32), tensor.name))
             changed = True
 
-    for graph in all_graphs(widened.graph):
+    for graph in all_graphs(narrowed.graph):
         for tensor in graph.initializer:
-            widen(tensor)
+            to_float32(tensor)
         for value in (*graph.input, *graph.output, *graph.value_info):
-            if value.type.tensor_type.elem_type in half:
+            if value.type.tensor_type.elem_type in other:
                 value.type.tensor_type.elem_type = TensorProto.FLOAT
                 changed = True
         for node in graph.node:
             for attribute in node.attribute:
                 if attribute.type == AttributeProto.TENSOR:
-                    widen(attribute.t)
-                elif attribute.name in ("to", "dtype") and attribute.type == AttributeProto.INT and attribute.i in half:
+                    to_float32(attribute.t)
+                elif attribute.name in ("to", "dtype") and attribute.type == AttributeProto.INT and attribute.i in other:
                     attribute.i = TensorProto.FLOAT  # Cast, RandomNormal, EyeLike, ...
                     changed = True
     if not changed:
         return None
-    onnx.checker.check_model(widened)
-    return widened
+    onnx.checker.check_model(narrowed)
+    return narrowed
 
 
 def _slim(model: Any) -> Any:

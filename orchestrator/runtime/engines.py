@@ -126,8 +126,8 @@ class MnnRunner:
             array = np.array(feeds[name], order="C")
             if array.dtype in (np.int64, np.bool_):  # MNN computes indices and masks in int32
                 array = array.astype(np.int32)
-            elif array.dtype == np.float16:  # and has no half type at its interface: its model takes float
-                array = array.astype(np.float32)
+            elif array.dtype in (np.float16, np.float64):  # and has no half or double type at its
+                array = array.astype(np.float32)  # interface: its model takes float
             values.append(expr.const(array, list(array.shape), expr.NCHW, types[array.dtype]))
         outputs = self._module.forward(values)
         result = {}

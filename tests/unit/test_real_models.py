@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 
@@ -790,3 +791,27 @@ def test_a_detector_whose_nms_finds_nothing_in_the_samples_is_gated_on_what_deci
     np.testing.assert_array_equal(got["selected"], want["selected"])
     np.testing.assert_allclose(got["det_boxes"], want["det_boxes"], rtol=1e-3, atol=1e-3)
 
+
+
+def test_a_float64_regressor_packages_for_mnn_with_its_double_signature(capsys, write_spec, local_hosts, tmp_path):
+    # a linear regression as skl2onnx writes it for DoubleTensorType inputs: MNN converted
+    # it, then failed every run with "KeyError: dtype('float64')" (no double at its interface)
+    rng = np.random.default_rng(0)
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("MatMul", ["X", "coef"], ["multiplied"]),
+         onnx.helper.make_node("Add", ["multiplied", "intercept"], ["variable"])], "regression",
+        [onnx.helper.make_tensor_value_info("X", onnx.TensorProto.DOUBLE, [None, 4])],
+        [onnx.helper.make_tensor_value_info("variable", onnx.TensorProto.DOUBLE, [None, 3])],
+        [onnx.numpy_helper.from_array(rng.standard_normal((4, 3)), "coef"),
+         onnx.numpy_helper.from_array(rng.standard_normal(3), "intercept")])
+    model = save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 15)], ir_version=8),
+                 tmp_path / "regression.onnx")
+    spec = write_spec(model=model, name="regression", compilers=["mnn"], select={"benchmark_s": 0.05})
+    code, manifest, text = build(capsys, spec, tmp_path / "out", local_hosts)
+    assert code == 0, text
+    assert manifest["compiler"]["name"] == "mnn"
+    session = load(unpack(tmp_path / "out", tmp_path))
+    x = rng.standard_normal((5, 4))
+    got = session.run({"X": x})["variable"]
+    assert got.dtype == np.float64, "the package keeps the model's double signature"
+    np.testing.assert_allclose(got, source_outputs(model, {"X": x})["variable"], rtol=1e-3, atol=1e-4)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .. import reproducible
 from ..job import JobTarget
-from ..normalise import widened_to_float32
+from ..normalise import as_float32
 from ..signature import load_onnx
 from .base import Artifact, BaseCompiler, CompileContext, CompileResult, CompilerError, choice, converter_failed
 
@@ -63,8 +63,9 @@ class NcnnCompiler(BaseCompiler):
         work = root / "pnnx"
         work.mkdir(parents=True, exist_ok=True)
         source = load_onnx(model)
-        # pnnx leaves float16 operators unconverted: ncnn gets float32 (fp16 is its own option)
-        readable = widened_to_float32(source) or source
+        # pnnx leaves float16 operators unconverted and refuses doubles: ncnn gets float32
+        # (fp16 is its own option)
+        readable = as_float32(source) or source
         if readable is source and source.ir_version <= PNNX_IR_VERSION:
             shutil.copyfile(model, work / "model.onnx")
         else:
@@ -74,8 +75,8 @@ class NcnnCompiler(BaseCompiler):
             # nothing they added; anything it cannot read still fails there, with its reason
             readable.ir_version = min(readable.ir_version, PNNX_IR_VERSION)
             onnx.save(readable, str(work / "model.onnx"))
-        # half-precision inputs were widened with the rest
-        kinds = {"float32": "f32", "float16": "f32", "bfloat16": "f32", "int64": "i64", "int32": "i32", "uint8": "u8",
+        # half-precision and double inputs were made float32 with the rest
+        kinds = {"float32": "f32", "float16": "f32", "bfloat16": "f32", "float64": "f32", "int64": "i64", "int32": "i32", "uint8": "u8",
                  "int8": "i8"}
 
         def shapes(inputs: list[dict]) -> str:
