@@ -153,8 +153,15 @@ def load_onnx_with_data(path: Path, shapes: Mapping[str, Sequence[Any]] | None =
     try:
         model = onnx.load(str(path), load_external_data=False)
         external = external_data_files(model, path)
+        size = _serialized_size(model, path)
+        if size > PROTOBUF_LIMIT:
+            raise ModelError(f"the model is {size / 1e9:.2f} GB with its external data: modelpack rewrites"
+                             f" models as one protobuf, which is limited to 2 GB, so models over 2 GB are not"
+                             f" supported yet")
         # onnx refuses a location that is absolute, leaves the folder or passes a link
         onnx.load_external_data_for_model(model, str(path.parent))
+    except ModelError:
+        raise
     except onnx.checker.ValidationError as exc:
         raise ModelError(f"its external data is refused: {exception_cause(exc)}") from None
     except (DecodeError, RuntimeError, ValueError, OSError) as exc:
@@ -176,6 +183,27 @@ def load_onnx_with_data(path: Path, shapes: Mapping[str, Sequence[Any]] | None =
     if not tensor_inputs(model):
         raise ModelError("the model has no inputs")
     return model, external
+
+
+#: the largest protobuf message: a model must fit in it to be checked, rewritten or saved
+PROTOBUF_LIMIT = 2**31 - 1
+
+
+def _serialized_size(model: Any, path: Path) -> int:
+    """The size the model will have with its external data inlined, from the graph and
+    the lengths its external tensors declare (or their files' sizes): known before a
+    byte of a many-gigabyte file is read."""
+    import onnx
+
+    size = model.ByteSize()
+    for tensor in _all_tensors(model.graph):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            entries = {entry.key: entry.value for entry in tensor.external_data}
+            if "length" in entries:
+                size += int(entries["length"])
+            else:
+                size += (path.parent / entries["location"]).stat().st_size - int(entries.get("offset", 0))
+    return size
 
 
 def external_data_files(model: Any, path: Path) -> dict[str, Path]:

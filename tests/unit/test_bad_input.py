@@ -666,3 +666,40 @@ def test_a_model_with_a_sequence_output_is_refused_in_one_line(capsys, write_spe
     spec = write_spec(model=model)
     code, lines = run_build(capsys, spec, out_dir, local_hosts)
     assert_rejected(code, lines, out_dir, "model", "'pieces' is a sequence_type")
+
+
+@pytest.mark.parametrize("command", ["build", "init"])
+def test_a_model_over_2_gb_is_refused_in_one_line_before_its_weights_are_read(capsys, write_spec, out_dir,
+                                                                              local_hosts, tmp_path, command):
+    # 2.4 GB of weights beside the graph: onnxruntime runs it, and modelpack said "ONNX
+    # checker rejected the model: Failed to serialize proto", blaming a valid model. The
+    # weights file here is sparse: the refusal must come before any of it is read.
+    import onnx
+    from onnx import TensorProto, helper
+
+    folder = tmp_path / "big"
+    folder.mkdir()
+    side = 24576
+    with open(folder / "big.onnx.data", "wb") as data:
+        data.truncate(side * side * 4)
+    weight = TensorProto(name="W", data_type=TensorProto.FLOAT, dims=[side, side],
+                         data_location=TensorProto.EXTERNAL)
+    for key, value in {"location": "big.onnx.data", "offset": "0", "length": str(side * side * 4)}.items():
+        weight.external_data.add(key=key, value=value)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "big",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", side])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", side])], [weight])
+    model = folder / "big.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(model))
+    problem = "the model is 2.42 GB with its external data"
+    if command == "init":
+        code = main(["init", str(model), "--hosts", str(local_hosts)])
+        lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert code == 2 and len(lines) == 1, lines
+        assert str(model) in lines[0] and problem in lines[0] and "over 2 GB" in lines[0], lines
+        return
+    spec = write_spec(model=model)  # (it copies the model only: its sparse weights are made beside it)
+    with open(spec.parent / "big.onnx.data", "wb") as data:
+        data.truncate(side * side * 4)
+    code, lines = run_build(capsys, spec, out_dir, local_hosts)
+    assert_rejected(code, lines, out_dir, "model", problem)
