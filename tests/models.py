@@ -256,7 +256,10 @@ def make_nms_detector() -> onnx.ModelProto:
          helper.make_tensor_value_info("selected", TensorProto.INT64, ["detections", 3])],
         [numpy_helper.from_array(value, name) for name, value in constants.items()])
     post = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=base.ir_version)
-    return compose.merge_models(base, post, io_map=[("output0", "output0")])
+    merged = compose.merge_models(base, post, io_map=[("output0", "output0")])
+    del merged.opset_import[:]  # (merge_models lists the default domain once per model)
+    merged.opset_import.append(helper.make_opsetid("", 17))
+    return merged
 
 
 def make_zipmap_classifier(labels: list[int] | list[str], features: int = 4, seed: int = 5) -> onnx.ModelProto:

@@ -23,7 +23,7 @@ import onnx
 from ..runtime import load as load_package
 from ..runtime.checks import Tolerance, compare_outputs, sha256_file
 from ..runtime.engines import OnnxRuntimeRunner, open_artifact
-from ..runtime.functions import FunctionsRunner, apply_pre
+from ..runtime.functions import TAP_PREFIX, FunctionsRunner, apply_pre
 from . import environment
 from .accelerate import VariantError, load_calibration
 from .causes import exception_cause
@@ -266,7 +266,7 @@ def _reference(job: Job, in_dir: Path, checked: Checked, stage: Stage) -> Refere
              for size in golden.sets]
     measured, basis = None, None
     if job.measure_tolerance:
-        measured, basis = _quantized_gate(job, graph_path, golden, graph_names)
+        measured, basis = _quantized_gate(job, graph_path, golden, graph_names + tensors.dense)
     return Reference(model, source_inputs, source_outputs, package_in, graph_path, graph_names, output_names,
                      outputs, declared_outputs, dynamic, golden, sizes, tensors, taps, resolved, runtime_steps,
                      fusion_notes, function_check, evaluation, calibration, evaluation_record, measured, basis,
@@ -280,7 +280,9 @@ def _quantized_gate(job: Job, graph_path: Path, golden: Golden, graph_names: lis
     size, and never below the job's. Engines that round as carefully as onnxruntime pass;
     one that is off by more fails. Each output is measured on its own: a detector's boxes
     deviate by pixels where its scores deviate by hundredths, and one atol for both would
-    pass any score. What nothing measured (steps the runtime adds) keeps the largest."""
+    pass any score. The dense taps behind outputs left empty are measured as outputs,
+    under the tensor's own name (what ``Tolerance.of`` reads a tap as). What nothing
+    measured (steps the runtime adds) keeps the largest."""
     optimised = OnnxRuntimeRunner(graph_path, {"optimization": "all"})
     deviation: dict[str, float] = {}
     for size in golden.sets:
@@ -290,7 +292,8 @@ def _quantized_gate(job: Job, graph_path: Path, golden: Golden, graph_names: lis
             if np.issubdtype(want.dtype, np.floating) and want.size:
                 got = np.asarray(produced[name], np.float64)
                 found = float(np.max(np.abs(got - want.astype(np.float64))))
-                deviation[name] = max(deviation.get(name, 0.0), found)
+                key = name.removeprefix(TAP_PREFIX)
+                deviation[key] = max(deviation.get(key, 0.0), found)
     atol = {name: max(job.atol, float(f"{2 * d:.2g}")) for name, d in deviation.items()}
     tolerance = Tolerance(max([job.atol, *atol.values()]), job.rtol, {n: (a, job.rtol) for n, a in atol.items()})
     each = ", ".join(f"{name!r} {d:.3g}" for name, d in deviation.items())

@@ -407,9 +407,11 @@ def test_a_half_precision_model_is_gated_by_what_float16_can_hold_and_runs_on_ev
         np.testing.assert_allclose(got[name].astype(np.float32), value.astype(np.float32), atol=1e-2, rtol=2e-2)
 
 
-def _quantize_static(source: Path, folder: Path, feeds: list[dict[str, np.ndarray]]) -> Path:
+def _quantize_static(source: Path, folder: Path, feeds: list[dict[str, np.ndarray]],
+                     symbolic_shapes: bool = True) -> Path:
     """The model as onnxruntime's quantizer writes it for edge devices: QDQ, uint8
-    activations, int8 per-channel weights, calibrated on ``feeds``."""
+    activations, int8 per-channel weights, calibrated on ``feeds``. Its symbolic shape
+    inference cannot follow NMS: ``symbolic_shapes=False`` skips it, as users do."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -421,7 +423,7 @@ def _quantize_static(source: Path, folder: Path, feeds: list[dict[str, np.ndarra
             return next(self.feeds, None)
 
     prepared, quantized = folder / "prepared.onnx", folder / "quantized.onnx"
-    quant_pre_process(str(source), str(prepared))
+    quant_pre_process(str(source), str(prepared), skip_symbolic_shape=not symbolic_shapes)
     quantize_static(str(prepared), str(quantized), Reader(), quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
     return quantized
@@ -815,3 +817,25 @@ def test_a_float64_regressor_packages_for_mnn_with_its_double_signature(capsys, 
     got = session.run({"X": x})["variable"]
     assert got.dtype == np.float64, "the package keeps the model's double signature"
     np.testing.assert_allclose(got, source_outputs(model, {"X": x})["variable"], rtol=1e-3, atol=1e-4)
+
+
+def test_a_quantized_detector_whose_nms_finds_nothing_is_gated_at_its_own_rounding(
+        capsys, write_spec, local_hosts, tmp_path):
+    # the dense tensors behind the empty outputs are gated like outputs: for a quantised
+    # model each at twice onnxruntime's own rounding there, not at fp32's 1e-4, which
+    # onnxruntime's int8 kernels themselves miss
+    rng = np.random.default_rng(4)
+    images = [{"images": rng.uniform(0, 1, (1, 3, 320, 320)).astype(np.float32)} for _ in range(4)]
+    model = _quantize_static(save(make_nms_detector(), tmp_path / "yolo_nms.onnx"), tmp_path, images, False)
+    spec = write_spec(model=model, name="yolo-nms-int8", compilers=["onnxruntime"],
+                      shapes={"images": [1, 3, 320, 320]}, select={"benchmark_s": 0.05})
+    code, manifest, text = build(capsys, spec, tmp_path / "out", local_hosts)
+    assert code == 0, text
+    assert set(manifest["samples"]["empty_outputs"]) == {"det_boxes", "selected"}
+    # (the quantizer put a DequantizeLinear before NMS: the taps are what it outputs)
+    gates = {name: g["atol"] for name, g in manifest["tolerance"]["outputs"].items()}
+    [boxes] = [a for name, a in gates.items() if name.startswith("boxes")]
+    [scores] = [a for name, a in gates.items() if name.startswith("class_scores")]
+    assert boxes > 1.0 and 1e-4 <= scores < 0.1, f"each at its own scale, the scores' not at pixels: {gates}"
+    [exact] = manifest["candidates"]
+    assert exact["status"] == "selected", exact
