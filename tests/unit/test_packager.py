@@ -213,3 +213,41 @@ def test_integer_inputs_are_sampled_over_the_values_the_graph_encodes():
     assert set(np.unique(feeds["label"])) == set(range(12)) and "depth 12" in how["label"], how
     # a comparison with a few scattered constants says nothing about the values' range
     assert how["flag"] == "integers uniform in [0, 10)", how
+
+
+def test_the_tensors_behind_an_empty_output_are_the_float_ones_its_data_dependent_op_decides_from():
+    # NonZero(Greater(scores, 0.9)) reads a mask: the gate must read the scores above it;
+    # an output empty for another reason has nothing to tap and is said to be unchecked
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from orchestrator.packager.data_dependent import dense_sources, empty_everywhere, with_taps
+    from orchestrator.runtime.functions import tap_name
+
+    nodes = [helper.make_node("Sigmoid", ["x"], ["scores"]),
+             helper.make_node("Greater", ["scores", "threshold"], ["hit"]),
+             helper.make_node("NonZero", ["hit"], ["where"]),
+             helper.make_node("Slice", ["x", "zero", "zero", "one"], ["nothing"])]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])],
+        [helper.make_tensor_value_info("where", TensorProto.INT64, [2, None]),
+         helper.make_tensor_value_info("nothing", TensorProto.FLOAT, [None, 8])],
+        [numpy_helper.from_array(np.array(0.9, np.float32), "threshold"),
+         numpy_helper.from_array(np.array([0]), "zero"), numpy_helper.from_array(np.array([1]), "one")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    references = [{"where": np.zeros((2, 0), np.int64), "nothing": np.zeros((0, 8), np.float32)},
+                  {"where": np.zeros((2, 3), np.int64), "nothing": np.zeros((0, 8), np.float32)}]
+    assert empty_everywhere(references, ["where", "nothing"]) == ["nothing"]
+    found = dense_sources(model, ["where", "nothing"])
+    assert found.taps == {"scores": tap_name("scores")}
+    assert "NonZero" in found.record["where"] and "['scores']" in found.record["where"]
+    assert "no gate checked its values" in found.record["nothing"]
+
+    import onnxruntime as ort
+
+    tapped = with_taps(model, found.taps)
+    x = np.linspace(-4, 4, 16, dtype=np.float32).reshape(2, 8)
+    session = ort.InferenceSession(tapped.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    produced = dict(zip(names, session.run(None, {"x": x})))
+    np.testing.assert_allclose(produced[tap_name("scores")], 1 / (1 + np.exp(-x)), rtol=1e-5)
