@@ -211,9 +211,7 @@ def _reference(job: Job, in_dir: Path, checked: Checked, stage: Stage) -> Refere
     else:
         package_in, package_out = source_inputs, source_outputs
     runtime_steps = {"pre": [], "post": resolved.runtime} if resolved and resolved.runtime else None
-    reference_runner: Any = OnnxRuntimeRunner(graph_path, {"optimization": "disabled"})
-    if runtime_steps:
-        reference_runner = FunctionsRunner(reference_runner, [], resolved.runtime)
+    reference_runner = _reference_runner(graph_path, resolved)
     golden = make_golden(package_in, job.shapes, in_dir / job.samples if job.samples else None, job.samples,
                          job.model_sha256, input_hints(graph_model), reference_runner)
     original = in_dir / job.model
@@ -241,10 +239,8 @@ def _reference(job: Job, in_dir: Path, checked: Checked, stage: Stage) -> Refere
     if empty.taps:  # gate what decides the outputs the samples left empty
         stage("reference: tap the tensors that decide the outputs the samples left empty")
         graph_path = work / "tapped.onnx"
-        onnx.save(with_taps(graph_model, empty.taps), str(graph_path))
-        reference_runner = OnnxRuntimeRunner(graph_path, {"optimization": "disabled"})
-        if runtime_steps:
-            reference_runner = FunctionsRunner(reference_runner, [], resolved.runtime)
+        onnx.save(with_taps(graph_model, empty), str(graph_path))
+        reference_runner = _reference_runner(graph_path, resolved)
         for size in golden.sets:
             produced = reference_runner.run(size.feeds)
             size.reference.update({tap: produced[tap] for tap in empty.taps.values()})
@@ -271,6 +267,13 @@ def _reference(job: Job, in_dir: Path, checked: Checked, stage: Stage) -> Refere
                      outputs, declared_outputs, dynamic, golden, sizes, tensors, taps, resolved, runtime_steps,
                      fusion_notes, function_check, evaluation, calibration, evaluation_record, measured, basis,
                      empty.record)
+
+
+def _reference_runner(graph_path: Path, resolved: Resolved | None) -> Any:
+    """onnxruntime, optimisations disabled, on the package graph, with the steps the
+    runtime applies (not fused in the graph) applied after it in NumPy."""
+    runner: Any = OnnxRuntimeRunner(graph_path, {"optimization": "disabled"})
+    return FunctionsRunner(runner, [], resolved.runtime) if resolved and resolved.runtime else runner
 
 
 def _quantized_gate(job: Job, graph_path: Path, golden: Golden, graph_names: list[str]) -> tuple[Tolerance, str]:

@@ -37,6 +37,8 @@ class EmptyOutputs:
     record: dict[str, str] = field(default_factory=dict)
     #: graph tensor -> its tap's name: dense tensors every candidate is gated on
     taps: dict[str, str] = field(default_factory=dict)
+    #: graph tensor -> its element type (the tap's output type)
+    types: dict[str, int] = field(default_factory=dict)
 
 
 def empty_everywhere(references: Iterable[Mapping[str, np.ndarray]], names: list[str]) -> list[str]:
@@ -49,12 +51,14 @@ def dense_sources(model: onnx.ModelProto, outputs: list[str]) -> EmptyOutputs:
     """For each output, the floating-point tensors the data-dependent ops behind it
     decide from: the op's float inputs, or, where it reads a mask or indices, the first
     float tensors above them (``NonZero(Greater(scores, t))`` reads ``scores``)."""
+    found = EmptyOutputs()
+    if not outputs:  # (shape inference is not free on a large model)
+        return found
     graph = model.graph
     producer = {o: node for node in graph.node for o in node.output}
     types = _elem_types(model)
     fixed = {i.name for i in graph.initializer} | {i.name for i in graph.input} \
         | {o for node in graph.node if node.op_type == "Constant" for o in node.output}
-    found = EmptyOutputs()
     for output in outputs:
         ops, dense = _deciding_ops(output, producer), []
         for node in ops:
@@ -64,6 +68,7 @@ def dense_sources(model: onnx.ModelProto, outputs: list[str]) -> EmptyOutputs:
             found.record[output] = (f"empty at every golden sample: its size depends on the data ({named});"
                                     f" the gates also read the tensors that decide it: {dense}")
             found.taps.update({t: tap_name(t) for t in dense})
+            found.types.update({t: types[t] for t in dense})
         else:
             found.record[output] = ("empty at every golden sample and no op decides its size from dense values:"
                                     " no gate checked its values; give samples that produce it (spec key samples)")
@@ -123,12 +128,11 @@ def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
     return types
 
 
-def with_taps(model: onnx.ModelProto, taps: Mapping[str, str]) -> onnx.ModelProto:
-    """The model with each tensor in ``taps`` also returned under its tap's name."""
+def with_taps(model: onnx.ModelProto, found: EmptyOutputs) -> onnx.ModelProto:
+    """The model with each tensor ``found`` taps also returned under its tap's name."""
     tapped = copy.deepcopy(model)
     graph = tapped.graph
-    types = _elem_types(model)
-    for tensor, tap in taps.items():
+    for tensor, tap in found.taps.items():
         graph.node.append(onnx.helper.make_node("Identity", [tensor], [tap], name=tap))
-        graph.output.append(onnx.helper.make_tensor_value_info(tap, types[tensor], None))
+        graph.output.append(onnx.helper.make_tensor_value_info(tap, found.types[tensor], None))
     return tapped

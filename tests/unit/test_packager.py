@@ -245,7 +245,7 @@ def test_the_tensors_behind_an_empty_output_are_the_float_ones_its_data_dependen
 
     import onnxruntime as ort
 
-    tapped = with_taps(model, found.taps)
+    tapped = with_taps(model, found)
     x = np.linspace(-4, 4, 16, dtype=np.float32).reshape(2, 8)
     session = ort.InferenceSession(tapped.SerializeToString(), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
