@@ -237,8 +237,8 @@ def input_hints(model: Any) -> dict[str, InputHint]:
                         others = [constants[other] for other in node.input
                                   if other != name and other in constants and constants[other].size]
                         compared += [float(other.ravel()[0]) for other in others]
-                        ranges += [_one_hot_classes(other) for other in others
-                                   if node.op_type == "Equal" and _one_hot_classes(other)]
+                        if node.op_type == "Equal":
+                            ranges += [found for found in map(_one_hot_classes, others) if found]
                     elif node.op_type in _PASS_THROUGH and node.input[0] == name:
                         following += [o for o in node.output if o not in names]
                         names.update(node.output)

@@ -153,7 +153,7 @@ def load_onnx_with_data(path: Path, shapes: Mapping[str, Sequence[Any]] | None =
     try:
         model = onnx.load(str(path), load_external_data=False)
         external = external_data_files(model, path)
-        size = _serialized_size(model, path)
+        size = _serialized_size(model, external)
         if size > PROTOBUF_LIMIT:
             raise ModelError(f"the model is {size / 1e9:.2f} GB with its external data: modelpack rewrites"
                              f" models as one protobuf, which is limited to 2 GB, so models over 2 GB are not"
@@ -189,38 +189,44 @@ def load_onnx_with_data(path: Path, shapes: Mapping[str, Sequence[Any]] | None =
 PROTOBUF_LIMIT = 2**31 - 1
 
 
-def _serialized_size(model: Any, path: Path) -> int:
+def _serialized_size(model: Any, files: Mapping[str, Path]) -> int:
     """The size the model will have with its external data inlined, from the graph and
-    the lengths its external tensors declare (or their files' sizes): known before a
-    byte of a many-gigabyte file is read."""
+    the lengths its external tensors declare (or their files' sizes, ``files`` as
+    :func:`external_data_files` found them): known before a byte of a many-gigabyte
+    file is read."""
+    size = model.ByteSize()
+    for entries in _external_entries(model):
+        if "length" in entries:
+            size += int(entries["length"])
+        else:
+            size += files[_location(entries["location"]).as_posix()].stat().st_size - int(entries.get("offset", 0))
+    return size
+
+
+def _external_entries(model: Any) -> list[dict[str, str]]:
+    """The external-data entries (location, offset, length) of each tensor kept outside
+    the graph."""
     import onnx
 
-    size = model.ByteSize()
-    for tensor in _all_tensors(model.graph):
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            entries = {entry.key: entry.value for entry in tensor.external_data}
-            if "length" in entries:
-                size += int(entries["length"])
-            else:
-                size += (path.parent / entries["location"]).stat().st_size - int(entries.get("offset", 0))
-    return size
+    return [{entry.key: entry.value for entry in tensor.external_data} for tensor in _all_tensors(model.graph)
+            if tensor.data_location == onnx.TensorProto.EXTERNAL]
+
+
+def _location(location: str) -> PurePosixPath:
+    """An external tensor's file, as a path relative to the model's folder (Windows
+    exporters write it with backslashes)."""
+    return PurePosixPath(location.replace("\\", "/"))
 
 
 def external_data_files(model: Any, path: Path) -> dict[str, Path]:
     """The files the model (loaded without its external data) keeps tensors in, by the
     location it names them with. Each must be a regular file in the model's folder or
     below it, named without ``..``, so that it can be placed beside the model on a host."""
-    import onnx
-
-    locations = set()
-    for tensor in _all_tensors(model.graph):
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            entries = {entry.key: entry.value for entry in tensor.external_data}
-            locations.add(entries.get("location", ""))
+    locations = {entries.get("location", "") for entries in _external_entries(model)}
     files = {}
     folder = path.parent.resolve()
     for location in sorted(locations):
-        name = PurePosixPath(location.replace("\\", "/"))
+        name = _location(location)
         file = folder / name
         if not location or name.is_absolute() or ".." in name.parts or not file.resolve().is_relative_to(folder):
             raise ModelError(f"its external data is refused: location {location!r} is not a file name inside"

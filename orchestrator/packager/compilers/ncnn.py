@@ -76,8 +76,8 @@ class NcnnCompiler(BaseCompiler):
             readable.ir_version = min(readable.ir_version, PNNX_IR_VERSION)
             onnx.save(readable, str(work / "model.onnx"))
         # half-precision and double inputs were made float32 with the rest
-        kinds = {"float32": "f32", "float16": "f32", "bfloat16": "f32", "float64": "f32", "int64": "i64", "int32": "i32", "uint8": "u8",
-                 "int8": "i8"}
+        kinds = {"float32": "f32", "float16": "f32", "bfloat16": "f32", "float64": "f32", "int64": "i64",
+                 "int32": "i32", "uint8": "u8", "int8": "i8"}
 
         def shapes(inputs: list[dict]) -> str:
             return ",".join("[" + ",".join(str(d) for d in i["shape"]) + "]" + kinds.get(i["dtype"], "f32")
