@@ -79,10 +79,17 @@ class OnnxRuntimeRunner:
 
 class OpenVinoRunner:
     """OpenVINO IR on the CPU plugin. The precision hint is explicit because OpenVINO
-    silently computes in bf16 on CPUs that have it unless told otherwise."""
+    silently computes in bf16 on CPUs that have it unless told otherwise.
+
+    Each input has a buffer of its own that OpenVINO reads in place (set once, and again
+    only when the input's shape changes); a call copies the feeds into them and the
+    outputs out. OpenVINO's convenience call, ``request.infer(feeds)``, wraps every
+    array in a new tensor and its results in a dict keyed by port: on Silero VAD that
+    was 0.5 ms around a 0.05 ms inference, and it ranked OpenVINO 2-3x behind
+    onnxruntime on models where the engine itself is faster."""
 
     def __init__(self, path: Path, options: Mapping[str, Any]) -> None:
-        ov = _import("openvino")
+        self._ov = ov = _import("openvino")
         config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": options.get("precision", "f32")}
         if options.get("threads"):
             config["INFERENCE_NUM_THREADS"] = int(options["threads"])
@@ -92,12 +99,55 @@ class OpenVinoRunner:
             config["NUM_STREAMS"] = str(int(options["streams"]))
         self._compiled = ov.Core().compile_model(str(path), "CPU", config)
         self._request = self._compiled.create_infer_request()
+        #: per input port: its tensor names, its NumPy type (None for text) and the buffer
+        #: OpenVINO reads it from
+        self._input_names = [port.get_names() for port in self._compiled.inputs]
+        self._input_types = [None if port.get_element_type() == ov.Type.string else port.get_element_type().to_dtype()
+                             for port in self._compiled.inputs]
+        self._buffers: list[np.ndarray | None] = [None] * len(self._input_names)
+        self._keys: list[str] = []
         # an output port can carry several tensor names; answer to every one of them
-        self._outputs = [(port, sorted(port.get_names())) for port in self._compiled.outputs]
+        self._outputs = [(index, sorted(port.get_names())) for index, port in enumerate(self._compiled.outputs)]
+
+    def _feed_keys(self, feeds: Mapping[str, np.ndarray]) -> list[str]:
+        """The feed that goes to each input port: the one named by any of its names."""
+        keys = []
+        for names in self._input_names:
+            key = next((name for name in sorted(names) if name in feeds), None)
+            if key is None:
+                raise KeyError(f"no feed for the OpenVINO input named {sorted(names)}")
+            keys.append(key)
+        return keys
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        result = self._request.infer(dict(feeds))
-        return {name: np.array(result[port], copy=True) for port, names in self._outputs for name in names}
+        request = self._request
+        try:
+            arrays = [feeds[key] for key in self._keys] if self._keys else None
+        except KeyError:
+            arrays = None
+        if arrays is None:
+            self._keys = self._feed_keys(feeds)
+            arrays = [feeds[key] for key in self._keys]
+        for index, array in enumerate(arrays):
+            array = np.asarray(array)
+            kind = self._input_types[index]
+            if kind is None:  # text: OpenVINO keeps its own copy of strings
+                request.set_input_tensor(index, self._ov.Tensor(array))
+                continue
+            buffer = self._buffers[index]
+            if buffer is None or buffer.shape != array.shape:
+                buffer = self._buffers[index] = np.empty(array.shape, kind)
+                request.set_input_tensor(index, self._ov.Tensor(buffer, shared_memory=True))
+            np.copyto(buffer, array, casting="same_kind")
+        request.infer()
+        result = {}
+        for index, names in self._outputs:
+            tensor = request.get_output_tensor(index)
+            # the next call overwrites OpenVINO's output memory: the caller gets a copy
+            value = tensor.str_data if tensor.element_type == self._ov.Type.string else tensor.data
+            for name in names:
+                result[name] = np.array(value, copy=True)
+        return result
 
 
 class MnnRunner:
