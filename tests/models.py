@@ -262,6 +262,31 @@ def make_nms_detector() -> onnx.ModelProto:
     return merged
 
 
+def make_squeeze_if_model(features: int = 4, seed: int = 0) -> onnx.ModelProto:
+    """``y = sum(relu(x.squeeze(0) @ w))``: PyTorch's ``squeeze(0)`` on a dynamic batch
+    exports as an If on the batch size whose branches differ in rank, which every
+    batch runs through but OpenVINO's CPU plug-in refuses ("If operation with dynamic
+    rank"); at a fixed batch it folds away. ``x`` is [batch, features], ``y`` 0-d."""
+    keep = helper.make_graph([helper.make_node("Identity", ["x"], ["kept"])], "keep", [],
+                             [helper.make_tensor_value_info("kept", TensorProto.FLOAT, None)])
+    squeeze = helper.make_graph([helper.make_node("Squeeze", ["x", "axis0"], ["squeezed"])], "squeeze", [],
+                                [helper.make_tensor_value_info("squeezed", TensorProto.FLOAT, None)])
+    weights = np.random.default_rng(seed).standard_normal((features, 3)).astype(np.float32)
+    graph = helper.make_graph([
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Gather", ["shape", "zero"], ["batch"], axis=0),
+        helper.make_node("Equal", ["batch", "one"], ["single"]),
+        helper.make_node("If", ["single"], ["rows"], then_branch=squeeze, else_branch=keep),
+        helper.make_node("MatMul", ["rows", "w"], ["projected"]),
+        helper.make_node("Relu", ["projected"], ["positive"]),
+        helper.make_node("ReduceSum", ["positive"], ["y"], keepdims=0),
+    ], "squeeze_if", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", features])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])],
+        [numpy_helper.from_array(np.array([0], np.int64), "axis0"), numpy_helper.from_array(np.array(0, np.int64), "zero"),
+         numpy_helper.from_array(np.array(1, np.int64), "one"), numpy_helper.from_array(weights, "w")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
 def make_zipmap_classifier(labels: list[int] | list[str], features: int = 4, seed: int = 5) -> onnx.ModelProto:
     """A scikit-learn logistic regression as skl2onnx writes it with its default
     ``zipmap=True``: ai.onnx.ml's LinearClassifier (softmax), Normalizer and ZipMap, so

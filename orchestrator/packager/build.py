@@ -35,7 +35,7 @@ from .functions import resolve as resolve_functions
 from .golden import Golden, make_golden
 from .job import BadJob, Job, PackageFailed, package_filename
 from .manifest import output_signature, self_test_scope, tensor_entry, write_manifest_data, write_samples
-from .normalise import Normalised, SizeSet, normalise
+from .normalise import Normalised, SizeSet, normalise, pinned_shapes
 from .stages import Checked, Reference, Selected
 from .package import add_runtime, write_archive, write_manifest
 from .samples import input_hints
@@ -308,7 +308,8 @@ def normalise_graph(job: Job, reference: Reference, work: Path) -> Normalised:
     """The dynamic and fixed-shape models the compilers start from, each verified."""
     checked = reference.graph_names + reference.tensors.dense
     graph_sets = [SizeSet(s.point, s.feeds, {n: s.reference[n] for n in checked}) for s in reference.golden.sets]
-    return normalise(reference.graph_path, graph_sets, job.tolerance, work / "normalise")
+    pinned = pinned_shapes(reference.golden.pinned, reference.golden.sets[0].feeds)
+    return normalise(reference.graph_path, graph_sets, job.tolerance, work / "normalise", pinned)
 
 
 def compile_candidates(job: Job, checked: Checked, reference: Reference, normalised: Normalised,

@@ -59,14 +59,17 @@ def _copy(model: Any) -> Any:
     return clone
 
 
-def fix_shapes(model: Any, shapes: Mapping[str, list[int]]) -> Any:
-    """A copy of ``model`` with its top-level inputs at ``shapes``; nothing else changes."""
+def fix_shapes(model: Any, shapes: Mapping[str, list[int | None]]) -> Any:
+    """A copy of ``model`` with its top-level inputs at ``shapes`` (None: that dimension
+    left as it is); nothing else changes."""
     fixed = _copy(model)
     for value in fixed.graph.input:
         if value.name not in shapes:
             continue
         dims = value.type.tensor_type.shape.dim
         for dim, size in zip(dims, shapes[value.name]):
+            if size is None:
+                continue
             dim.Clear()
             dim.dim_value = int(size)
     return fixed
@@ -150,12 +153,19 @@ def _optimise(model: Any) -> Any:
     return _slim(onnxscript.optimizer.optimize(_copy(model)))
 
 
-def _problem(path: Path, sets: list[SizeSet], tolerance: Tolerance) -> str | None:
-    """Why the model at ``path`` is not a faithful copy of the reference, or None."""
+def _problem(path: Path, sets: list[SizeSet], tolerance: Tolerance, optimised: bool) -> str | None:
+    """Why the model at ``path`` is not a faithful copy of the reference, or None; with
+    ``optimised``, also why onnxruntime cannot load it as its compiler does (its
+    optimiser infers the types of every branch, even one never taken)."""
     try:
         runner = OnnxRuntimeRunner(path, {"optimization": "disabled"})
     except Exception as exc:  # onnxruntime refusing to load it is the finding
         return f"onnxruntime cannot load it: {exception_cause(exc)}"
+    if optimised:
+        try:
+            OnnxRuntimeRunner(path, {"optimization": "all"})
+        except Exception as exc:
+            return f"onnxruntime cannot load it optimised: {exception_cause(exc)}"
     for size in sets:
         try:
             outputs = runner.run(size.feeds)
@@ -168,7 +178,7 @@ def _problem(path: Path, sets: list[SizeSet], tolerance: Tolerance) -> str | Non
 
 
 def _first_faithful(steps: list[tuple[str, Callable[[], Any]]], source: Path, dest: Path, sets: list[SizeSet],
-                    tolerance: Tolerance) -> dict[str, Any]:
+                    tolerance: Tolerance, optimised: bool = False) -> dict[str, Any]:
     """Try each (name, make) in order; keep the first whose result is faithful, else
     the source model. Returns what was used and why the others were dropped."""
     import onnx
@@ -181,7 +191,7 @@ def _first_faithful(steps: list[tuple[str, Callable[[], Any]]], source: Path, de
         except Exception as exc:  # the transformation itself failing
             dropped.append({"step": name, "reason": f"failed: {exception_cause(exc)}"})
             continue
-        problem = _problem(dest, sets, tolerance)
+        problem = _problem(dest, sets, tolerance, optimised)
         if problem is None:
             return {"model": name, "nodes": len(model.graph.node), "dropped": dropped}
         dropped.append({"step": name, "reason": problem})
@@ -189,9 +199,31 @@ def _first_faithful(steps: list[tuple[str, Callable[[], Any]]], source: Path, de
     return {"model": "source", "dropped": dropped}
 
 
-def normalise(source: Path, sets: list[SizeSet], tolerance: Tolerance, work: Path) -> Normalised:
+#: how the dynamic model's record names the sizes the package fixes, written into it
+PINNED = "sizes the package fixes written in + "
+
+
+def pinned_shapes(pinned: Mapping[str, str], bench: Mapping[str, np.ndarray]) -> dict[str, list[int | None]]:
+    """The sizes of the dimensions the package fixes although the model leaves them
+    dynamic (``golden.pinned``: "input[axis]" -> why), per input, None elsewhere."""
+    shapes: dict[str, list[int | None]] = {}
+    for key in pinned:
+        name, _, axis = key[:-1].rpartition("[")
+        if name in bench:
+            row = shapes.setdefault(name, [None] * bench[name].ndim)
+            row[int(axis)] = int(bench[name].shape[int(axis)])
+    return shapes
+
+
+def normalise(source: Path, sets: list[SizeSet], tolerance: Tolerance, work: Path,
+              pinned: Mapping[str, list[int | None]] | None = None) -> Normalised:
     """Write the verified dynamic and fixed-shape models into ``work``; return them and
-    the record of what was done. ``sets[0]`` is the benchmark size."""
+    the record of what was done. ``sets[0]`` is the benchmark size. ``pinned`` are the
+    sizes of dimensions the package fixes though the model leaves them dynamic (the
+    source model does not run at another size): the dynamic model has them written in,
+    so that what only those sizes decide folds away as it does at fixed shapes (Silero
+    VAD's If on the length of its frame, which OpenVINO's CPU plug-in cannot take while
+    the length is unknown), while the dimensions the package keeps free stay free."""
     import onnx
 
     work.mkdir(parents=True, exist_ok=True)
@@ -208,16 +240,26 @@ def normalise(source: Path, sets: list[SizeSet], tolerance: Tolerance, work: Pat
             fixed_model = fix_shapes(base, {k: list(v.shape) for k, v in sets[0].feeds.items()})
         return fixed_model
 
-    dynamic_steps: list[tuple[str, Callable[[], Any]]] = []
+    def dynamic_steps_from(start: Any, written: str) -> list[tuple[str, Callable[[], Any]]]:
+        steps: list[tuple[str, Callable[[], Any]]] = []
+        if script_version:
+            steps.append((f"{prefix}{written}onnxscript optimizer + onnxslim", lambda: _optimise(start)))
+        if slim_version:
+            steps.append((f"{prefix}{written}onnxslim", lambda: _slim(start)))
+        if detached is not None or written:
+            steps.append(((prefix + written).removesuffix(" + "), lambda: start))
+        return steps
+
+    # the sizes written in can make a branch the model never takes at them ill-typed
+    # (Silero's 8 kHz path at 16 kHz's frame length), which onnxruntime refuses to load:
+    # then the model keeps them dynamic
+    pinned_steps = dynamic_steps_from(fix_shapes(base, pinned), PINNED) if pinned else []
+    dynamic_steps = pinned_steps + dynamic_steps_from(base, "")
     fixed_steps: list[tuple[str, Callable[[], Any]]] = []
     if script_version:
-        dynamic_steps.append((f"{prefix}onnxscript optimizer + onnxslim", lambda: _optimise(base)))
         fixed_steps.append((f"{prefix}shapes fixed + onnxscript optimizer + onnxslim", lambda: _optimise(fixed())))
     if slim_version:
-        dynamic_steps.append((f"{prefix}onnxslim", lambda: _slim(base)))
         fixed_steps.append((f"{prefix}shapes fixed + onnxslim", lambda: _slim(fixed())))
-    if detached is not None:
-        dynamic_steps.append(("initializers detached", lambda: base))
     fixed_steps.append((f"{prefix}shapes fixed", fixed))
     result = Normalised(work / "normalised-dynamic.onnx", work / "normalised-fixed.onnx")
     result.record = {
@@ -225,10 +267,14 @@ def normalise(source: Path, sets: list[SizeSet], tolerance: Tolerance, work: Pat
                           (("onnxscript", script_version), ("onnxslim", slim_version)) if version) or None,
         "nodes_before": len(model.graph.node),
         "verified_at": [s.point for s in sets],
-        "dynamic": _first_faithful(dynamic_steps, source, result.dynamic, sets, tolerance),
+        # the onnxruntime compiler starts from the dynamic model
+        "dynamic": _first_faithful(dynamic_steps, source, result.dynamic, sets, tolerance, optimised=True),
         "fixed": {"shapes": {k: list(v.shape) for k, v in sets[0].feeds.items()},
                   **_first_faithful(fixed_steps, source, result.fixed, sets[:1], tolerance)},
     }
+    if result.record["dynamic"]["model"] in {name for name, _ in pinned_steps}:
+        result.record["dynamic"]["pinned"] = {f"{name}[{axis}]": size for name, row in pinned.items()
+                                              for axis, size in enumerate(row) if size is not None}
     if not slim_version:
         result.record["note"] = "onnxslim is not installed"
     elif not script_version:
