@@ -109,12 +109,14 @@ class OpenVinoRunner:
         # an output port can carry several tensor names; answer to every one of them
         self._output_names = [sorted(port.get_names()) for port in self._compiled.outputs]
         # the bound C++ call under the Python wrapper: it skips the wrapper's feed
-        # dispatch and its OVDict (4-7 us a call); an OpenVINO without one keeps the wrapper
+        # dispatch and its OVDict (4-7 us a call); an OpenVINO without one keeps the
+        # wrapper. Both return a mapping of output copies (the next call overwrites
+        # OpenVINO's own memory) in the compiled model's output order.
         native = next((k.__dict__["infer"] for k in type(self._request).__mro__
                        if k.__module__ == "openvino._pyopenvino" and "infer" in k.__dict__), None)
         request = self._request
-        self._infer = ((lambda: native(request, {}, False, True)) if native is not None
-                       else (lambda: request.infer()))
+        self._infer: Callable[[], Mapping[Any, np.ndarray]] = (
+            (lambda: native(request, {}, False, True)) if native is not None else request.infer)
 
     def _feed_keys(self, feeds: Mapping[str, np.ndarray]) -> list[str]:
         """The feed that goes to each input port: the one named by any of its names."""
@@ -153,20 +155,11 @@ class OpenVinoRunner:
                     continue
             np.copyto(buffer, array, casting="same_kind")
         result = {}
-        # the native call returns copies (the next call overwrites OpenVINO's memory), in
-        # the order of the compiled model's outputs
-        for names, value in zip(self._output_names, self._outputs()):
+        for names, value in zip(self._output_names, self._infer().values()):
             result[names[0]] = value
             for name in names[1:]:
                 result[name] = value.copy()
         return result
-
-    def _outputs(self) -> list[np.ndarray]:
-        produced = self._infer()
-        if isinstance(produced, dict):
-            return list(produced.values())
-        request = self._request  # the wrapper's infer: read each output tensor
-        return [np.array(request.get_output_tensor(i).data, copy=True) for i in range(len(self._output_names))]
 
 
 class MnnRunner:

@@ -46,6 +46,20 @@ def mixed(tmp_path: Path) -> Path:
     ], [helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])])
 
 
+@pytest.fixture(params=["native", "wrapper"])
+def runner_of(request: pytest.FixtureRequest):
+    """The runner as it runs (OpenVINO's native call), and as it runs on an OpenVINO
+    without one (the Python wrapper's ``infer``)."""
+
+    def make(path: Path) -> OpenVinoRunner:
+        runner = OpenVinoRunner(path, {})
+        if request.param == "wrapper":
+            runner._infer = runner._request.infer
+        return runner
+
+    return make
+
+
 def _feeds(rng: np.random.Generator, shape: tuple[int, ...], k: int, density: float = 0.5) -> dict[str, np.ndarray]:
     return {"x": rng.standard_normal(shape).astype(np.float32), "mask": rng.random(shape) < density,
             "k": np.array(k, np.int64)}
@@ -58,20 +72,20 @@ def _same(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:
         np.testing.assert_array_equal(got[name], value, err_msg=name)
 
 
-def test_every_call_at_a_new_size_is_computed_from_its_own_feeds(mixed: Path) -> None:
+def test_every_call_at_a_new_size_is_computed_from_its_own_feeds(mixed: Path, runner_of) -> None:
     """Sizes change from call to call and come back: each result is the model's on that
     call's feeds (a buffer kept at the old size, or not refilled, would show here)."""
-    runner, reference = OpenVinoRunner(mixed, {}), OnnxRuntimeRunner(mixed, {"optimization": "disabled"})
+    runner, reference = runner_of(mixed), OnnxRuntimeRunner(mixed, {"optimization": "disabled"})
     rng = np.random.default_rng(3)
     for shape, k in [((1, 2, 8), 3), ((3, 2, 5), -2), ((1, 2, 8), 7), ((1, 2, 8), 7), ((2, 4, 1), 0)]:
         feeds = _feeds(rng, shape, k)
         _same(runner.run(feeds), reference.run(feeds))
 
 
-def test_results_stay_the_callers_after_the_next_call(mixed: Path) -> None:
+def test_results_stay_the_callers_after_the_next_call(mixed: Path, runner_of) -> None:
     """OpenVINO writes every call's outputs into the same memory: a result handed out
     must not change when the runner is called again, nor when the caller's feeds do."""
-    runner = OpenVinoRunner(mixed, {})
+    runner = runner_of(mixed)
     rng = np.random.default_rng(5)
     first_feeds = _feeds(rng, (2, 3, 4), 2)
     first = runner.run(first_feeds)
@@ -83,8 +97,8 @@ def test_results_stay_the_callers_after_the_next_call(mixed: Path) -> None:
     assert not np.shares_memory(again["y"], first["y"])
 
 
-def test_an_output_the_data_leaves_empty_is_returned_empty(mixed: Path) -> None:
-    runner, reference = OpenVinoRunner(mixed, {}), OnnxRuntimeRunner(mixed, {"optimization": "disabled"})
+def test_an_output_the_data_leaves_empty_is_returned_empty(mixed: Path, runner_of) -> None:
+    runner, reference = runner_of(mixed), OnnxRuntimeRunner(mixed, {"optimization": "disabled"})
     feeds = _feeds(np.random.default_rng(7), (1, 2, 3), 1, density=0.0)
     got = runner.run(feeds)
     assert got["where_true"].shape == (3, 0)
