@@ -53,7 +53,9 @@ SECTIONS: list[tuple[str, type[BaseModel], str]] = [
     ("`shapes` ranges", ShapeRange, "A range in place of a size under `shapes`, e.g."
      " `shapes: {x: [1, 3, 48, {min: 32, max: 1280, bench: 320}]}`. The manifest marks the dimension with"
      " its range; the runtime accepts any size in it and refuses others. A dynamic dimension given one size"
-     " is also checked at twice that size, and then accepts any size."),
+     " is also checked at twice that size, and then accepts any size. A range of one size (`{min: 1, max: 1}`,"
+     " a streaming model's batch) fixes the dimension: the package accepts that size only, and the compilers"
+     " start from a model with it written in, so that what only that size decides folds away."),
     ("`tolerance`", Tolerance, "The accuracy gate, per output element."),
     ("`select`", SelectPolicy, "How the test script chooses among candidates."),
     ("`accelerate`", Accelerate, "Acceleration variants; each is one more candidate, gated and benchmarked"

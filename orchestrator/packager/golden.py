@@ -41,7 +41,8 @@ class Golden:
     sets: list[SizeSet]
     #: how the inputs of each size were made, for the manifest
     origin: dict[str, Any]
-    #: "input[axis]" -> why a dynamic dimension is pinned at one size
+    #: "input[axis]" -> why a dynamic dimension is pinned at one size: the source runs at
+    #: no other, or the spec's range has one size
     pinned: dict[str, str] = field(default_factory=dict)
 
     def shapes(self, index: int) -> dict[str, list[int]]:
@@ -72,6 +73,14 @@ def _free_dims(inputs: list[dict[str, Any]], dims: dict[str, list[Dim]]) -> list
                 key = f"{spec['name']}[{axis}]" if declared == ANONYMOUS else declared
                 groups.setdefault(key, []).append((spec["name"], axis))
     return list(groups.values())
+
+
+def _one_size_ranges(dims: dict[str, list[Dim]]) -> dict[str, str]:
+    """Ranges of one size (``{min: 1, max: 1}``: a streaming model's batch): the package
+    accepts that size only, so they are pinned like a size the source runs at alone."""
+    return {f"{name}[{axis}]": f"the spec's range allows this size only ({dim.min}..{dim.max})"
+            for name, row in dims.items() for axis, dim in enumerate(row)
+            if isinstance(dim, DimRange) and dim.min == dim.max}
 
 
 def _doubled(bench: dict[str, list[int]], groups: list[list[tuple[str, int]]]) -> dict[str, list[int]]:
@@ -169,6 +178,7 @@ def make_golden(inputs: list[dict[str, Any]], overrides: Mapping[str, list[Any]]
         if size is not None:
             sets.append(size)
             sizes["probe"] = how
+    golden.pinned.update(_one_size_ranges(dims))
     if sizes:
         origin["other_sizes"] = sizes
     return golden

@@ -246,6 +246,28 @@ def test_an_engine_that_fails_on_the_dynamic_graph_is_retried_from_the_fixed_sha
     np.testing.assert_allclose(session.run(feeds)["y"], source_outputs(model, feeds)["y"], rtol=1e-5, atol=1e-6)
 
 
+def test_a_range_of_one_size_is_written_into_the_model_the_compilers_start_from(capsys, write_spec, local_hosts,
+                                                                               tmp_path):
+    # A streaming model runs at batch 1 only, and its spec says so with a range of one
+    # size. The package refuses any other batch, so the compilers may as well know: with
+    # the size written in, the squeeze(0) If folds away and OpenVINO compiles the model
+    # itself (not a fixed-shape retry, which `fixed_shapes: reject` refuses to ship).
+    model = save(make_squeeze_if_model(), tmp_path / "squeeze_if.onnx")
+    spec = write_spec(model=model, name="squeeze", compilers=["openvino"], fixed_shapes="reject",
+                      shapes={"x": [{"min": 1, "max": 1}, 4]})
+    code, manifest, text = build(capsys, spec, tmp_path / "out", local_hosts)
+    assert code == 0, text
+    assert manifest["selection"]["selected"] == "openvino", manifest["candidates"]
+    assert manifest["normalisation"]["dynamic"]["pinned"] == {"x[0]": 1}, manifest["normalisation"]
+    assert manifest["shapes"]["pinned"] == {"x[0]": "the spec's range allows this size only (1..1)"}
+    assert manifest["inputs"] == [{"name": "x", "dtype": "float32", "shape": [1, 4]}], manifest["inputs"]
+    session = load(unpack(tmp_path / "out", tmp_path))
+    feeds = {"x": np.random.default_rng(3).standard_normal((1, 4)).astype(np.float32)}
+    np.testing.assert_allclose(session.run(feeds)["y"], source_outputs(model, feeds)["y"], rtol=1e-5, atol=1e-6)
+    with pytest.raises(PackageError, match="fixed at 1"):
+        session.run({"x": np.zeros((2, 4), np.float32)})
+
+
 def test_a_recurrent_model_packages_for_openvino_with_its_batch_free(capsys, write_spec, local_hosts, tmp_path):
     # Silero VAD 16k runs on frames of 512 samples only (its LSTM takes one step), so the
     # package fixes input[1] at 512 and keeps the batch free. The model the compilers
