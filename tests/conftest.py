@@ -124,17 +124,19 @@ def spawn_modelpack(*args: str, cwd: Path, ignore_sigint: bool = False):
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
-def two_jobs_take_turns(write_spec, tmp_path: Path, hosts: Path) -> list[dict]:
+def two_jobs_take_turns(write_spec, tmp_path: Path, hosts: Path, max_rounds: int | None = 3) -> list[dict]:
     """Build two selection jobs (onnxruntime, openvino and MNN) in one run on ``hosts``,
     check that they benchmarked one at a time with the first to time pausing the other,
     and return both manifests' ``selection.benchmark``. Three compilers: both packagers
-    are surely running (compiling or gating) when the first one starts timing."""
+    are surely running (compiling or gating) when the first one starts timing.
+    ``max_rounds`` caps the timing rounds (None: the product's default cap)."""
     import json
 
     from orchestrator.cli import main
     from orchestrator.runtime.archive import extract
 
-    first = write_spec(compilers=["onnxruntime", "openvino", "mnn"], select={"max_rounds": 3})
+    first = write_spec(compilers=["onnxruntime", "openvino", "mnn"],
+                       select={"max_rounds": max_rounds} if max_rounds else {})
     second = tmp_path / "second"
     shutil.copytree(first.parent, second)
     (second / "modelpack.yaml").write_text(first.read_text().replace("name: tinycnn", "name: tinycnn-b"))

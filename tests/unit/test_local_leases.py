@@ -38,9 +38,12 @@ def test_two_selection_jobs_at_once_on_a_two_slot_host_ship_what_a_quiet_measure
     """The point of the lease: two selection jobs share a two-slot host, each benchmarks
     while the other is stopped, and each ships the engine that an independent
     measurement afterwards, with nothing else running, finds fastest or within 5 % of
-    it (widened by the noise that measurement shows between two copies of one package)."""
+    it (widened by the noise that measurement shows between two copies of one package).
+    The jobs time as a spec that sets no cap does: on tinycnn, onnxruntime and OpenVINO
+    are 10-40 % apart as this VM's state swings, and a ranking left undecided after 3
+    rounds shipped OpenVINO once, 1.43x the quiet fastest."""
     hosts = local_inventory(tmp_path, slots=2)
-    two_jobs_take_turns(write_spec, tmp_path, hosts)
+    benches = two_jobs_take_turns(write_spec, tmp_path, hosts, max_rounds=None)
     spec = yaml.safe_load((tmp_path / "spec" / "modelpack.yaml").read_text())
     singles = []
     for engine in spec["compilers"]:
@@ -68,7 +71,8 @@ def test_two_selection_jobs_at_once_on_a_two_slot_host_ship_what_a_quiet_measure
     for name, engine in shipped.items():
         slower = paired(timed, engine, fastest)["ratio"]
         assert slower <= 1.05 + noise, (f"{name} shipped {engine}, {slower:.3f}x the quiet fastest ({fastest});"
-                                        f" {json.dumps({e: timed[e]['median'] for e in spec['compilers']})}")
+                                        f" quiet: {json.dumps({e: timed[e]['median'] for e in spec['compilers']})};"
+                                        f" the builds' timing: {json.dumps(benches)}")
 
 
 def test_two_controllers_on_this_machine_take_turns_and_stop_each_others_packagers(write_spec, tmp_path):
