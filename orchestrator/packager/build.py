@@ -32,7 +32,7 @@ from .data_dependent import dense_sources, empty_everywhere, with_taps
 from .evaluate import GateTensors, sample_digest, save_sample_list, split
 from .functions import Resolved, fuse, is_tap, tap_name
 from .functions import resolve as resolve_functions
-from .golden import Golden, make_golden
+from .golden import Golden, make_golden, one_size_ranges
 from .job import BadJob, Job, PackageFailed, package_filename
 from .manifest import output_signature, self_test_scope, tensor_entry, write_manifest_data, write_samples
 from .normalise import Normalised, SizeSet, normalise, pinned_shapes
@@ -308,8 +308,11 @@ def normalise_graph(job: Job, reference: Reference, work: Path) -> Normalised:
     """The dynamic and fixed-shape models the compilers start from, each verified."""
     checked = reference.graph_names + reference.tensors.dense
     graph_sets = [SizeSet(s.point, s.feeds, {n: s.reference[n] for n in checked}) for s in reference.golden.sets]
-    pinned = pinned_shapes(reference.golden.pinned, reference.golden.sets[0].feeds)
-    return normalise(reference.graph_path, graph_sets, job.tolerance, work / "normalise", pinned)
+    golden = reference.golden
+    one_size = one_size_ranges(golden.dims)
+    pinned = pinned_shapes(golden.pinned, golden.sets[0].feeds)
+    forced = pinned_shapes({k: v for k, v in golden.pinned.items() if k not in one_size}, golden.sets[0].feeds)
+    return normalise(reference.graph_path, graph_sets, job.tolerance, work / "normalise", pinned, forced)
 
 
 def compile_candidates(job: Job, checked: Checked, reference: Reference, normalised: Normalised,

@@ -75,7 +75,7 @@ def _free_dims(inputs: list[dict[str, Any]], dims: dict[str, list[Dim]]) -> list
     return list(groups.values())
 
 
-def _one_size_ranges(dims: dict[str, list[Dim]]) -> dict[str, str]:
+def one_size_ranges(dims: dict[str, list[Dim]]) -> dict[str, str]:
     """Ranges of one size (``{min: 1, max: 1}``: a streaming model's batch): the package
     accepts that size only, so they are pinned like a size the source runs at alone."""
     return {f"{name}[{axis}]": f"the spec's range allows this size only ({dim.min}..{dim.max})"
@@ -178,7 +178,7 @@ def make_golden(inputs: list[dict[str, Any]], overrides: Mapping[str, list[Any]]
         if size is not None:
             sets.append(size)
             sizes["probe"] = how
-    golden.pinned.update(_one_size_ranges(dims))
+    golden.pinned.update(one_size_ranges(dims))
     if sizes:
         origin["other_sizes"] = sizes
     return golden

@@ -199,8 +199,10 @@ def _first_faithful(steps: list[tuple[str, Callable[[], Any]]], source: Path, de
     return {"model": "source", "dropped": dropped}
 
 
-#: how the dynamic model's record names the sizes the package fixes, written into it
+#: how the dynamic model's record names the sizes written into it: every size the
+#: package fixes, or (where the model cannot take those) those the source runs at alone
 PINNED = "sizes the package fixes written in + "
+FORCED = "sizes the source runs at alone written in + "
 
 
 def pinned_shapes(pinned: Mapping[str, str], bench: Mapping[str, np.ndarray]) -> dict[str, list[int | None]]:
@@ -216,14 +218,19 @@ def pinned_shapes(pinned: Mapping[str, str], bench: Mapping[str, np.ndarray]) ->
 
 
 def normalise(source: Path, sets: list[SizeSet], tolerance: Tolerance, work: Path,
-              pinned: Mapping[str, list[int | None]] | None = None) -> Normalised:
+              pinned: Mapping[str, list[int | None]] | None = None,
+              forced: Mapping[str, list[int | None]] | None = None) -> Normalised:
     """Write the verified dynamic and fixed-shape models into ``work``; return them and
     the record of what was done. ``sets[0]`` is the benchmark size. ``pinned`` are the
     sizes of dimensions the package fixes though the model leaves them dynamic (the
     source model does not run at another size): the dynamic model has them written in,
     so that what only those sizes decide folds away as it does at fixed shapes (Silero
     VAD's If on the length of its frame, which OpenVINO's CPU plug-in cannot take while
-    the length is unknown), while the dimensions the package keeps free stay free."""
+    the length is unknown), while the dimensions the package keeps free stay free.
+    Where no model with every size in ``pinned`` is faithful, the sizes in ``forced``
+    (those the source runs at alone; the others come from the spec's ranges of one
+    size) are written in instead: Silero VAD's 8 kHz branch, never taken at 16 kHz's
+    frame length, turns ill-typed once its batch is written in as well."""
     import onnx
 
     work.mkdir(parents=True, exist_ok=True)
@@ -252,8 +259,14 @@ def normalise(source: Path, sets: list[SizeSet], tolerance: Tolerance, work: Pat
 
     # the sizes written in can make a branch the model never takes at them ill-typed
     # (Silero's 8 kHz path at 16 kHz's frame length), which onnxruntime refuses to load:
-    # then the model keeps them dynamic
-    pinned_steps = dynamic_steps_from(fix_shapes(base, pinned), PINNED) if pinned else []
+    # then fewer sizes are written in, and at last none
+    pinned_steps: list[tuple[str, Callable[[], Any]]] = []
+    written: dict[str, Mapping[str, list[int | None]]] = {}  # step -> the sizes it has written in
+    for label, sizes in [(PINNED, pinned)] + ([(FORCED, forced)] if forced != pinned else []):
+        if sizes:
+            steps = dynamic_steps_from(fix_shapes(base, sizes), label)
+            pinned_steps += steps
+            written.update((name, sizes) for name, _ in steps)
     dynamic_steps = pinned_steps + dynamic_steps_from(base, "")
     fixed_steps: list[tuple[str, Callable[[], Any]]] = []
     if script_version:
@@ -272,8 +285,9 @@ def normalise(source: Path, sets: list[SizeSet], tolerance: Tolerance, work: Pat
         "fixed": {"shapes": {k: list(v.shape) for k, v in sets[0].feeds.items()},
                   **_first_faithful(fixed_steps, source, result.fixed, sets[:1], tolerance)},
     }
-    if result.record["dynamic"]["model"] in {name for name, _ in pinned_steps}:
-        result.record["dynamic"]["pinned"] = {f"{name}[{axis}]": size for name, row in pinned.items()
+    chosen = written.get(result.record["dynamic"]["model"])
+    if chosen:
+        result.record["dynamic"]["pinned"] = {f"{name}[{axis}]": size for name, row in chosen.items()
                                               for axis, size in enumerate(row) if size is not None}
     if not slim_version:
         result.record["note"] = "onnxslim is not installed"

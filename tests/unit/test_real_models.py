@@ -107,6 +107,33 @@ def test_recurrent_model_with_if_and_lstm_runs_step_by_step(capsys, write_spec, 
     assert float(np.abs(state).max()) > 0, "the state really evolved"
 
 
+def test_sizes_a_model_cannot_take_written_in_fall_back_to_those_the_source_forces(capsys, write_spec, local_hosts,
+                                                                                   tmp_path):
+    # Silero VAD (8 and 16 kHz) with batch 1 only, as a streaming app declares it. With
+    # the batch written in as well as the frame length, even onnxslim's model leaves the
+    # 8 kHz branch ill-typed, and onnxruntime refuses every such step. Falling back to a
+    # model with nothing written in left the If that OpenVINO cannot take, and OpenVINO
+    # failed where it ran with the frame length alone.
+    model = pypi_model("silero_vad")
+    spec = write_spec(model=model, name="vad", compilers=["openvino"],
+                      shapes={"input": [{"min": 1, "max": 1}, 512], "state": [2, {"min": 1, "max": 1}, 128]})
+    code, manifest, text = build(capsys, spec, tmp_path / "out", local_hosts)
+    assert code == 0, text
+    dynamic = manifest["normalisation"]["dynamic"]
+    assert dynamic["pinned"] == {"input[1]": 512}, dynamic
+    assert dynamic["model"] == "sizes the source runs at alone written in + onnxslim", dynamic
+    every = [d for d in dynamic["dropped"] if d["step"].startswith("sizes the package fixes written in")]
+    assert len(every) == 3 and all("cannot load it" in d["reason"] for d in every), dynamic["dropped"]
+    assert [i["shape"] for i in manifest["inputs"]] == [[1, 512], [2, 1, 128], []], "the package takes batch 1 only"
+    session = load(unpack(tmp_path / "out", tmp_path))
+    feeds = {"input": np.full((1, 512), 0.1, np.float32), "state": np.zeros((2, 1, 128), np.float32),
+             "sr": np.array(16000, np.int64)}
+    want = source_outputs(model, feeds)
+    got = session.run(feeds)
+    for name in ("output", "stateN"):
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-5)
+
+
 def run_cli(capsys, package: Path, feeds: dict[str, np.ndarray], tmp_path: Path) -> tuple[int, dict, list[str]]:
     args = []
     for index, (name, value) in enumerate(feeds.items()):
