@@ -527,23 +527,35 @@ def freeze_foreign(params, stdin):
     """While the caller holds this host's benchmark lease: pause every packager on this
     host whose workspace is not one of ``mine`` (other controllers' jobs, found by the
     records supervisors leave in the workdir) and that proves to be ours; recorded in the
-    lease folder, so that ``thaw`` and whoever breaks an expired lease resume them."""
+    lease folder, so that ``thaw`` and whoever breaks an expired lease resume them.
+    Records a killed controller left (workspace removed, packager gone) are dropped here,
+    where every lease holder reads them."""
     work = _workdir(params)
     mine = {os.path.abspath(root) for root in params["mine"]}
     records = os.path.join(work, "pids")
     frozen = []
     for name in sorted(os.listdir(records)) if os.path.isdir(records) else []:
+        record = os.path.join(records, name)
         try:
-            with open(os.path.join(records, name)) as data:
+            with open(record) as data:
                 group = json.load(data)
         except (OSError, ValueError):
             continue
         root = str(group.get("root", ""))
-        if os.path.abspath(root) not in mine and _pause_if_ours(group, root, True):
+        if not os.path.isdir(root) and not _ours(group, root):
+            _drop_stale(record)  # a killed controller's: its workspace and its packager are gone
+        elif os.path.abspath(root) not in mine and _pause_if_ours(group, root, True):
             frozen.append(group)
     with open(_frozen_file(work), "w") as out:
         json.dump(frozen, out)
     return {"frozen": len(frozen)}
+
+
+def _drop_stale(record):
+    try:
+        os.remove(record)
+    except OSError:  # another lease holder dropped it first
+        pass
 
 
 def thaw(params, stdin):

@@ -398,6 +398,21 @@ def test_a_lease_holder_stops_other_controllers_packagers_and_thaw_or_a_broken_l
             runner.wait(timeout=15)
 
 
+def test_records_left_by_a_killed_controller_are_dropped_and_live_ones_kept(tmp_path):
+    """A controller killed outright leaves its packagers' records behind (its workspace is
+    gone, its process too); every later lease holder would read them forever. The next
+    ``freeze_foreign`` drops exactly those, and keeps a record whose workspace still exists."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"], start_new_session=True)
+    dead.wait()
+    gone = tmp_path / "runs" / "gone"
+    hostside.record_group(str(tmp_path), str(gone), dead.pid)
+    kept = workspace(tmp_path)
+    hostside.record_group(str(tmp_path), str(kept), dead.pid)
+    assert answer(call(tmp_path, "bench_lease", {"take": True, "holder": "me", "ttl": 60, "wait": 0})) == {"held": True}
+    answer(call(tmp_path, "freeze_foreign", {"mine": []}))
+    assert sorted(p.name for p in (tmp_path / "pids").iterdir()) == [kept.name + ".json"]
+
+
 def test_on_windows_pausing_suspends_the_workspaces_job_and_every_release_resumes_it(tmp_path, monkeypatch):
     """Windows' Python has no SIGSTOP or SIGCONT: there, pausing suspends the processes of
     the workspace's job object (the real call is exercised under Wine in
