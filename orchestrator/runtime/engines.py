@@ -169,6 +169,8 @@ class MnnRunner:
         self._mnn = _import("MNN")
         self._inputs = list(options["inputs"])
         self._outputs = list(options["outputs"])
+        #: outputs whose length the data decides, as the model declares them (that length named)
+        self._decided = dict(options.get("data_dependent_shapes") or {})
         #: MNN's own defaults are one thread and normal precision; kept here because MNN
         #: cannot report them back
         self.threads = int(options.get("threads") or 1)
@@ -197,7 +199,9 @@ class MnnRunner:
             if 0 in value.shape:  # MNN cannot read an empty tensor (NMS that found nothing)
                 kinds = {expr.float: np.float32, expr.double: np.float64, expr.int: np.int32,
                          expr.int64: np.int64, expr.uint8: np.uint8}
-                result[name] = np.zeros(value.shape, kinds.get(value.dtype, np.float32))
+                declared = self._decided.get(name)  # MNN gives [0, 2100, 4] for boxes [0, 4]
+                shape = [0 if isinstance(d, str) else int(d) for d in declared] if declared else value.shape
+                result[name] = np.zeros(shape, kinds.get(value.dtype, np.float32))
                 continue
             if value.data_format == expr.NC4HW4:
                 value = expr.convert(value, expr.NCHW)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .. import reproducible
 from ..job import JobTarget
@@ -47,6 +48,12 @@ class MnnCompiler(BaseCompiler):
         proc = reproducible.run(argv, cwd=str(root))
         if proc.returncode != 0 or not (out_dir / "model.mnn").is_file() or "Converted Success" not in proc.stdout:
             raise converter_failed("mnnconvert", proc.returncode, proc.stdout + proc.stderr)
-        runtime = {"inputs": [i["name"] for i in context.inputs], "outputs": [o["name"] for o in context.outputs]}
+        runtime: dict[str, Any] = {"inputs": [i["name"] for i in context.inputs],
+                                   "outputs": [o["name"] for o in context.outputs]}
+        # MNN shapes an empty result wrongly where the data decides the length (a fused
+        # NMS that found nothing: boxes [0, 2100, 4] for [0, 4]); the runner takes these
+        decided = {o["name"]: o["shape"] for o in context.outputs if any(isinstance(d, str) for d in o["shape"])}
+        if decided:
+            runtime["data_dependent_shapes"] = decided
         return CompileResult([Artifact("model/model.mnn", "mnn", self.engine, "primary", runtime)],
                              reproducible=proc.reproducible)
