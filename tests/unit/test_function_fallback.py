@@ -14,6 +14,7 @@ from orchestrator.cli import main
 from orchestrator.runtime import load
 from orchestrator.runtime.archive import extract
 from tests.models import pypi_model
+from tests.unit.test_real_models import build
 
 FUNCTIONS = {"pre": [{"image": {"size": [32, 32]}}, {"normalize": {"scale": 0.02, "mean": 2.5}}],
              "post": ["softmax", {"topk": {"k": 3}}]}
@@ -63,13 +64,8 @@ def test_a_detector_whose_fused_nms_finds_nothing_falls_back_gated_on_what_it_de
                       shapes={"images": [{"min": 1, "max": 1}, 3, fixed, fixed]},
                       functions={"post": [{"detections": {"format": "yolov8", "score": 0.95}}], "fallback": "runtime"},
                       select={"benchmark_s": 0.05})
-    out = tmp_path / "out"
-    code = main(["build", str(spec), "--hosts", str(local_hosts), "--out", str(out), "--quiet"])
-    printed = capsys.readouterr()
-    assert code == 0, printed.out + printed.err
-    [package] = out.glob("*.tar.gz")
-    with tarfile.open(package) as tar:
-        manifest = json.load(tar.extractfile("manifest.json"))
+    code, manifest, text = build(capsys, spec, tmp_path / "out", local_hosts)
+    assert code == 0, text
     assert set(manifest["samples"]["empty_outputs"]) == {"boxes", "scores", "classes"}
     rows = {c["id"]: c for c in manifest["candidates"]}
     assert rows["ncnn"]["functions"] == "graph" and rows["ncnn"]["status"] in ("failed", "crashed")
