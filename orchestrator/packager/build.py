@@ -584,7 +584,9 @@ def _gated_as_plain(tensors: GateTensors, plain: onnx.ModelProto) -> GateTensors
     the functions in NumPy. A dense tap inside the fused functions (the boxes and scores
     a fused NMS decides from, when the samples left its outputs empty) names no tensor
     that candidate has; the model's own output those functions read decides them, and
-    the runtime returns it as its tap, so that is gated in their place."""
+    the runtime returns it as its tap, so that is gated in their place. A tap of a tensor
+    the plain model has (an NMS inside the model itself) stays: the plain model is built
+    without it, so such a candidate is rejected ("missing"), never passed unchecked."""
     present = {o for node in plain.graph.node for o in node.output} | {i.name for i in plain.graph.input}
     kept = [t for t in tensors.dense if t.removeprefix(TAP_PREFIX) in present]
     if kept == tensors.dense:
