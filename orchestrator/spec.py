@@ -95,7 +95,9 @@ class SelectPolicy(_Strict):
                                                              " seconds")
     tune: bool = Field(False, description="also search runtime settings (threads unless `device` fixes them,"
                                           " onnxruntime's execution mode, OpenVINO's performance hint, ncnn's light"
-                                          " mode and packing) for the winner and the runner-up, and ship the best")
+                                          " mode and packing) for the winner and the runner-up, and ship the best"
+                                          " if it beats the package as built by more than that package, measured"
+                                          " twice, differs from itself")
     max_rounds: int = Field(6, ge=3, le=100, description="rounds at most: measuring stops once every candidate is"
                                                            " slower than the leader or tied with it at 95 % confidence"
                                                            " (at least 3 rounds), else here, undecided")

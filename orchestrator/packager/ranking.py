@@ -67,7 +67,7 @@ class Verdict:
                 "versus_leader": [c.to_json() for c in self.comparisons]}
 
 
-def _compare(other: str, ratios: list[float], tie: float) -> Comparison:
+def compare(other: str, ratios: list[float], tie: float) -> Comparison:
     logs = [math.log(r) for r in ratios]
     centre = statistics.fmean(logs)
     half = t95(len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs)) if len(logs) > 1 else math.inf
@@ -87,7 +87,7 @@ def decide(values: dict[str, list[float]], tie: float) -> Verdict:
     rounds = min(len(v) for v in values.values())
     paired = {cid: [max(x, 1e-12) for x in v[:rounds]] for cid, v in values.items()}
     leader = min(paired, key=lambda cid: (statistics.fmean(math.log(x) for x in paired[cid]), cid))
-    comparisons = tuple(_compare(cid, [a / b for a, b in zip(v, paired[leader])], tie)
+    comparisons = tuple(compare(cid, [a / b for a, b in zip(v, paired[leader])], tie)
                         for cid, v in sorted(paired.items()) if cid != leader)
     verdicts = {c.verdict for c in comparisons}
     if "unclear" in verdicts or not comparisons:

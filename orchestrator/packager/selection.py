@@ -351,18 +351,23 @@ def round_value(times_ms: list[float], metric: str) -> float:
 
 def benchmark_all(candidates: list[Candidate], measurement: Measurement, work: Path, timeout: float,
                   benchmark: dict[str, Any], rounds: int | None = None, max_rounds: int = MAX_ROUNDS,
-                  metric: str = "latency", progress: Callable[[str], None] = _quiet) -> Benchmark:
+                  metric: str = "latency", progress: Callable[[str], None] = _quiet,
+                  margin: Callable[[Mapping[str, list[float]]], float] = lambda values: TIE) -> Benchmark:
     """Benchmark the candidates that passed, in interleaved rounds so noise hits them
     alike, until the ranking is decided at 95 % confidence (see ranking.py) or
-    ``max_rounds`` is reached; ``rounds`` fixes the count instead. Each round's host load
-    is recorded beside it."""
+    ``max_rounds`` is reached; ``rounds`` fixes the count instead. ``margin`` gives the
+    tie margin from the values so far (tuning widens it to its control's noise). The
+    order of the candidates turns by one each round, so no candidate always runs first
+    (after the load sample) or last. Each round's host load is recorded beside it."""
     cap = rounds or max_rounds
     loads: list[dict[str, Any]] = []
     verdict = None
     started = time.time()
     for round_number in range(1, cap + 1):
         before = Sample.now()
-        for c in (c for c in candidates if c.status == "passed"):
+        passed = [c for c in candidates if c.status == "passed"]
+        turn = (round_number - 1) % max(len(passed), 1)
+        for c in passed[turn:] + passed[:turn]:
             progress(f"select: benchmark {c.id} (round {round_number}, at most {cap})")
             try:
                 result = run_worker(measurement.request(c, c.artifacts[0], benchmark),
@@ -376,7 +381,7 @@ def benchmark_all(candidates: list[Candidate], measurement: Measurement, work: P
         loads.append(round_load(before, Sample.now()))
         values = {c.id: [round_value(r, metric) for r in c.rounds_ms]
                   for c in candidates if c.status == "passed" and c.rounds_ms}
-        verdict = decide(values, TIE) if len(values) > 1 else None
+        verdict = decide(values, margin(values)) if len(values) > 1 else None
         if rounds is None and round_number >= MIN_ROUNDS and (verdict is None or verdict.decision != "undecided"):
             break
     return Benchmark(verdict, loads, cap, (started, time.time()))

@@ -130,3 +130,19 @@ def test_two_selection_jobs_on_one_two_slot_host_benchmark_one_at_a_time_the_oth
     hosts = tmp_path / "hosts.yaml"
     hosts.write_text("hosts:\n  - {name: here, transport: local, targets: [linux-x86_64], slots: 2}\n")
     two_jobs_take_turns(write_spec, tmp_path, hosts)
+
+
+def test_a_candidate_is_not_made_the_leader_by_where_it_runs_in_the_round(tmp_path, monkeypatch):
+    # whatever runs first after the round's load sample is 10 % slower (cold caches,
+    # a frequency step): two equal candidates must not be ranked by their place
+    asked: list[str] = []
+
+    def run_worker(request, folder, timeout):
+        asked.append(folder.name.removesuffix(".bench"))
+        first = len(asked) % 2 == 1
+        return {"times_ms": [1.1 if first else 1.0] * 20, "load_s": 0.01, "peak_rss_mb": 1.0}
+
+    monkeypatch.setattr(selection, "run_worker", run_worker)
+    result = measure(tmp_path, candidates(), max_rounds=6)
+    assert result.verdict.decision != "leader", result.to_json()
+    assert asked[:4] == ["onnxruntime", "openvino", "openvino", "onnxruntime"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 from orchestrator.cli import main
-from orchestrator.packager.selection import Candidate
-from orchestrator.packager.tuning import trials
+from orchestrator.packager.selection import Candidate, Measurement
+from orchestrator.packager.tuning import tune, trials
 from orchestrator.runtime import load
 from orchestrator.runtime.archive import extract
 
@@ -17,6 +17,40 @@ def test_the_trials_never_touch_what_the_spec_pins():
     pinned = {"threads": 2, "engines": {"ncnn": {"packing": True}}}
     assert trials(ncnn, pinned, cores=4) == [{"light_mode": False}]
     assert trials(Candidate("mnn", "mnn", "mnn", {}), {}, cores=1) == [{"threads": 1}]
+
+
+def tournament(tmp_path, monkeypatch, timings):
+    """Tune one OpenVINO candidate on a 1-core host (trial 1: ``threads: 1``) with workers
+    that answer each entry's round from ``timings[suffix](round)``: the worker processes
+    are replaced at their module boundary, the measuring and deciding are real."""
+    from tests.unit.test_ranking import fake_workers
+
+    built = Candidate("openvino", "openvino", "openvino", {}, status="passed", size_bytes=100,
+                      artifacts=[{"path": "model.xml", "role": "primary"}])
+    names = {"as-built": "openvino~as-built", "control": "openvino~as-built-again", "threads 1": "openvino~1",
+             "throughput": "openvino~2"}
+    fake_workers(monkeypatch, {names[k]: f for k, f in timings.items()})
+    monkeypatch.setattr("os.cpu_count", lambda: 1)
+    return tune([built], Measurement([], {"atol": 1e-4, "rtol": 1e-3}), tmp_path, 10, {"budget_s": 0.1}, {},
+                "latency", 6, lambda line: None)
+
+
+def test_a_setting_that_wins_by_less_than_the_package_differs_from_itself_is_not_shipped(tmp_path, monkeypatch):
+    # the same package measured twice swings 6 % either way; the setting is 4 % faster
+    _, settings, record = tournament(tmp_path, monkeypatch, {
+        "as-built": lambda r: 1.0, "control": lambda r: 1.06 if r % 2 else 0.94,
+        "threads 1": lambda r: 0.96, "throughput": lambda r: 1.2})
+    assert settings == {}, record["benchmark"]
+    assert record["margin"] > 0.06 and record["chosen"]["settings"] == {}
+    assert [t["control"] for t in record["tried"]] == [False, True, False, False]
+
+
+def test_a_setting_that_wins_by_more_than_that_is_shipped(tmp_path, monkeypatch):
+    _, settings, record = tournament(tmp_path, monkeypatch, {
+        "as-built": lambda r: 1.0, "control": lambda r: 1.005 if r % 2 else 0.995,
+        "threads 1": lambda r: 0.8, "throughput": lambda r: 1.2})
+    assert settings == {"threads": 1}, record["benchmark"]
+    assert 0.02 <= record["margin"] < 0.05 and record["benchmark"]["decision"] == "leader"
 
 
 def test_a_tuned_build_measures_each_setting_and_ships_the_chosen_one(tmp_path, capsys, write_spec, local_hosts):
