@@ -325,7 +325,7 @@ def compile_candidates(job: Job, checked: Checked, reference: Reference, normali
         normalised.dynamic, inputs,
         [tensor_entry(o["name"], bench.reference[o["name"]], reference.dynamic.get(o["name"])) for o in graph_outputs]
         + [tensor_entry(t, bench.reference[t]) for t in reference.taps],
-        fixed_model=normalised.fixed, alternate_inputs=_alternate_inputs(reference.golden, inputs),
+        fixed_model=normalised.fixed, folded_model=normalised.folded, alternate_inputs=_alternate_inputs(reference.golden, inputs),
         calibration=reference.calibration, runtime_functions=reference.runtime_steps,
         functions="graph" if reference.resolved else None, device=job.device)
     candidates = compile_all(job.compilers, checked.compilers, job.target, setting, checked.work / "candidates",
@@ -568,7 +568,7 @@ def _runtime_fallbacks(job: Job, compilers: dict[str, Any], candidates: list[Can
     setting = CompileSetting(
         plain.dynamic, [tensor_entry(i["name"], model_feeds[i["name"]]) for i in model_inputs],
         [tensor_entry(o["name"], reference[o["name"]]) for o in model_outputs],
-        fixed_model=plain.fixed,
+        fixed_model=plain.fixed, folded_model=plain.folded,
         alternate_inputs=[tensor_entry(i["name"], second[i["name"]]) for i in model_inputs] if second else None,
         calibration=fused.calibration if not resolved.pre else None,
         runtime_functions={"pre": resolved.pre, "post": resolved.post + resolved.runtime}, functions="runtime",

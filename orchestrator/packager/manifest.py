@@ -186,7 +186,8 @@ def write_manifest_data(root: Path, job: Job, env: CompileEnvironment, reference
             "pinned": reference.golden.pinned or None,
         },
         "normalisation": {**normalisation,
-                          "compiled_from": {c.id: ("fixed" if c.fixed_shapes else "dynamic") for c in candidates
+                          "compiled_from": {c.id: "fixed" if c.fixed_shapes else "folded" if c.folded else "dynamic"
+                                            for c in candidates
                                             if c.status not in ("unsupported", "unavailable")}},
         "compiler": {"name": winner.compiler, "version": winner.version, "options": winner.options,
                      "variant": winner.variant, "reproducible": winner.reproducible},

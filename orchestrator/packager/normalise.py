@@ -1,9 +1,17 @@
 """Pre-conversion normalisation, verified at every step and never trusted.
 
-Two models come out of it:
+Three models come out of it:
 
 - the **dynamic** one keeps the model's dynamic dimensions; engines that run any size
-  (onnxruntime, OpenVINO, MNN, ncnn) compile from it, so the package does too;
+  (OpenVINO, MNN, ncnn) compile from it, so the package does too. The sizes the package
+  fixes are written in where that stays faithful, since some engines cannot take what
+  only those sizes decide (OpenVINO's CPU plug-in and an If on an unknown length);
+- the **folded** one is the dynamic model folded furthest: the first faithful optimised
+  model with any sizes written in, or none, before any model only simplified. An engine
+  that runs a graph as it is given (onnxruntime) evaluates every If left on every call,
+  so it starts from this one. Where writing the sizes in makes the optimised model
+  unfaithful (Silero VAD), the dynamic model is only simplified (13 Ifs) while the
+  folded one is optimised without them (3 Ifs), as Olive's fp32 output is;
 - the **fixed** one has every input at its benchmark size, for compilers that need
   fixed shapes.
 
@@ -48,7 +56,18 @@ class SizeSet:
 class Normalised:
     dynamic: Path
     fixed: Path
+    folded: Path
     record: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One candidate model for a start point: how it is named in the record, how far it
+    folds (2 optimised and simplified, 1 simplified, 0 as it is), and how it is made."""
+
+    name: str
+    folds: int
+    make: Callable[[], Any]
 
 
 def _copy(model: Any) -> Any:
@@ -153,6 +172,13 @@ def _optimise(model: Any) -> Any:
     return _slim(onnxscript.optimizer.optimize(_copy(model)))
 
 
+def node_count(graph: Any) -> int:
+    """Nodes in a graph and every subgraph (an If's branches, a Loop's body): what an
+    engine that runs the graph as given walks."""
+    return sum(1 + sum(node_count(a.g) for a in n.attribute if a.HasField("g"))
+               + sum(node_count(g) for a in n.attribute for g in a.graphs) for n in graph.node)
+
+
 def _problem(path: Path, sets: list[SizeSet], tolerance: Tolerance, optimised: bool) -> str | None:
     """Why the model at ``path`` is not a faithful copy of the reference, or None; with
     ``optimised``, also why onnxruntime cannot load it as its compiler does (its
@@ -177,24 +203,39 @@ def _problem(path: Path, sets: list[SizeSet], tolerance: Tolerance, optimised: b
     return None
 
 
-def _first_faithful(steps: list[tuple[str, Callable[[], Any]]], source: Path, dest: Path, sets: list[SizeSet],
-                    tolerance: Tolerance, optimised: bool = False) -> dict[str, Any]:
-    """Try each (name, make) in order; keep the first whose result is faithful, else
-    the source model. Returns what was used and why the others were dropped."""
+def _first_faithful(steps: list[Step], source: Path, dest: Path, sets: list[SizeSet], tolerance: Tolerance,
+                    verified: dict[str, str | Path] | None = None) -> dict[str, Any]:
+    """Try each step in order; keep the first whose result is faithful, else the source
+    model. Returns what was used and why the others were dropped. With ``verified``
+    (step -> why it is not faithful, or where its faithful model was written; shared
+    between start points), the model must also load optimised in onnxruntime, and no
+    step is made or verified twice."""
+    import shutil
+
     import onnx
 
     dropped = []
-    for name, make in steps:
-        try:
-            model = make()
-            onnx.save(model, str(dest))
-        except Exception as exc:  # the transformation itself failing
-            dropped.append({"step": name, "reason": f"failed: {exception_cause(exc)}"})
-            continue
-        problem = _problem(dest, sets, tolerance, optimised)
+    for step in steps:
+        known = verified.get(step.name) if verified is not None else None
+        if isinstance(known, Path):  # faithful, and written for another start point
+            shutil.copyfile(known, dest)
+            model, problem = onnx.load(str(dest), load_external_data=False), None
+        elif known is not None:
+            problem = known
+        else:
+            try:
+                model = step.make()
+                onnx.save(model, str(dest))
+            except Exception as exc:  # the transformation itself failing
+                problem = f"failed: {exception_cause(exc)}"
+            else:
+                problem = _problem(dest, sets, tolerance, optimised=verified is not None)
+            if verified is not None:
+                verified[step.name] = dest if problem is None else problem
         if problem is None:
-            return {"model": name, "nodes": len(model.graph.node), "dropped": dropped}
-        dropped.append({"step": name, "reason": problem})
+            return {"model": step.name, "nodes": len(model.graph.node), "nodes_in_all": node_count(model.graph),
+                    "dropped": dropped}
+        dropped.append({"step": step.name, "reason": problem})
     dest.write_bytes(source.read_bytes())
     return {"model": "source", "dropped": dropped}
 
@@ -247,48 +288,54 @@ def normalise(source: Path, sets: list[SizeSet], tolerance: Tolerance, work: Pat
             fixed_model = fix_shapes(base, {k: list(v.shape) for k, v in sets[0].feeds.items()})
         return fixed_model
 
-    def dynamic_steps_from(start: Any, written: str) -> list[tuple[str, Callable[[], Any]]]:
-        steps: list[tuple[str, Callable[[], Any]]] = []
+    def dynamic_steps_from(start: Any, written: str) -> list[Step]:
+        steps: list[Step] = []
         if script_version:
-            steps.append((f"{prefix}{written}onnxscript optimizer + onnxslim", lambda: _optimise(start)))
+            steps.append(Step(f"{prefix}{written}onnxscript optimizer + onnxslim", 2, lambda: _optimise(start)))
         if slim_version:
-            steps.append((f"{prefix}{written}onnxslim", lambda: _slim(start)))
+            steps.append(Step(f"{prefix}{written}onnxslim", 1, lambda: _slim(start)))
         if detached is not None or written:
-            steps.append(((prefix + written).removesuffix(" + "), lambda: start))
+            steps.append(Step((prefix + written).removesuffix(" + "), 0, lambda: start))
         return steps
 
     # the sizes written in can make a branch the model never takes at them ill-typed
     # (Silero's 8 kHz path at 16 kHz's frame length), which onnxruntime refuses to load:
     # then fewer sizes are written in, and at last none
-    pinned_steps: list[tuple[str, Callable[[], Any]]] = []
+    pinned_steps: list[Step] = []
     written: dict[str, Mapping[str, list[int | None]]] = {}  # step -> the sizes it has written in
     for label, sizes in [(PINNED, pinned)] + ([(FORCED, forced)] if forced != pinned else []):
         if sizes:
             steps = dynamic_steps_from(fix_shapes(base, sizes), label)
             pinned_steps += steps
-            written.update((name, sizes) for name, _ in steps)
+            written.update((step.name, sizes) for step in steps)
     dynamic_steps = pinned_steps + dynamic_steps_from(base, "")
-    fixed_steps: list[tuple[str, Callable[[], Any]]] = []
+    fixed_steps: list[Step] = []
     if script_version:
-        fixed_steps.append((f"{prefix}shapes fixed + onnxscript optimizer + onnxslim", lambda: _optimise(fixed())))
+        fixed_steps.append(Step(f"{prefix}shapes fixed + onnxscript optimizer + onnxslim", 2,
+                                lambda: _optimise(fixed())))
     if slim_version:
-        fixed_steps.append((f"{prefix}shapes fixed + onnxslim", lambda: _slim(fixed())))
-    fixed_steps.append((f"{prefix}shapes fixed", fixed))
-    result = Normalised(work / "normalised-dynamic.onnx", work / "normalised-fixed.onnx")
+        fixed_steps.append(Step(f"{prefix}shapes fixed + onnxslim", 1, lambda: _slim(fixed())))
+    fixed_steps.append(Step(f"{prefix}shapes fixed", 0, fixed))
+    result = Normalised(work / "normalised-dynamic.onnx", work / "normalised-fixed.onnx",
+                        work / "normalised-folded.onnx")
+    verified: dict[str, str | Path] = {}  # step -> why it is not faithful, or where it was written
     result.record = {
         "tool": ", ".join(f"{name} {version}" for name, version in
                           (("onnxscript", script_version), ("onnxslim", slim_version)) if version) or None,
         "nodes_before": len(model.graph.node),
         "verified_at": [s.point for s in sets],
-        # the onnxruntime compiler starts from the dynamic model
-        "dynamic": _first_faithful(dynamic_steps, source, result.dynamic, sets, tolerance, optimised=True),
+        "dynamic": _first_faithful(dynamic_steps, source, result.dynamic, sets, tolerance, verified),
+        # the folded model: the same steps, those that fold further first (a stable sort)
+        "folded": _first_faithful(sorted(dynamic_steps, key=lambda step: -step.folds), source, result.folded,
+                                  sets, tolerance, verified),
         "fixed": {"shapes": {k: list(v.shape) for k, v in sets[0].feeds.items()},
                   **_first_faithful(fixed_steps, source, result.fixed, sets[:1], tolerance)},
     }
-    chosen = written.get(result.record["dynamic"]["model"])
-    if chosen:
-        result.record["dynamic"]["pinned"] = {f"{name}[{axis}]": size for name, row in chosen.items()
-                                              for axis, size in enumerate(row) if size is not None}
+    for kind in ("dynamic", "folded"):
+        chosen = written.get(result.record[kind]["model"])
+        if chosen:
+            result.record[kind]["pinned"] = {f"{name}[{axis}]": size for name, row in chosen.items()
+                                             for axis, size in enumerate(row) if size is not None}
     if not slim_version:
         result.record["note"] = "onnxslim is not installed"
     elif not script_version:

@@ -70,6 +70,8 @@ class Candidate:
     notes: list[str] = field(default_factory=list)
     #: compiled from the fixed-shape model (the compiler needs fixed shapes)
     fixed_shapes: bool = False
+    #: compiled from the folded model (its engine runs the graph as given)
+    folded: bool = False
     #: its compile or gate ran out of time (not worth a second try at the same cost)
     timed_out: bool = False
     #: why this candidate runs only at the benchmark size, when the policy let it pass so
@@ -148,6 +150,8 @@ class CompileSetting:
     outputs: list[dict[str, Any]]
     #: the model with every input at its benchmark size, for compilers that need that
     fixed_model: Path | None = None
+    #: the dynamic model folded furthest, for compilers whose engine runs the graph as given
+    folded_model: Path | None = None
     #: the inputs at a second checked size (None: the package has no dynamic dimension)
     alternate_inputs: list[dict[str, Any]] | None = None
     calibration: Path | None = None
@@ -200,8 +204,10 @@ def compile_all(
         cid = candidate_id(call, seen) + setting.suffix
         progress(f"compile: {cid} ({number}/{len(calls)})")
         fixed = (compiler.fixed_shapes or setting.fixed_for_all) and setting.fixed_model is not None
+        folded = not fixed and compiler.folded and setting.folded_model is not None
         candidate = Candidate(cid, call.name, compiler.engine, dict(call.options), version=compiler.version(),
-                              variant=call.variant, functions=setting.functions, call=call, fixed_shapes=fixed)
+                              variant=call.variant, functions=setting.functions, call=call, fixed_shapes=fixed,
+                              folded=folded)
         candidates.append(candidate)
         if target.name not in compiler.targets:
             candidate.status, candidate.reason = "unsupported", f"{call.name} cannot build for {target.name}"
@@ -214,7 +220,7 @@ def compile_all(
         root = work / folder
         if root.exists():
             shutil.rmtree(root)
-        model = setting.fixed_model if fixed else setting.model
+        model = setting.fixed_model if fixed else setting.folded_model if folded else setting.model
         request = CompileRequest(call.name, call.options, str(model), str(root), vars(target), setting.inputs,
                                  setting.outputs, None if fixed else setting.alternate_inputs, call.variant,
                                  str(setting.calibration) if setting.calibration else None)

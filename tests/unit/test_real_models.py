@@ -85,6 +85,13 @@ def test_recurrent_model_with_if_and_lstm_runs_step_by_step(capsys, write_spec, 
     dynamic = manifest["normalisation"]["dynamic"]
     assert dynamic["pinned"] == {"input[1]": 512} and dynamic["model"] == "sizes the package fixes written in + onnxslim"
     assert "cannot load it optimised" in dynamic["dropped"][0]["reason"], dynamic
+    # onnxruntime runs every If left in the graph on every call: it starts from the model
+    # optimised with nothing written in (Olive's fp32 output is that model), not from
+    # the dynamic one, which is only simplified
+    folded = manifest["normalisation"]["folded"]
+    assert folded["model"] == "onnxscript optimizer + onnxslim" and "pinned" not in folded, folded
+    assert manifest["normalisation"]["compiled_from"] == {"onnxruntime": "folded", "openvino": "dynamic"}
+    assert folded["nodes_in_all"] < dynamic["nodes_in_all"], manifest["normalisation"]
     generated = manifest["samples"]["origin"]["generated"]
     assert generated["state"].startswith("zeros"), generated
     assert generated["sr"].startswith("16000"), "the sample rate the graph compares with, not a random integer"
@@ -93,7 +100,13 @@ def test_recurrent_model_with_if_and_lstm_runs_step_by_step(capsys, write_spec, 
     assert manifest["normalisation"]["fixed"]["model"] == "shapes fixed + onnxscript optimizer + onnxslim"
     assert "onnxruntime_src" not in json.dumps(manifest["normalisation"]), "one-line causes, no source paths"
 
-    session = load(unpack(tmp_path / "out", tmp_path))
+    folder = unpack(tmp_path / "out", tmp_path)
+    import onnxscript
+
+    folded_by_olive = tmp_path / "onnxscript-optimised.onnx"  # what Olive's fp32 output starts from
+    onnx.save(onnxscript.optimizer.optimize(onnx.load(str(model))), str(folded_by_olive))
+    assert _if_nodes(folder / "model" / "model.onnx") <= _if_nodes(folded_by_olive) < _if_nodes(model) / 2
+    session = load(folder)
     rng = np.random.default_rng(9)
     state = reference_state = np.zeros((2, 1, 128), np.float32)
     for _ in range(6):  # the state is fed back, as a streaming app does

@@ -67,6 +67,9 @@ class Compiler(Protocol):
     requires: tuple[str, ...]
     #: True when the compiler needs every input at a fixed size (it gets the fixed model)
     fixed_shapes: bool
+    #: True when its engine runs the graph as it is given, so the most-folded faithful
+    #: model serves it best (it gets the folded model; see normalise.py)
+    folded: bool
 
     def version(self) -> str | None: ...
 
@@ -84,6 +87,7 @@ class BaseCompiler:
     targets: frozenset[str]
     options_type: type
     fixed_shapes = False
+    folded = False
 
     @property
     def requires(self) -> tuple[str, ...]:

@@ -46,6 +46,8 @@ class OnnxRuntimeCompiler(BaseCompiler):
     distribution = "onnxruntime"
     targets = frozenset({"linux-x86_64", "linux-aarch64", "android-arm64", "windows-x86_64", "ios-arm64"})
     options_type = OnnxRuntimeOptions
+    #: onnxruntime evaluates every If left in the graph on every call
+    folded = True
 
     def compile(self, model: Path, package_root: Path, target: JobTarget, options: OnnxRuntimeOptions,
                 context: CompileContext) -> CompileResult:
