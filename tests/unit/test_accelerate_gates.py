@@ -222,3 +222,41 @@ def test_a_model_with_a_0d_input_calibrates_and_is_gated_from_a_calibration_set(
     assert variant["status"] in ("selected", "passed", "rejected"), variant
     assert variant["held_out"]["samples"] > 0, "calibrated, then judged on the held-out samples"
     assert "Unable to handle" not in json.dumps(manifest)
+
+
+def test_histogram_calibration_takes_a_model_whose_tensors_the_data_sizes(tmp_path):
+    """A detector with its NMS in the graph: tensors after the NMS hold as many rows as
+    each sample has detections. Entropy and percentile calibration stacked a chunk's
+    values of each tensor into one array and failed on every such model ("inhomogeneous
+    shape"), which left a YOLOv8 with modelpack's fused NMS no histogram-calibrated int8."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from orchestrator.packager.accelerate import transform
+
+    rng = np.random.default_rng(7)
+    weights = numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), "w")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]),
+             helper.make_node("Flatten", ["h"], ["flat"], axis=0),
+             helper.make_node("Squeeze", ["flat", "zero"], ["row"]),
+             helper.make_node("Greater", ["row", "cut"], ["keep"]),
+             helper.make_node("NonZero", ["keep"], ["where"]),
+             helper.make_node("Squeeze", ["where", "zero"], ["index"]),
+             helper.make_node("Gather", ["row", "index"], ["kept"]),  # [K]: K decided by the data
+             helper.make_node("Mul", ["kept", "kept"], ["squares"]),
+             helper.make_node("ReduceSum", ["squares"], ["y"], keepdims=0)]
+    graph = helper.make_graph(nodes, "varying", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])],
+                              [weights, numpy_helper.from_array(np.array([0], np.int64), "zero"),
+                               numpy_helper.from_array(np.array(0.0, np.float32), "cut")])
+    model = save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "varying.onnx")
+    onnx.checker.check_model(str(model))
+    samples = rng.standard_normal((40, 1, 8)).astype(np.float32)
+    np.savez(tmp_path / "calibration.npz", x=samples)
+    kept_sizes = {int((s @ numpy_helper.to_array(weights) > 0).sum()) for s in samples}
+    assert len(kept_sizes) > 1, "the samples keep different numbers of values"
+    for recipe in ("int8-static-entropy", "int8-static-percentile"):
+        notes = transform(recipe, model, tmp_path / f"{recipe}.onnx", tmp_path / "calibration.npz")
+        assert any("in chunks of 1 (the data sizes the tensors of its NonZero)" in n for n in notes), notes
+        quantised = onnx.load(str(tmp_path / f"{recipe}.onnx"))
+        assert any(n.op_type == "QuantizeLinear" for n in quantised.graph.node), "it was quantised"
