@@ -171,7 +171,8 @@ class StaticInt8:
                                               quantize_static, save_tensors_data)
         from onnxruntime.quantization.calibrate import create_calibrator
 
-        from .data_dependent import sizes_from_data
+        from .data_dependent import DATA_DEPENDENT
+        from .signature import all_nodes
 
         if calibration is None:
             raise VariantError("static int8 needs calibration samples (the spec's `calibration`); it never"
@@ -195,10 +196,12 @@ class StaticInt8:
         prepared = dest.with_suffix(".prepared.onnx")
         notes = prepare_for_quantisation(source, prepared)
         kept = output_nodes(prepared)
-        varying = sorted(set(sizes_from_data(onnx.load(str(prepared), load_external_data=False).graph)))
-        if varying and method is not CalibrationMethod.MinMax:
-            # a histogram calibrator stacks a chunk's values of each tensor into one array,
-            # and tensors these ops size differ from sample to sample: one at a time
+        varying = sorted({node.op_type for node in all_nodes(onnx.load(str(prepared), load_external_data=False).graph)
+                          if node.op_type in DATA_DEPENDENT})
+        # a histogram calibrator stacks a chunk's values of each tensor into one array, and
+        # tensors these ops size differ from sample to sample: one at a time
+        one_at_a_time = bool(varying) and method is not CalibrationMethod.MinMax
+        if one_at_a_time:
             chunk = 1
         with tempfile.TemporaryDirectory(prefix="modelpack-calibrate-") as tmp:
             # fed chunk by chunk: a calibrator holds at most one chunk's activations
@@ -214,7 +217,7 @@ class StaticInt8:
                             extra_options={"ActivationSymmetric": self.symmetric})
         prepared.unlink()
         how = self.method + (f" ({self.percentile:g}th percentile)" if self.method == "Percentile" else "")
-        why = f" (the data sizes the tensors of its {', '.join(varying)})" if chunk == 1 and varying else ""
+        why = f" (the data sizes the tensors of its {', '.join(varying)})" if one_at_a_time else ""
         return notes + [f"quantize_static: QDQ, per-channel 7-bit-range int8 weights, uint8 activations,"
                         f" {'symmetric' if self.symmetric else 'asymmetric'} {how} ranges, calibrated on"
                         f" {len(samples)} samples in chunks of {chunk}{why}; {len(kept)} output node(s) kept in"

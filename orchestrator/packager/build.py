@@ -325,7 +325,8 @@ def compile_candidates(job: Job, checked: Checked, reference: Reference, normali
         normalised.dynamic, inputs,
         [tensor_entry(o["name"], bench.reference[o["name"]], reference.dynamic.get(o["name"])) for o in graph_outputs]
         + [tensor_entry(t, bench.reference[t]) for t in reference.taps],
-        fixed_model=normalised.fixed, folded_model=normalised.folded, alternate_inputs=_alternate_inputs(reference.golden, inputs),
+        fixed_model=normalised.fixed, folded_model=normalised.folded,
+        alternate_inputs=_alternate_inputs(reference.golden, inputs),
         calibration=reference.calibration, runtime_functions=reference.runtime_steps,
         functions="graph" if reference.resolved else None, device=job.device)
     candidates = compile_all(job.compilers, checked.compilers, job.target, setting, checked.work / "candidates",

@@ -41,18 +41,6 @@ class EmptyOutputs:
     types: dict[str, int] = field(default_factory=dict)
 
 
-def sizes_from_data(graph: onnx.GraphProto) -> list[str]:
-    """The ops in ``graph`` and its subgraphs whose output size the data decides."""
-    found = []
-    for node in graph.node:
-        if node.op_type in DATA_DEPENDENT:
-            found.append(node.op_type)
-        for attribute in node.attribute:
-            for sub in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
-                found += sizes_from_data(sub)
-    return found
-
-
 def empty_everywhere(references: Iterable[Mapping[str, np.ndarray]], names: list[str]) -> list[str]:
     """The outputs that are empty (no elements) in every one of ``references``."""
     sets = list(references)

@@ -41,6 +41,7 @@ import numpy as np
 from ..runtime.checks import Tolerance, compare_outputs
 from ..runtime.engines import OnnxRuntimeRunner, installed_version
 from .causes import exception_cause
+from .signature import all_nodes
 
 
 @dataclass
@@ -172,13 +173,6 @@ def _optimise(model: Any) -> Any:
     return _slim(onnxscript.optimizer.optimize(_copy(model)))
 
 
-def node_count(graph: Any) -> int:
-    """Nodes in a graph and every subgraph (an If's branches, a Loop's body): what an
-    engine that runs the graph as given walks."""
-    return sum(1 + sum(node_count(a.g) for a in n.attribute if a.HasField("g"))
-               + sum(node_count(g) for a in n.attribute for g in a.graphs) for n in graph.node)
-
-
 def _problem(path: Path, sets: list[SizeSet], tolerance: Tolerance, optimised: bool) -> str | None:
     """Why the model at ``path`` is not a faithful copy of the reference, or None; with
     ``optimised``, also why onnxruntime cannot load it as its compiler does (its
@@ -233,7 +227,7 @@ def _first_faithful(steps: list[Step], source: Path, dest: Path, sets: list[Size
             if verified is not None:
                 verified[step.name] = dest if problem is None else problem
         if problem is None:
-            return {"model": step.name, "nodes": len(model.graph.node), "nodes_in_all": node_count(model.graph),
+            return {"model": step.name, "nodes": len(model.graph.node), "nodes_in_all": len(all_nodes(model.graph)),
                     "dropped": dropped}
         dropped.append({"step": step.name, "reason": problem})
     dest.write_bytes(source.read_bytes())

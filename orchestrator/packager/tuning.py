@@ -53,8 +53,8 @@ def _with(c: Candidate, settings: dict[str, Any], label: str) -> Candidate:
                      size_bytes=c.size_bytes, root=c.root, variant=c.variant, fixed_shapes=c.fixed_shapes)
 
 
-#: the label suffix of a candidate's second copy as built: its spread is the noise
-CONTROL = "~as-built-again"
+#: the label suffixes of a candidate as built and of its second copy (the control)
+AS_BUILT, CONTROL = "~as-built", "~as-built-again"
 
 
 def noise_margin(values: Mapping[str, list[float]]) -> float:
@@ -62,7 +62,7 @@ def noise_margin(values: Mapping[str, list[float]]) -> float:
     built and its control differ by more (the far end of their ratio's 95 % interval)."""
     margin = TIE
     for cid, again in values.items():
-        if cid.endswith(CONTROL) and (built := values.get(cid.removesuffix(CONTROL) + "~as-built")):
+        if cid.endswith(CONTROL) and (built := values.get(cid.removesuffix(CONTROL) + AS_BUILT)):
             rounds = min(len(built), len(again))
             if rounds:
                 found = compare(cid, [a / max(b, 1e-12) for a, b in zip(again[:rounds], built[:rounds])], TIE)
@@ -77,8 +77,8 @@ def tune(leading: list[Candidate], measurement: Measurement, work: Path, timeout
     candidate to ship, the settings to give it, and the record for the manifest."""
     entries: list[tuple[Candidate, dict[str, Any], Candidate]] = []
     for c in leading:
-        entries.append((c, {}, _with(c, {}, f"{c.id}~as-built")))
-        entries.append((c, {}, _with(c, {}, f"{c.id}{CONTROL}")))
+        entries.append((c, {}, _with(c, {}, c.id + AS_BUILT)))
+        entries.append((c, {}, _with(c, {}, c.id + CONTROL)))
         for number, settings in enumerate(trials(c, device), 1):
             entries.append((c, settings, _with(c, settings, f"{c.id}~{number}")))
     found = benchmark_all([e[2] for e in entries], measurement, work, timeout, benchmark,
